@@ -1,0 +1,31 @@
+# `make run` starts the app, `make test` runs every test. Each creates .venv when it is missing and
+# installs only what changed since the last call (stamp files inside .venv).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# A real xformers wheel built for another torch: it imports, then fails at its first call.
+# The attention tests use it, from its own folder, never from .venv's site-packages.
+BROKEN_XFORMERS := xformers==0.0.35
+
+.PHONY: run test clean
+
+$(VENV)/.app-installed: requirements.txt requirements-nodeps.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -r requirements.txt
+	$(PIP) --no-deps -r requirements-nodeps.txt
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.app-installed requirements-test.txt
+	$(PIP) -r requirements-test.txt -c requirements.txt
+	$(PIP) --no-deps --target $(VENV)/broken-xformers $(BROKEN_XFORMERS)
+	touch $@
+
+run: $(VENV)/.app-installed
+	$(PY) -m streamlit run app.py
+
+test: $(VENV)/.test-installed
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache

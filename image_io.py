@@ -1,0 +1,53 @@
+"""Turning whatever a person uploads into an RGB image the pipeline can use, or a message saying why not."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MIN_SIDE = 16
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class InvalidImageError(ValueError):
+    """The input cannot be used as an image; the message is written for the person who gave it."""
+
+
+def load_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An RGB image with its EXIF orientation applied and transparency flattened on white.
+
+    The size is checked from the header before any pixel is decoded, so a decompression bomb costs nothing.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+        if not data:
+            raise InvalidImageError("The file is empty.")
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise InvalidImageError("This file is not an image that can be read (PNG, JPEG or WebP).") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InvalidImageError(
+            f"The image is {width}x{height} pixels, more than the {max_pixels:,} allowed; please downscale it.")
+    if min(width, height) < MIN_SIDE:
+        raise InvalidImageError(f"The image is {width}x{height} pixels; it needs at least {MIN_SIDE} on each side.")
+    try:
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImageError(f"The image file is damaged or truncated ({exc}).") from None
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,327 @@
+"""YOLO detection -> Canny control image -> Stable Diffusion 1.5 + ControlNet, behind one lock.
+
+    pipe = InferencePipeline(models="tiny")           # or "sd15" for the real weights
+    result = pipe.generate(load_image("photo.jpg"), GenerationRequest(prompt="a watercolor fox"))
+
+The attention backend is chosen (and broken packages quarantined) before diffusers is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import attention_backend
+import tiny_models
+from control_image import build_control_image, fit_size
+from detections import Detection
+from image_io import InvalidImageError, load_image
+from run_card import library_versions
+from settings import Settings
+
+__all__ = ["GenerationRequest", "GenerationResult", "InferencePipeline", "InvalidImageError",
+           "InvalidRequestError", "ModelLoadError", "load_image"]
+
+# Ultralytics: no pip auto-install, no analytics, no DNS probe at import (it can hang on a closed network).
+os.environ["YOLO_AUTOINSTALL"] = "False"
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_VERBOSE", "False")
+
+NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, "
+                   "worst quality, low quality")
+SEED_MAX = 2**32 - 1
+
+
+class InvalidRequestError(ValueError):
+    """A generation setting is out of range; the message names the setting and its range."""
+
+
+class ModelLoadError(RuntimeError):
+    """Weights could not be loaded; the message names the model and the ways out."""
+
+
+class _Cancelled(Exception):
+    def __init__(self, steps_done: int) -> None:
+        super().__init__(f"cancelled after {steps_done} steps")
+        self.steps_done = steps_done
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise InvalidRequestError(f"{name} must lie between {low} and {high}, got {value}")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Every knob of one run, with the defaults of the ControlNet Canny demo."""
+
+    prompt: str = ""
+    added_prompt: str = "best quality, extremely detailed"
+    negative_prompt: str = NEGATIVE_PROMPT
+    num_images: int = 1
+    steps: int = 20
+    guidance_scale: float = 7.5
+    seed: int | None = None
+    resolution: int = 512
+    controlnet_scale: float = 1.0
+    control_start: float = 0.0
+    control_end: float = 1.0
+    guess_mode: bool = False
+    canny_low: int = 100
+    canny_high: int = 200
+    detect_conf: float = 0.25
+    detect_iou: float = 0.45
+    detect_classes: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _check_range("num_images", self.num_images, 1, 8)
+        _check_range("steps", self.steps, 1, 150)
+        _check_range("guidance_scale", self.guidance_scale, 0.0, 30.0)
+        _check_range("resolution", self.resolution, 64, 2048)
+        _check_range("controlnet_scale", self.controlnet_scale, 0.0, 2.0)
+        _check_range("control_start", self.control_start, 0.0, 1.0)
+        _check_range("control_end", self.control_end, 0.0, 1.0)
+        _check_range("canny_low", self.canny_low, 1, 255)
+        _check_range("canny_high", self.canny_high, 1, 255)
+        _check_range("detect_conf", self.detect_conf, 0.0, 1.0)
+        _check_range("detect_iou", self.detect_iou, 0.0, 1.0)
+        if self.seed is not None:
+            _check_range("seed", self.seed, 0, SEED_MAX)
+        if self.control_start > self.control_end:
+            raise InvalidRequestError("control_start must not be after control_end")
+
+    @property
+    def full_prompt(self) -> str:
+        return ", ".join(p for p in (self.prompt.strip(), self.added_prompt.strip()) if p)
+
+
+@dataclass
+class GenerationResult:
+    """What one run produced. `images` is empty when the run was cancelled."""
+
+    images: list[Any]
+    control_image: Any
+    detections: list[Detection]
+    seed: int
+    timings: dict[str, float]
+    run_card: dict[str, Any]
+    cancelled: bool = False
+    seeds: list[int] = field(default_factory=list)
+
+
+def _hub_reachable(timeout_s: float) -> bool:
+    """A TCP connect to the Hugging Face endpoint: seconds, where huggingface_hub retries for minutes."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _short(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:400]
+
+
+class InferencePipeline:
+    """Loads the detector and the diffusion models once; `generate` runs one request at a time."""
+
+    def __init__(self, models: str | None = None, device: str | None = None, attention: str | None = None,
+                 settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env(models=models, device=device, attention=attention)
+        started = time.perf_counter()
+        self.attention = attention_backend.prepare(self.settings.attention, self.settings.device)
+        import torch
+
+        self.device = self.settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        self._lock = threading.Lock()
+        self.model_ids = self._model_sources()
+        self.pipe = self._load_diffusion()
+        self.detector = self._load_detector()
+        attention_backend.apply(self.pipe, self.attention.chosen)
+        self.attention_in_use = self.attention.chosen
+        self.attention_fallback: str | None = None
+        self.load_seconds = time.perf_counter() - started
+
+    @property
+    def busy(self) -> bool:
+        """True while a run holds the GPU (a second caller would wait)."""
+        return self._lock.locked()
+
+    # -- loading ---------------------------------------------------------------------------------------
+
+    def _model_sources(self) -> dict[str, str]:
+        if self.settings.models == "tiny":
+            paths = tiny_models.ensure_tiny_models(self.settings.cache_dir)
+            return {"set": "tiny", "sd15": str(paths.sd15), "controlnet": str(paths.controlnet),
+                    "yolo": str(paths.yolo)}
+        return {"set": "sd15", "sd15": self.settings.sd15_model, "controlnet": self.settings.controlnet_model,
+                "yolo": self.settings.yolo_model}
+
+    def _from_pretrained(self, cls: Any, source: str, what: str, env_var: str, **kwargs: Any) -> Any:
+        """`cls.from_pretrained` for a local folder or a Hub id, failing fast with a message a person can act on."""
+        local = Path(source).expanduser()
+        if local.is_dir():
+            variant = self.settings.variant if any(f".{self.settings.variant}." in p.name for p in
+                                                   local.rglob("*")) else None
+            return cls.from_pretrained(local, variant=variant, dtype=self.dtype, **kwargs)
+        online = _hub_reachable(self.settings.hub_timeout_s)
+        try:
+            try:
+                return cls.from_pretrained(source, variant=self.settings.variant, dtype=self.dtype,
+                                           local_files_only=not online, **kwargs)
+            except (OSError, ValueError) as exc:
+                if "variant" not in str(exc):
+                    raise
+                return cls.from_pretrained(source, dtype=self.dtype, local_files_only=not online, **kwargs)
+        except Exception as exc:
+            where = ("it is not in the local Hugging Face cache and the Hub cannot be reached from here"
+                     if not online else _short(exc))
+            raise ModelLoadError(
+                f"Could not load the {what} '{source}': {where}. Ways out: set {env_var} to a local folder "
+                f"that holds the model in diffusers format, give this machine internet access, or start with "
+                f"MODELS=tiny to use the offline smoke models.") from exc
+
+    def _load_diffusion(self) -> Any:
+        from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UniPCMultistepScheduler
+
+        controlnet = self._from_pretrained(ControlNetModel, self.model_ids["controlnet"], "ControlNet",
+                                           "CONTROLNET_MODEL")
+        pipe = self._from_pretrained(StableDiffusionControlNetPipeline, self.model_ids["sd15"],
+                                     "Stable Diffusion 1.5 model", "SD15_MODEL", controlnet=controlnet,
+                                     safety_checker=None, requires_safety_checker=False)
+        pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(self.device)
+
+    def _load_detector(self) -> Any:
+        from ultralytics import YOLO, settings as yolo_settings
+
+        yolo_settings.update({"sync": False})
+        source = self.model_ids["yolo"]
+        try:
+            return YOLO(source)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"Could not load the detector '{source}': {_short(exc)}. Ways out: set YOLO_MODEL to a local "
+                f".pt file, give this machine internet access, or start with MODELS=tiny.") from exc
+
+    # -- running ---------------------------------------------------------------------------------------
+
+    def detect(self, image: Any, conf: float = 0.25, iou: float = 0.45,
+               classes: tuple[int, ...] | list[int] | None = None) -> list[Detection]:
+        """Objects in `image`, most confident first, boxes in the image's pixels."""
+        with self._lock:
+            return self._detect(image, conf, iou, classes)
+
+    def _detect(self, image: Any, conf: float, iou: float, classes: tuple[int, ...] | list[int] | None
+                ) -> list[Detection]:
+        device = "cuda:0" if self.device == "cuda" else self.device
+        result = self.detector.predict(image, conf=conf, iou=iou, classes=list(classes) if classes else None,
+                                       device=device, half=device != "cpu", verbose=False)[0]
+        names = result.names
+        found = [Detection(str(names[int(cls)]), int(cls), float(score), tuple(float(v) for v in box))
+                 for box, score, cls in zip(result.boxes.xyxy.tolist(), result.boxes.conf.tolist(),
+                                            result.boxes.cls.tolist())]
+        return sorted(found, key=lambda d: -d.confidence)
+
+    def generate(self, image: Any, request: GenerationRequest | None = None,
+                 on_step: Callable[[int, int], None] | None = None,
+                 should_cancel: Callable[[], bool] | None = None) -> GenerationResult:
+        """Detect, build the control image and denoise. Same seed, same pixels."""
+        request = request or GenerationRequest()
+        image = load_image(image, max_pixels=self.settings.max_pixels)
+        seed = request.seed if request.seed is not None else random.randint(0, SEED_MAX - request.num_images)
+        seeds = [(seed + i) % (SEED_MAX + 1) for i in range(request.num_images)]
+        timings: dict[str, float] = {}
+        with self._lock:
+            t0 = time.perf_counter()
+            detections = self._detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
+            t1 = time.perf_counter()
+            size = fit_size(*image.size, request.resolution)
+            control = build_control_image(image, size, request.canny_low, request.canny_high)
+            t2 = time.perf_counter()
+            images, steps_done = self._denoise(control, request, seeds, on_step, should_cancel)
+            t3 = time.perf_counter()
+        timings = {"detect_s": t1 - t0, "control_s": t2 - t1, "generate_s": t3 - t2, "total_s": t3 - t0}
+        cancelled = images is None
+        card = self._run_card(replace(request, seed=seed), seeds, size, timings, cancelled, steps_done)
+        return GenerationResult(images or [], control, detections, seed, timings, card, cancelled, seeds)
+
+    def _denoise(self, control: Any, request: GenerationRequest, seeds: list[int],
+                 on_step: Callable[[int, int], None] | None,
+                 should_cancel: Callable[[], bool] | None) -> tuple[list[Any] | None, int]:
+        try:
+            try:
+                return self._call_pipe(control, request, seeds, on_step, should_cancel), request.steps
+            except (RuntimeError, NotImplementedError, ValueError) as exc:
+                if self.attention_in_use == "sdpa" or "out of memory" in str(exc).lower():
+                    raise
+                # A backend that passed its probe can still fail on real shapes: fall back to SDPA once.
+                self.attention_fallback = f"{self.attention_in_use} failed at its first real call ({_short(exc)}); " \
+                                          "switched to sdpa"
+                attention_backend.apply(self.pipe, "sdpa")
+                self.attention_in_use = "sdpa"
+                return self._call_pipe(control, request, seeds, on_step, should_cancel), request.steps
+        except _Cancelled as cancelled:
+            return None, cancelled.steps_done
+
+    def _call_pipe(self, control: Any, request: GenerationRequest, seeds: list[int],
+                   on_step: Callable[[int, int], None] | None,
+                   should_cancel: Callable[[], bool] | None) -> list[Any]:
+        import torch
+
+        def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(step + 1, request.steps)
+            if should_cancel is not None and should_cancel():
+                raise _Cancelled(step + 1)
+            return tensors
+
+        # One CPU generator per image: image i of seed s is image 0 of seed s+i (up to batch rounding).
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        output = self.pipe(prompt=request.full_prompt, negative_prompt=request.negative_prompt or None,
+                           image=control, num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+                           num_images_per_prompt=request.num_images, generator=generators,
+                           controlnet_conditioning_scale=request.controlnet_scale,
+                           control_guidance_start=request.control_start, control_guidance_end=request.control_end,
+                           guess_mode=request.guess_mode, height=control.height, width=control.width,
+                           callback_on_step_end=step_end)
+        return list(output.images)
+
+    def _run_card(self, request: GenerationRequest, seeds: list[int], size: tuple[int, int],
+                  timings: dict[str, float], cancelled: bool, steps_done: int) -> dict[str, Any]:
+        import torch
+
+        device = self.device if self.device == "cpu" else f"{self.device} ({torch.cuda.get_device_name()})"
+        return {
+            "request": asdict(request),
+            "seed": request.seed,
+            "seeds": seeds,
+            "size": list(size),
+            "models": dict(self.model_ids),
+            "scheduler": type(self.pipe.scheduler).__name__,
+            "device": device,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "attention": {"chosen": self.attention.chosen, "why": self.attention.why, "in_use": self.attention_in_use,
+                          "fallback": self.attention_fallback, "quarantined": self.attention.quarantined},
+            "versions": library_versions(),
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+            "cancelled": cancelled,
+            "steps_done": steps_done,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }

@@ -1,0 +1,68 @@
+"""Every setting of the app in one place, read from environment variables.
+
+The defaults work today: the SD1.5 community mirror (the original `runwayml` repo was removed from the
+Hub), ControlNet v1.1 Canny in its fp16 variant, and Ultralytics' default nano detector. Each model
+setting takes a Hub id or a local folder / file, so the app also runs where the Hub cannot be reached.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_CONTROLNET = "lllyasviel/control_v11p_sd15_canny"
+DEFAULT_YOLO = "yolo26n.pt"
+MODEL_SETS = ("tiny", "sd15")
+ATTENTION_CHOICES = ("auto", "flash-attn", "xformers", "sdpa", "sliced")
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "yolo-controlnet-studio"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the app loads and how; `Settings.from_env()` reads the environment."""
+
+    models: str = "sd15"
+    sd15_model: str = DEFAULT_SD15
+    controlnet_model: str = DEFAULT_CONTROLNET
+    yolo_model: str = DEFAULT_YOLO
+    variant: str = "fp16"
+    attention: str = "auto"
+    device: str | None = None
+    cache_dir: Path = field(default_factory=_default_cache_dir)
+    max_upload_mb: int = 20
+    max_pixels: int = 40_000_000
+    hub_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.models not in MODEL_SETS:
+            raise ValueError(f"MODELS must be one of {', '.join(MODEL_SETS)}, not {self.models!r}")
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"ATTENTION must be one of {', '.join(ATTENTION_CHOICES)}, not {self.attention!r}")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> "Settings":
+        """Settings from environment variables; keyword arguments win over the environment."""
+        values: dict[str, object] = {
+            "models": _env("MODELS", "sd15").lower(),
+            "sd15_model": _env("SD15_MODEL", DEFAULT_SD15),
+            "controlnet_model": _env("CONTROLNET_MODEL", DEFAULT_CONTROLNET),
+            "yolo_model": _env("YOLO_MODEL", DEFAULT_YOLO),
+            "variant": _env("MODEL_VARIANT", "fp16"),
+            "attention": _env("ATTENTION", "auto").lower(),
+            "device": os.environ.get("DEVICE") or None,
+            "cache_dir": Path(_env("APP_CACHE_DIR", str(_default_cache_dir()))),
+            "max_upload_mb": int(_env("MAX_UPLOAD_MB", "20")),
+            "max_pixels": int(_env("MAX_PIXELS", "40000000")),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

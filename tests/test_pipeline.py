@@ -1,0 +1,106 @@
+"""InferencePipeline end to end with the tiny models: detection, control image, generation, run card."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from inference_pipeline import (GenerationRequest, InferencePipeline, InvalidRequestError, ModelLoadError)
+from run_card import png_with_run_card, read_run_card
+from settings import Settings
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_two_images_at_64_in_four_steps(tiny_pipeline, photo):
+    steps = []
+    request = GenerationRequest(prompt="a red box", num_images=2, steps=4, resolution=64, seed=7)
+    result = tiny_pipeline.generate(photo.resize((64, 64)), request, on_step=lambda s, t: steps.append((s, t)))
+    assert [image.size for image in result.images] == [(64, 64), (64, 64)]
+    assert all(np.isfinite(np.asarray(image, dtype=np.float32)).all() for image in result.images)
+    assert result.control_image.size == (64, 64)
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert result.seed == 7 and result.seeds == [7, 8]
+    assert not result.cancelled
+    assert set(result.timings) == {"detect_s", "control_s", "generate_s", "total_s"}
+
+
+def test_output_keeps_the_aspect_ratio(tiny_pipeline, photo):
+    result = tiny_pipeline.generate(photo, GenerationRequest(steps=1, resolution=64, seed=1))
+    assert result.images[0].size == (64, 80)  # 80x96 input, short side 64, sides snapped to multiples of 8
+
+
+def test_same_seed_same_pixels_other_seed_other_pixels(tiny_pipeline, photo):
+    request = GenerationRequest(prompt="a red box", steps=4, resolution=64, seed=123)
+    first = tiny_pipeline.generate(photo, request).images[0]
+    again = tiny_pipeline.generate(photo, request).images[0]
+    other = tiny_pipeline.generate(photo, GenerationRequest(prompt="a red box", steps=4, resolution=64, seed=124))
+    assert np.array_equal(pixels(first), pixels(again))
+    assert np.abs(pixels(first) - pixels(other.images[0])).max() > 10
+
+
+def test_missing_seed_is_drawn_and_reported(tiny_pipeline, photo):
+    result = tiny_pipeline.generate(photo, GenerationRequest(steps=1, resolution=64))
+    assert isinstance(result.seed, int) and 0 <= result.seed < 2**32
+    assert result.run_card["seed"] == result.seed == result.run_card["request"]["seed"]
+    replay = tiny_pipeline.generate(photo, GenerationRequest(steps=1, resolution=64, seed=result.seed))
+    assert np.array_equal(pixels(result.images[0]), pixels(replay.images[0]))
+
+
+def test_cancel_stops_at_the_next_step_and_says_so(tiny_pipeline, photo):
+    steps = []
+    result = tiny_pipeline.generate(photo, GenerationRequest(steps=10, resolution=64, seed=1),
+                                    on_step=lambda s, t: steps.append(s), should_cancel=lambda: len(steps) >= 3)
+    assert result.cancelled
+    assert result.images == []
+    assert steps == [1, 2, 3]
+    assert result.run_card["cancelled"] is True and result.run_card["steps_done"] == 3
+    assert not tiny_pipeline.busy
+
+
+def test_run_card_names_the_run_and_survives_the_png(tiny_pipeline, photo):
+    result = tiny_pipeline.generate(photo, GenerationRequest(prompt="a tiny house", steps=2, resolution=64, seed=99))
+    card = read_run_card(png_with_run_card(result.images[0], result.run_card))
+    assert card["seed"] == 99
+    assert card["request"]["steps"] == 2 and card["request"]["prompt"] == "a tiny house"
+    assert card["models"]["set"] == "tiny"
+    assert card["models"]["sd15"].endswith("sd15") and card["models"]["yolo"].endswith("yolo.pt")
+    assert card["scheduler"] == "UniPCMultistepScheduler"
+    assert card["attention"]["chosen"] == "sdpa"
+    assert card["versions"]["diffusers"] and card["versions"]["torch"]
+    assert card["device"] == "cpu" and card["dtype"] == "float32"
+
+
+def test_detect_returns_plain_detections(tiny_pipeline, photo):
+    detections = tiny_pipeline.detect(photo, conf=0.0, iou=0.45)
+    assert detections, "a random-weight detector at conf 0 still proposes boxes"
+    assert all(0.0 <= d.confidence <= 1.0 and len(d.box) == 4 for d in detections)
+    assert [d.confidence for d in detections] == sorted((d.confidence for d in detections), reverse=True)
+    assert all(d.label == tiny_pipeline.detector.names[d.class_id] for d in detections)
+
+
+def test_bad_requests_are_refused_with_the_setting_named():
+    with pytest.raises(InvalidRequestError, match="steps"):
+        GenerationRequest(steps=0)
+    with pytest.raises(InvalidRequestError, match="control_start"):
+        GenerationRequest(control_start=0.8, control_end=0.2)
+
+
+@pytest.mark.parametrize("model_id", ["runwayml/stable-diffusion-v1-5", "stable-diffusion-v1-5/stable-diffusion-v1-5"])
+def test_real_weights_without_a_hub_fail_fast_naming_the_id(model_id, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: no hub
+    settings = Settings(models="sd15", sd15_model=model_id, controlnet_model=model_id, cache_dir=tmp_path,
+                        device="cpu")
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError) as error:
+        InferencePipeline(settings=settings)
+    assert time.monotonic() - started < 30
+    message = str(error.value)
+    assert model_id in message
+    assert "MODELS=tiny" in message and "CONTROLNET_MODEL" in message

@@ -1,0 +1,91 @@
+"""Offline smoke models: a tiny SD1.5-shaped ControlNet pipeline and a tiny YOLO, built in seconds.
+
+They have random weights, so their pictures are noise, but they are saved in the real formats
+(`save_pretrained`, Ultralytics `.pt`) and loaded back through the code that loads real weights.
+The latent geometry is SD1.5's: VAE scale factor 8, 4 latent channels, 77 CLIP positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+RECIPE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class TinyModelPaths:
+    sd15: Path
+    controlnet: Path
+    yolo: Path
+
+
+def tiny_model_paths(folder: Path) -> TinyModelPaths:
+    folder = Path(folder) / f"tiny-v{RECIPE_VERSION}"
+    return TinyModelPaths(sd15=folder / "sd15", controlnet=folder / "controlnet", yolo=folder / "yolo.pt")
+
+
+def ensure_tiny_models(folder: Path) -> TinyModelPaths:
+    """Build the tiny models under `folder` unless a complete build is already there."""
+    paths = tiny_model_paths(folder)
+    done = paths.sd15.parent / "complete"
+    if not done.exists():
+        paths.sd15.parent.mkdir(parents=True, exist_ok=True)
+        _build_diffusion(paths)
+        _build_yolo(paths.yolo)
+        done.write_text(RECIPE_VERSION)
+    return paths
+
+
+def _tokenizer():
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    # CLIP's byte-level BPE with no merges: every character is a token, which is all a smoke test needs.
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for char in sorted(ByteLevel.alphabet()):
+            vocab[char + suffix] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def _build_diffusion(paths: TinyModelPaths) -> None:
+    import torch
+    from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel,
+                           UniPCMultistepScheduler)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    blocks = dict(block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=(2, 4), cross_attention_dim=32,
+                  norm_num_groups=8)
+    unet = UNet2DConditionModel(sample_size=64, in_channels=4, out_channels=4,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), **blocks)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        layers_per_block=1, norm_num_groups=4, sample_size=64)
+    tokenizer = _tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=2, num_attention_heads=4,
+                                                max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                                                pad_token_id=1))
+    scheduler = UniPCMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                        num_train_timesteps=1000)
+    pipe = StableDiffusionControlNetPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                             controlnet=controlnet, scheduler=scheduler, safety_checker=None,
+                                             feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(paths.sd15)
+    controlnet.save_pretrained(paths.controlnet)
+
+
+def _build_yolo(path: Path) -> None:
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.utils import YAML
+    from ultralytics.utils.checks import check_yaml
+
+    torch.manual_seed(0)
+    model = YOLO("yolov8n.yaml")
+    model.model.names = YAML.load(check_yaml("coco.yaml"))["names"]
+    model.save(path)
