@@ -78,7 +78,7 @@ def settings_form() -> GenerationRequest | None:
         seed = None if randomize else int(st.number_input("Seed", 0, 2**32 - 1, 1))
     try:
         return GenerationRequest(prompt=prompt, steps=steps, guidance_scale=guidance, num_images=num_images,
-                                 resolution=resolution, seed=seed)
+                                 resolution=resolution, size_multiple=64, seed=seed)
     except InvalidRequestError as exc:
         st.error(str(exc))
         return None

@@ -71,6 +71,7 @@ class GenerationRequest:
     guidance_scale: float = 7.5
     seed: int | None = None
     resolution: int = 512
+    size_multiple: int = 8
     controlnet_scale: float = 1.0
     control_start: float = 0.0
     control_end: float = 1.0
@@ -86,6 +87,8 @@ class GenerationRequest:
         _check_range("steps", self.steps, 1, 150)
         _check_range("guidance_scale", self.guidance_scale, 0.0, 30.0)
         _check_range("resolution", self.resolution, 64, 2048)
+        if self.size_multiple not in (8, 16, 32, 64):
+            raise InvalidRequestError(f"size_multiple must be 8, 16, 32 or 64, got {self.size_multiple}")
         _check_range("controlnet_scale", self.controlnet_scale, 0.0, 2.0)
         _check_range("control_start", self.control_start, 0.0, 1.0)
         _check_range("control_end", self.control_end, 0.0, 1.0)
@@ -252,7 +255,7 @@ class InferencePipeline:
             t0 = time.perf_counter()
             detections = self._detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
             t1 = time.perf_counter()
-            size = fit_size(*image.size, request.resolution)
+            size = fit_size(*image.size, request.resolution, request.size_multiple)
             control = build_control_image(image, size, request.canny_low, request.canny_high)
             t2 = time.perf_counter()
             images, steps_done = self._denoise(control, request, seeds, on_step, should_cancel)

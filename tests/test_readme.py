@@ -1,0 +1,36 @@
+"""The README's Python one-liner really works (run as a person would, in a fresh process)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def readme_line(prefix: str) -> str:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    return next(line for line in lines if line.startswith(prefix))
+
+
+def test_readme_python_example_generates_an_image(tmp_path, model_cache):
+    command = shlex.split(readme_line(".venv/bin/python -c "))
+    (tmp_path / "assets").symlink_to(ROOT / "assets")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "APP_CACHE_DIR": str(model_cache), "DEVICE": "cpu"}
+    proc = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from PIL import Image
+
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.size == (344, 256)  # 512x384 sample, short side 256, multiples of 8
+    seed, _ = proc.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert seed == "1"
+
+
+def test_readme_shows_the_two_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    assert "make run" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
