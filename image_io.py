@@ -28,7 +28,8 @@ def load_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAU
             raise InvalidImageError("The file is empty.")
         try:
             image = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
+        # Ultralytics patches Image.open to load a HEIF plugin on unknown files; without it, ImportError.
+        except (UnidentifiedImageError, ImportError):
             raise InvalidImageError("This file is not an image that can be read (PNG, JPEG or WebP).") from None
     width, height = image.size
     if width * height > max_pixels:
