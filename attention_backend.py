@@ -220,8 +220,8 @@ def _choose(requested: str, candidates: list[Candidate]) -> tuple[str, str]:
     if requested == "auto":
         if fallback == "sdpa":
             return fallback, "PyTorch SDPA passed its probe; it is the fastest choice here and needs nothing extra."
-        broken = "; ".join(f"{c.name}: {c.reason}" for c in candidates if not c.usable)
-        return fallback, f"{fallback} is the best backend that passed its probe ({broken})."
+        sdpa = next(c for c in candidates if c.name == "sdpa")
+        return fallback, f"{fallback} is the best backend that passed its probe; SDPA failed ({sdpa.reason})."
     if requested in usable:
         return requested, f"{requested} was requested and passed its probe."
     reason = next((c.reason for c in candidates if c.name == requested), "unknown backend")
@@ -245,6 +245,9 @@ def prepare(requested: str = "auto", device: str | None = None, timeout_s: float
             for name in quarantined:
                 quarantine(name)
             chosen, why = _choose(requested, candidates)
+            if quarantined:
+                why += " Set aside as broken: " + "; ".join(
+                    f"{c.name} {c.version} ({c.reason})" for c in candidates if c.name in quarantined) + "."
             _REPORTS[key] = BackendReport(requested, chosen, why, candidates, device, _environment(device),
                                           quarantined)
         return _REPORTS[key]
@@ -264,11 +267,14 @@ def _attention_modules(pipe: Any) -> list[Any]:
 
 def apply(pipe: Any, backend: str) -> None:
     """Install `backend`'s attention processors on the UNet, the ControlNet(s) and the VAE."""
-    from diffusers.models.attention_processor import AttnProcessor2_0, SlicedAttnProcessor
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     for module in _attention_modules(pipe):
+        if backend == "sliced" and module is pipe.vae:
+            module.set_attn_processor(AttnProcessor())  # the VAE's one attention block passes temb, which
+            continue                                    # SlicedAttnProcessor does not take
         if backend == "sdpa":
             module.set_attn_processor(AttnProcessor2_0())
         elif backend == "flash-attn":

@@ -49,34 +49,64 @@ def _tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def _build_diffusion(paths: TinyModelPaths) -> None:
+# Tiny: a few MB, seconds on a CPU. Full: SD1.5's real shapes (UNet 860M, ControlNet 361M, VAE 84M,
+# CLIP text 123M parameters), for benchmarks that must cost what real weights cost.
+TINY = {
+    "unet": dict(sample_size=64, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=(2, 4),
+                 cross_attention_dim=32, norm_num_groups=8,
+                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+    "controlnet": dict(conditioning_embedding_out_channels=(8, 8, 16, 16)),
+    "vae": dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, sample_size=64),
+    "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+}
+SD15 = {
+    "unet": dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                 attention_head_dim=8, cross_attention_dim=768, norm_num_groups=32,
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
+    "controlnet": dict(conditioning_embedding_out_channels=(16, 32, 96, 256)),
+    "vae": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32, sample_size=512),
+    "text": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 hidden_act="quick_gelu", vocab_size=49408),
+}
+
+
+def build_diffusion_models(folder: Path, arch: str = "sd15", device: str = "cuda") -> tuple[Path, Path]:
+    """SD1.5-shaped ControlNet pipeline with random weights (`arch` "sd15": the real shapes, saved in fp16
+    like the Hub's variant; "tiny": the smoke shapes); returns the pipeline and the ControlNet folders."""
+    paths = TinyModelPaths(sd15=Path(folder) / arch / "sd15", controlnet=Path(folder) / arch / "controlnet",
+                           yolo=Path())
+    _build_diffusion(paths, SD15 if arch == "sd15" else TINY, device=device, half=arch == "sd15")
+    return paths.sd15, paths.controlnet
+
+
+def _build_diffusion(paths: TinyModelPaths, arch: dict = TINY, device: str = "cpu", half: bool = False) -> None:
     import torch
     from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel,
                            UniPCMultistepScheduler)
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
-    blocks = dict(block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=(2, 4), cross_attention_dim=32,
-                  norm_num_groups=8)
-    unet = UNet2DConditionModel(sample_size=64, in_channels=4, out_channels=4,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), **blocks)
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16),
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        layers_per_block=1, norm_num_groups=4, sample_size=64)
-    tokenizer = _tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                                num_hidden_layers=2, num_attention_heads=4,
-                                                max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                                                pad_token_id=1))
+    with torch.device(device):
+        unet = UNet2DConditionModel(in_channels=4, out_channels=4, **arch["unet"])
+        controlnet = ControlNetModel.from_unet(unet, **arch["controlnet"])
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",)
+                            * 4, up_block_types=("UpDecoderBlock2D",) * 4, **arch["vae"])
+        tokenizer = _tokenizer()
+        text = {"vocab_size": len(tokenizer), **arch["text"]}
+        text_encoder = CLIPTextModel(CLIPTextConfig(max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                                                    pad_token_id=1, **text))
     scheduler = UniPCMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                         num_train_timesteps=1000)
     pipe = StableDiffusionControlNetPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                              controlnet=controlnet, scheduler=scheduler, safety_checker=None,
                                              feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(paths.sd15)
-    controlnet.save_pretrained(paths.controlnet)
+    variant = "fp16" if half else None
+    if half:
+        pipe.to(torch.float16)
+    pipe.save_pretrained(paths.sd15, variant=variant)
+    controlnet.save_pretrained(paths.controlnet, variant=variant)
 
 
 def _build_yolo(path: Path) -> None:
