@@ -20,6 +20,7 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 import attention_backend
+import cuda_graphs
 import tiny_models
 from control_image import build_control_image, fit_size
 from detections import Detection
@@ -158,6 +159,7 @@ class InferencePipeline:
         attention_backend.apply(self.pipe, self.attention.chosen)
         self.attention_in_use = self.attention.chosen
         self.attention_fallback: str | None = None
+        self.graph_stats = self._enable_fast_path()
         self.load_seconds = time.perf_counter() - started
 
     @property
@@ -223,6 +225,26 @@ class InferencePipeline:
                 f"Could not load the detector '{source}': {_short(exc)}. Ways out: set YOLO_MODEL to a local "
                 f".pt file, give this machine internet access, or start with MODELS=tiny.") from exc
 
+    def _enable_fast_path(self) -> cuda_graphs.GraphStats | None:
+        """channels_last and CUDA graphs on CUDA; `fast_path` says what is on and why."""
+        if not self.device.startswith("cuda"):
+            self.fast_path = "off: CUDA graphs need a CUDA GPU"
+            return None
+        import torch
+
+        for module in (self.pipe.unet, self.pipe.controlnet, self.pipe.vae):
+            module.to(memory_format=torch.channels_last)
+        if self.settings.compile:  # inductor's own CUDA graphs replace ours
+            for module in (self.pipe.unet, self.pipe.controlnet):
+                module.compile(mode="reduce-overhead")
+            self.fast_path = "on: torch.compile (reduce-overhead); each new shape compiles for minutes first"
+            return None
+        if not self.settings.cuda_graphs:
+            self.fast_path = "off: CUDA_GRAPHS=0"
+            return None
+        self.fast_path = "on: UNet and ControlNet replayed from CUDA graphs"
+        return cuda_graphs.enable(self.pipe)
+
     # -- running ---------------------------------------------------------------------------------------
 
     def detect(self, image: Any, conf: float = 0.25, iou: float = 0.45,
@@ -279,6 +301,9 @@ class InferencePipeline:
                                           "switched to sdpa"
                 attention_backend.apply(self.pipe, "sdpa")
                 self.attention_in_use = "sdpa"
+                if self.graph_stats is not None:  # graphs captured with the old processors are stale
+                    cuda_graphs.disable(self.pipe)
+                    self.graph_stats = cuda_graphs.enable(self.pipe)
                 return self._call_pipe(control, request, seeds, on_step, should_cancel), request.steps
         except _Cancelled as cancelled:
             return None, cancelled.steps_done
@@ -322,6 +347,7 @@ class InferencePipeline:
             "dtype": str(self.dtype).removeprefix("torch."),
             "attention": {"chosen": self.attention.chosen, "why": self.attention.why, "in_use": self.attention_in_use,
                           "fallback": self.attention_fallback, "quarantined": self.attention.quarantined},
+            "fast_path": {"state": self.fast_path, **(asdict(self.graph_stats) if self.graph_stats else {})},
             "versions": library_versions(),
             "timings": {k: round(v, 4) for k, v in timings.items()},
             "cancelled": cancelled,

@@ -39,6 +39,8 @@ class Settings:
     attention: str = "auto"
     device: str | None = None
     cache_dir: Path = field(default_factory=_default_cache_dir)
+    cuda_graphs: bool = True
+    compile: bool = False
     max_upload_mb: int = 20
     max_pixels: int = 40_000_000
     hub_timeout_s: float = 5.0
@@ -61,6 +63,8 @@ class Settings:
             "attention": _env("ATTENTION", "auto").lower(),
             "device": os.environ.get("DEVICE") or None,
             "cache_dir": Path(_env("APP_CACHE_DIR", str(_default_cache_dir()))),
+            "cuda_graphs": _env("CUDA_GRAPHS", "1").lower() not in ("0", "false", "off", "no"),
+            "compile": _env("COMPILE", "0").lower() in ("1", "true", "on", "yes"),
             "max_upload_mb": int(_env("MAX_UPLOAD_MB", "20")),
             "max_pixels": int(_env("MAX_PIXELS", "40000000")),
         }

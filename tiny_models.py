@@ -32,7 +32,7 @@ def ensure_tiny_models(folder: Path) -> TinyModelPaths:
     if not done.exists():
         paths.sd15.parent.mkdir(parents=True, exist_ok=True)
         _build_diffusion(paths)
-        _build_yolo(paths.yolo)
+        build_yolo(paths.yolo)
         done.write_text(RECIPE_VERSION)
     return paths
 
@@ -109,7 +109,8 @@ def _build_diffusion(paths: TinyModelPaths, arch: dict = TINY, device: str = "cp
     controlnet.save_pretrained(paths.controlnet, variant=variant)
 
 
-def _build_yolo(path: Path) -> None:
+def build_yolo(path: Path) -> None:
+    """A random-weight YOLOv8n with the COCO class names, saved as an Ultralytics checkpoint."""
     import torch
     from ultralytics import YOLO
     from ultralytics.utils import YAML

@@ -1,0 +1,204 @@
+"""SD1.5 + ControlNet side by side: the seed's configuration, diffusers' default and this project's.
+
+The models have SD1.5's real shapes (UNet 860M, ControlNet 361M, VAE 84M, CLIP text 123M parameters) with
+random weights, built on the spot (no download). Every row runs in this one process on a freshly loaded
+pipeline, after one warm-up call, and reports the median of --repeats calls, the peak GPU memory, the
+warm-up time (CUDA-graph capture included) and the largest pixel difference (floats in [0, 1]) against
+diffusers' default pipeline at the same size, seed and inputs.
+
+    python benchmarks/bench_pipeline.py           # on a CUDA GPU; writes benchmarks/results/<date>-<gpu>.json
+    python benchmarks/bench_pipeline.py --quick   # the same code on the tiny models on the CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import attention_backend  # noqa: E402  (must run before diffusers is imported)
+
+PROMPT = "a cozy cottage in a watercolor painting"
+SEED = 1234
+# (config, runner, short side, images per call)
+ROWS = (
+    ("diffusers-default", "diffusers", 512, 1),
+    ("seed-sliced", "sliced", 512, 1),
+    ("project-eager", "project-eager", 512, 1),
+    ("project-default", "project", 512, 1),
+    ("diffusers-default-768", "diffusers", 768, 1),
+    ("project-default-768", "project", 768, 1),
+    ("project-default-batch4", "project", 512, 4),
+    ("project-compile", "project-compile", 512, 1),
+)
+
+
+def square_photo():
+    from image_io import load_image
+
+    return load_image(ROOT / "assets" / "sample_scene.png").crop((64, 0, 448, 384))
+
+
+class Bench:
+    """Loads each row's pipeline from the same folders and times it."""
+
+    def __init__(self, folders: dict[str, Path], device: str, steps: int, repeats: int) -> None:
+        import torch
+
+        self.torch = torch
+        self.folders, self.device, self.steps, self.repeats = folders, device, steps, repeats
+        self.dtype = torch.float16 if device == "cuda" else torch.float32
+        self.photo = square_photo()
+
+    def request(self, size: int, batch: int):
+        from inference_pipeline import GenerationRequest
+
+        return GenerationRequest(prompt=PROMPT, steps=self.steps, resolution=size, num_images=batch, seed=SEED)
+
+    def diffusers_call(self, size: int, batch: int, sliced: bool) -> Callable[[], list[Any]]:
+        from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UniPCMultistepScheduler
+
+        from control_image import build_control_image, fit_size
+
+        variant = "fp16" if self.device == "cuda" else None
+        controlnet = ControlNetModel.from_pretrained(self.folders["controlnet"], variant=variant, dtype=self.dtype)
+        pipe = StableDiffusionControlNetPipeline.from_pretrained(self.folders["sd15"], controlnet=controlnet,
+                                                                 variant=variant, dtype=self.dtype,
+                                                                 safety_checker=None).to(self.device)
+        pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        if sliced:
+            pipe.enable_attention_slicing(1)
+        request = self.request(size, batch)
+        control = build_control_image(self.photo, fit_size(*self.photo.size, size), request.canny_low,
+                                      request.canny_high)
+
+        def call() -> list[Any]:
+            generators = [self.torch.Generator("cpu").manual_seed(SEED + i) for i in range(batch)]
+            return pipe(prompt=request.full_prompt, negative_prompt=request.negative_prompt, image=control,
+                        num_inference_steps=self.steps, guidance_scale=request.guidance_scale,
+                        num_images_per_prompt=batch, generator=generators).images
+
+        return call
+
+    def project_call(self, size: int, batch: int, graphs: bool, compile: bool) -> Callable[[], list[Any]]:
+        from inference_pipeline import InferencePipeline
+        from settings import Settings
+
+        settings = Settings(models="sd15", sd15_model=str(self.folders["sd15"]),
+                            controlnet_model=str(self.folders["controlnet"]), yolo_model=str(self.folders["yolo"]),
+                            device=self.device, cuda_graphs=graphs, compile=compile)
+        pipe = InferencePipeline(settings=settings)
+        request = self.request(size, batch)
+        return lambda: pipe.generate(self.photo, request).images
+
+    def run(self, config: str, runner: str, size: int, batch: int) -> tuple[dict[str, Any], Any]:
+        torch = self.torch
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        if runner in ("diffusers", "sliced"):
+            call = self.diffusers_call(size, batch, sliced=runner == "sliced")
+        else:
+            call = self.project_call(size, batch, graphs=runner == "project", compile=runner == "project-compile")
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        call()
+        warmup = time.perf_counter() - started
+        seconds, images = [], None
+        for _ in range(self.repeats):
+            started = time.perf_counter()
+            images = call()
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - started)
+        per_call = statistics.median(seconds)
+        row = {"config": config, "size": size, "batch": batch, "seconds_per_image": round(per_call / batch, 4),
+               "steps_per_second": round(self.steps / per_call, 2), "warmup_s": round(warmup, 2),
+               "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if self.device == "cuda"
+               else None}
+        del call
+        return row, images[0]
+
+
+def build_folders(folder: Path, quick: bool) -> dict[str, Path]:
+    import tiny_models
+
+    if quick:
+        paths = tiny_models.ensure_tiny_models(folder)
+        return {"sd15": paths.sd15, "controlnet": paths.controlnet, "yolo": paths.yolo}
+    sd15, controlnet = tiny_models.build_diffusion_models(folder, "sd15", "cuda")
+    tiny_models.build_yolo(folder / "yolo.pt")
+    return {"sd15": sd15, "controlnet": controlnet, "yolo": folder / "yolo.pt"}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"{result['device']}, torch {result['torch']}, diffusers {result['diffusers']}, {result['steps']} UniPC "
+             f"steps, CFG 7.5, median of {result['repeats']} after a warm-up, {result['date']}", "",
+             "| config | size | batch | s / image | steps / s | peak GiB | warm-up s | max abs diff vs default |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in result["rows"]:
+        lines.append(f"| {row['config']} | {row['size']} | {row['batch']} | {row['seconds_per_image']:.3f} | "
+                     f"{row['steps_per_second']:.1f} | {row['peak_vram_gib'] or '-'} | {row['warmup_s']:.1f} | "
+                     f"{row['max_abs_diff_vs_default']:.4f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models on the CPU, 2 steps, 64 px (for tests)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", default=None, help="comma-separated configs to run (default: all)")
+    parser.add_argument("--skip", default="", help="comma-separated configs to leave out")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
+    args = parser.parse_args(argv)
+    device = "cpu" if args.quick else "cuda"
+    steps, repeats = (2, 1) if args.quick else (args.steps, args.repeats)
+    attention_backend.prepare("auto", device)
+
+    import diffusers
+    import numpy as np
+    import torch
+
+    rows_to_run = [row for row in ROWS if (args.only is None or row[0] in args.only.split(","))
+                   and row[0] not in args.skip.split(",")]
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    results, references = [], {}
+    result = {"device": gpu, "torch": torch.__version__, "diffusers": diffusers.__version__, "steps": steps,
+              "repeats": repeats, "date": date.today().isoformat(), "rows": results}
+    out = args.out or ROOT / "benchmarks" / "results" / f"{result['date']}-{re.sub(r'[^a-z0-9]+', '-', gpu.lower())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        bench = Bench(build_folders(Path(folder), args.quick), device, steps, repeats)
+        for config, runner, size, batch in rows_to_run:
+            size = 64 if args.quick else size
+            row, image = bench.run(config, runner, size, batch)
+            pixels = np.asarray(image, dtype=np.float32) / 255.0
+            if runner == "diffusers":
+                references[size] = pixels
+            reference = references.get(size)
+            row["max_abs_diff_vs_default"] = float(np.abs(pixels - reference).max()) if reference is not None \
+                else float("nan")
+            print(json.dumps(row), flush=True)
+            results.append(row)
+            out.write_text(json.dumps(result, indent=2) + "\n")  # after every row: a cut-short run keeps its rows
+    print(f"\nwrote {out}\n\n{markdown(result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

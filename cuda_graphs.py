@@ -1,0 +1,141 @@
+"""Replay the UNet and ControlNet of a diffusers pipeline from CUDA graphs.
+
+At batch 1 the GPU spends most of a denoising step waiting for Python and kernel launches; a CUDA
+graph replays the whole forward pass with one launch. `enable(pipe)` wraps the `forward` of the UNet
+and the ControlNet: the first call with a new input signature (shapes, dtypes, flags) is captured, later
+calls copy their tensors into the captured inputs and replay. diffusers' own denoising loop is unchanged,
+so control start/end, guess mode and every scheduler work as before; the ControlNet's float
+`conditioning_scale` becomes a tensor so that changing it needs no new capture.
+
+Any capture failure switches that module back to eager execution and records why.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+MAX_GRAPHS_PER_MODULE = 4
+WARMUP_CALLS = 2
+
+
+@dataclass
+class GraphStats:
+    """What the fast path did, for the run card."""
+
+    captures: int = 0
+    replays: int = 0
+    capture_seconds: float = 0.0
+    failure: str | None = None
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    inputs: list[torch.Tensor]
+    output: Any
+
+
+@dataclass
+class _Pools:
+    """One memory pool per latent shape, shared by the ControlNet and UNet graphs of that shape: they are
+    always replayed one after the other, and each output is consumed before the next replay."""
+
+    handles: dict[tuple, Any] = field(default_factory=dict)
+
+    def get(self, key: tuple) -> Any:
+        if key not in self.handles:
+            self.handles[key] = torch.cuda.graph_pool_handle()
+        return self.handles[key]
+
+
+class GraphedForward:
+    """Stands in for `module.forward`: captures once per input signature, then replays."""
+
+    def __init__(self, module: torch.nn.Module, pools: _Pools, stats: GraphStats,
+                 scalar_kwargs: tuple[str, ...] = ()) -> None:
+        self.eager: Callable[..., Any] = module.forward
+        self.pools = pools
+        self.stats = stats
+        self.scalar_kwargs = scalar_kwargs
+        self.graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+        self._scalars: dict[tuple, torch.Tensor] = {}
+        self.module_name = type(module).__name__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        sample = args[0] if args else kwargs.get("sample")
+        if (self.stats.failure is not None or not isinstance(sample, torch.Tensor) or sample.device.type != "cuda"
+                or torch.cuda.is_current_stream_capturing()):
+            return self.eager(*args, **kwargs)
+        for name in self.scalar_kwargs:
+            if isinstance(kwargs.get(name), (int, float)):
+                kwargs[name] = self._scalar(name, sample).fill_(float(kwargs[name]))
+        leaves, spec = tree_flatten((args, kwargs))
+        signature = (spec, tuple((tuple(x.shape), x.dtype, x.device) if isinstance(x, torch.Tensor) else x
+                                 for x in leaves))
+        try:
+            captured = self.graphs.get(signature)
+        except TypeError:  # an unhashable argument: nothing to key a graph on
+            return self.eager(*args, **kwargs)
+        if captured is None:
+            captured = self._capture(signature, leaves, spec, tuple(sample.shape))
+            if captured is None:
+                return self.eager(*args, **kwargs)
+        self.graphs.move_to_end(signature)
+        for static, tensor in zip(captured.inputs, (x for x in leaves if isinstance(x, torch.Tensor))):
+            static.copy_(tensor)
+        captured.graph.replay()
+        self.stats.replays += 1
+        return captured.output
+
+    def _scalar(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """A persistent 0-d tensor: `fill_` sets it without the host sync that `torch.tensor(x, device=...)` costs."""
+        key = (name, like.device, like.dtype)
+        if key not in self._scalars:
+            self._scalars[key] = torch.zeros((), device=like.device, dtype=like.dtype)
+        return self._scalars[key]
+
+    def _capture(self, signature: tuple, leaves: list[Any], spec: Any, shape: tuple) -> _Captured | None:
+        started = time.perf_counter()
+        static_leaves = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+        args, kwargs = tree_unflatten(static_leaves, spec)
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # lazy initialisation and autotuning must happen outside the capture
+                for _ in range(WARMUP_CALLS):
+                    self.eager(*args, **kwargs)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pools.get(shape)):
+                output = self.eager(*args, **kwargs)
+        except Exception as exc:  # e.g. an op that synchronises with the host cannot be captured
+            torch.cuda.synchronize()
+            self.stats.failure = f"{self.module_name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            return None
+        if len(self.graphs) >= MAX_GRAPHS_PER_MODULE:
+            self.graphs.popitem(last=False)
+        inputs = [leaf for leaf in static_leaves if isinstance(leaf, torch.Tensor)]
+        self.graphs[signature] = captured = _Captured(graph, inputs, output)
+        self.stats.captures += 1
+        self.stats.capture_seconds += time.perf_counter() - started
+        return captured
+
+
+def enable(pipe: Any) -> GraphStats:
+    """Wrap the UNet's and the ControlNet's forward; returns the shared statistics."""
+    stats, pools = GraphStats(), _Pools()
+    pipe.controlnet.forward = GraphedForward(pipe.controlnet, pools, stats, scalar_kwargs=("conditioning_scale",))
+    pipe.unet.forward = GraphedForward(pipe.unet, pools, stats)
+    return stats
+
+
+def disable(pipe: Any) -> None:
+    """Back to plain eager forwards (drops every captured graph)."""
+    for module in (pipe.controlnet, pipe.unet):
+        module.__dict__.pop("forward", None)
