@@ -57,9 +57,9 @@ class _Pools:
 class GraphedForward:
     """Stands in for `module.forward`: captures once per input signature, then replays."""
 
-    def __init__(self, module: torch.nn.Module, pools: _Pools, stats: GraphStats,
+    def __init__(self, module: torch.nn.Module, forward: Callable[..., Any], pools: _Pools, stats: GraphStats,
                  scalar_kwargs: tuple[str, ...] = ()) -> None:
-        self.eager: Callable[..., Any] = module.forward
+        self.eager = forward
         self.pools = pools
         self.stats = stats
         self.scalar_kwargs = scalar_kwargs
@@ -127,11 +127,16 @@ class GraphedForward:
         return captured
 
 
-def enable(pipe: Any) -> GraphStats:
-    """Wrap the UNet's and the ControlNet's forward; returns the shared statistics."""
+def enable(pipe: Any, compile: bool = False) -> GraphStats:
+    """Wrap the UNet's and the ControlNet's forward; returns the shared statistics.
+
+    With `compile`, the captured forwards are torch.compile'd first (inductor's fused kernels, without
+    its own CUDA graphs, whose reused outputs clash with the ControlNet feeding the UNet); the
+    compilation runs during the first capture of each shape and takes minutes."""
     stats, pools = GraphStats(), _Pools()
-    pipe.controlnet.forward = GraphedForward(pipe.controlnet, pools, stats, scalar_kwargs=("conditioning_scale",))
-    pipe.unet.forward = GraphedForward(pipe.unet, pools, stats)
+    for module, scalars in ((pipe.controlnet, ("conditioning_scale",)), (pipe.unet, ())):
+        forward = torch.compile(module.forward) if compile else module.forward
+        module.forward = GraphedForward(module, forward, pools, stats, scalars)
     return stats
 
 

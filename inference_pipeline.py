@@ -234,16 +234,13 @@ class InferencePipeline:
 
         for module in (self.pipe.unet, self.pipe.controlnet, self.pipe.vae):
             module.to(memory_format=torch.channels_last)
-        if self.settings.compile:  # inductor's own CUDA graphs replace ours
-            for module in (self.pipe.unet, self.pipe.controlnet):
-                module.compile(mode="reduce-overhead")
-            self.fast_path = "on: torch.compile (reduce-overhead); each new shape compiles for minutes first"
-            return None
         if not self.settings.cuda_graphs:
             self.fast_path = "off: CUDA_GRAPHS=0"
             return None
         self.fast_path = "on: UNet and ControlNet replayed from CUDA graphs"
-        return cuda_graphs.enable(self.pipe)
+        if self.settings.compile:
+            self.fast_path += ", compiled by torch.compile (the first image of each size compiles for minutes)"
+        return cuda_graphs.enable(self.pipe, compile=self.settings.compile)
 
     # -- running ---------------------------------------------------------------------------------------
 
@@ -303,7 +300,7 @@ class InferencePipeline:
                 self.attention_in_use = "sdpa"
                 if self.graph_stats is not None:  # graphs captured with the old processors are stale
                     cuda_graphs.disable(self.pipe)
-                    self.graph_stats = cuda_graphs.enable(self.pipe)
+                    self.graph_stats = cuda_graphs.enable(self.pipe, compile=self.settings.compile)
                 return self._call_pipe(control, request, seeds, on_step, should_cancel), request.steps
         except _Cancelled as cancelled:
             return None, cancelled.steps_done

@@ -101,7 +101,13 @@ class Bench:
                             device=self.device, cuda_graphs=graphs, compile=compile)
         pipe = InferencePipeline(settings=settings)
         request = self.request(size, batch)
-        return lambda: pipe.generate(self.photo, request).images
+
+        def call() -> list[Any]:
+            result = pipe.generate(self.photo, request)
+            self.fast_path = result.run_card["fast_path"]
+            return result.images
+
+        return call
 
     def run(self, config: str, runner: str, size: int, batch: int) -> tuple[dict[str, Any], Any]:
         torch = self.torch
@@ -111,7 +117,7 @@ class Bench:
         if runner in ("diffusers", "sliced"):
             call = self.diffusers_call(size, batch, sliced=runner == "sliced")
         else:
-            call = self.project_call(size, batch, graphs=runner == "project", compile=runner == "project-compile")
+            call = self.project_call(size, batch, graphs=runner != "project-eager", compile=runner == "project-compile")
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -130,6 +136,8 @@ class Bench:
                "steps_per_second": round(self.steps / per_call, 2), "warmup_s": round(warmup, 2),
                "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if self.device == "cuda"
                else None}
+        if runner.startswith("project"):
+            row["fast_path"] = self.fast_path
         del call
         return row, images[0]
 
