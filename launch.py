@@ -1,0 +1,269 @@
+"""Start the app headless, wait until it answers, and optionally open a password-protected ngrok tunnel.
+
+Safe to run again: it first stops the Streamlit server and the ngrok agent that it started before
+(found through its pidfile, never by process name), so a re-run notebook cell neither serves a stale
+app nor hits ngrok's one-agent limit.
+
+    python launch.py --tunnel ngrok                  # Kaggle / Colab: prints the public URL and a password
+    python launch.py --tunnel none --models tiny     # local smoke run; `python launch.py --stop` ends it
+
+In a notebook, `launch.start(...)` does the same and returns, leaving the tunnel open for the kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+APP = ROOT / "app.py"
+STATE_DIR = ROOT / ".launch"
+TOKEN_NAME = "NGROK_AUTHTOKEN"
+NGROK_HINTS = {
+    "ERR_NGROK_4018": "ngrok needs an authtoken: sign up at ngrok.com, then set NGROK_AUTHTOKEN (on Kaggle: "
+                      "Add-ons > Secrets, a secret named NGROK_AUTHTOKEN)",
+    "ERR_NGROK_105": "the ngrok authtoken is malformed: copy it again from the ngrok dashboard",
+    "ERR_NGROK_107": "the ngrok authtoken is invalid or was reset: copy the current one from the ngrok dashboard",
+    "ERR_NGROK_108": "another ngrok agent already runs on this account (a free account allows one): stop the other "
+                     "notebook or session, or end it at dashboard.ngrok.com/agents, then run this again",
+    "ERR_NGROK_8012": "ngrok reached this machine but the app did not answer: wait until the launcher says it is "
+                      "ready, or run it again",
+}
+
+
+class LaunchError(RuntimeError):
+    """The app or the tunnel could not be started; the message says what to do."""
+
+
+@dataclass
+class Launched:
+    local_url: str
+    public_url: str | None
+    pid: int
+    username: str | None = None
+    password: str | None = None
+
+
+def _runs(pid: int, marker: str) -> bool:
+    """The pid still runs what this launcher started (`marker` is in its command line; pids get reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return marker in cmdline
+
+
+def _terminate(pid: int, group: bool = True, timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout_s`; `group` for a process started in its own session."""
+    kill = os.killpg if group else os.kill
+    try:
+        kill(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    try:
+        kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop(state_dir: Path = STATE_DIR) -> bool:
+    """Stop what an earlier `start` left running; True when something was stopped."""
+    state_file = state_dir / "state.json"
+    if not state_file.exists():
+        return False
+    state = json.loads(state_file.read_text())
+    stopped = False
+    if "pyngrok" in sys.modules:  # a tunnel opened by this same kernel
+        from pyngrok import ngrok
+
+        ngrok.kill()
+    if state.get("ngrok_pid") and _runs(state["ngrok_pid"], "ngrok"):
+        _terminate(state["ngrok_pid"], group=False)
+        stopped = True
+    if _runs(state["pid"], state["app"]):
+        _terminate(state["pid"])
+        stopped = True
+    state_file.unlink()
+    return stopped
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _wait_until_healthy(proc: subprocess.Popen, port: int, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LaunchError(f"Streamlit exited with code {proc.returncode} before it answered. Its last log "
+                              f"lines ({log}):\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    _terminate(proc.pid)
+    raise LaunchError(f"Streamlit did not answer on port {port} within {timeout_s:.0f} s. Its last log lines "
+                      f"({log}):\n{_tail(log)}")
+
+
+def resolve_token(environ: dict[str, str] | None = None) -> str | None:
+    """The ngrok authtoken: the NGROK_AUTHTOKEN variable first, then a Kaggle secret of that name."""
+    value = (environ if environ is not None else os.environ).get(TOKEN_NAME, "").strip()
+    if value:
+        return value
+    try:
+        from kaggle_secrets import UserSecretsClient
+    except ImportError:
+        return None
+    try:
+        return (UserSecretsClient().get_secret(TOKEN_NAME) or "").strip() or None
+    except Exception:  # no such secret, or secrets not attached to this notebook
+        return None
+
+
+def ngrok_hint(exc: BaseException, token: str | None = None) -> str:
+    """A plain-language message for an ngrok failure, with the token blanked out."""
+    code = getattr(exc, "ngrok_error_code", None)
+    text = " ".join(filter(None, (str(exc), getattr(exc, "ngrok_error", None) or "")))
+    code = code or next(iter(re.findall(r"ERR_NGROK_\d+", text)), None)
+    if code in NGROK_HINTS:
+        message = f"{NGROK_HINTS[code]} ({code})."
+    else:
+        first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+        message = f"ngrok failed{f' ({code})' if code else ''}: {first}"
+    return message.replace(token, "[token hidden]") if token else message
+
+
+def _open_tunnel(port: int, token: str, credentials: tuple[str, str] | None) -> tuple[str, int | None]:
+    from pyngrok import conf, ngrok
+    from pyngrok.exception import PyngrokError
+
+    config = conf.PyngrokConfig(auth_token=token)
+    options = {"basic_auth": [f"{credentials[0]}:{credentials[1]}"]} if credentials else {}
+    try:
+        tunnel = ngrok.connect(str(port), "http", pyngrok_config=config, **options)
+    except PyngrokError as exc:
+        raise LaunchError(ngrok_hint(exc, token)) from None
+    process = ngrok.get_ngrok_process(config)
+    return tunnel.public_url, getattr(process.proc, "pid", None)
+
+
+def start(port: int = 8501, tunnel: str = "none", models: str | None = None, auth: str | None = None,
+          no_auth: bool = False, timeout_s: float = 120.0, state_dir: Path = STATE_DIR, app: Path = APP,
+          quiet: bool = False) -> Launched:
+    """Start (or restart) the app; with `tunnel="ngrok"` also open the tunnel. Raises LaunchError."""
+    say = (lambda *_: None) if quiet else print
+    token = None
+    if tunnel == "ngrok":
+        token = resolve_token()
+        if token is None:
+            raise LaunchError(NGROK_HINTS["ERR_NGROK_4018"] + ". Nothing was started.")
+    elif tunnel != "none":
+        raise LaunchError(f"--tunnel must be ngrok or none, not {tunnel!r}")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if stop(state_dir):
+        say("Stopped the app started earlier.")
+    if _port_in_use(port):
+        raise LaunchError(f"Port {port} is already in use by another program (not one this launcher started). "
+                          f"Stop it or pick another port with --port.")
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_NAME}  # the app never sees the token
+    if models:
+        env["MODELS"] = models
+    log = state_dir / "streamlit.log"
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
+               "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
+               "--browser.gatherUsageStats", "false"]
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    state = {"pid": proc.pid, "port": port, "app": str(app)}
+    (state_dir / "state.json").write_text(json.dumps(state))
+    _wait_until_healthy(proc, port, log, timeout_s)
+    launched = Launched(local_url=f"http://127.0.0.1:{port}", public_url=None, pid=proc.pid)
+    say(f"The app is ready at {launched.local_url} (log: {log}).")
+    if tunnel == "ngrok":
+        credentials = None
+        if no_auth:
+            say("WARNING: the public URL has no password: anyone who has it can use this GPU.")
+        else:
+            user, _, password = (auth or "").partition(":")
+            credentials = (user or "studio", password or secrets.token_urlsafe(12))
+        try:
+            launched.public_url, state["ngrok_pid"] = _open_tunnel(port, token, credentials)
+        except LaunchError:
+            stop(state_dir)
+            raise
+        (state_dir / "state.json").write_text(json.dumps(state))
+        if credentials:
+            launched.username, launched.password = credentials
+        say(f"Public URL: {launched.public_url}")
+        if credentials:
+            say(f"User: {launched.username}  Password: {launched.password}")
+    return launched
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Start the app headless, optionally behind an ngrok tunnel.")
+    parser.add_argument("--port", type=int, default=8501)
+    parser.add_argument("--tunnel", choices=("ngrok", "none"), default="none")
+    parser.add_argument("--models", choices=("tiny", "sd15"), default=None, help="default: the MODELS variable")
+    parser.add_argument("--auth", default=None, help="user:password for the tunnel (default: a generated one)")
+    parser.add_argument("--no-auth", action="store_true", help="open the tunnel without a password (not advised)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the app to answer")
+    parser.add_argument("--stop", action="store_true", help="stop what an earlier launch started, then exit")
+    args = parser.parse_args(argv)
+    if args.stop:
+        print("Stopped." if stop() else "Nothing to stop.")
+        return 0
+    try:
+        launched = start(args.port, args.tunnel, args.models, args.auth, args.no_auth, args.timeout)
+    except LaunchError as exc:
+        print(f"Could not start: {exc}", file=sys.stderr)
+        return 1
+    if launched.public_url is None:
+        print("It keeps running in the background; stop it with: python launch.py --stop")
+        return 0
+    print("Keep this running to keep the tunnel open; Ctrl-C stops the app and the tunnel.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""launch.py: real Streamlit servers started, restarted and stopped; ngrok errors and the token."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import sys
+import threading
+import time
+import types
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from pyngrok import ngrok
+from pyngrok.exception import PyngrokNgrokError, PyngrokNgrokHTTPError
+
+import launch
+from conftest import ROOT
+
+TOKEN = "2abcDEFghiJKLmnoPQRstuVWXyz_0123456789abcdefGHIJK"
+ERR_4018 = ("authentication failed: Usage of ngrok requires a verified account and authtoken.\n\nSign up for an "
+            "account: https://dashboard.ngrok.com/signup\nInstall your authtoken: "
+            "https://dashboard.ngrok.com/get-started/your-authtoken\r\n\r\nERR_NGROK_4018\r\n")
+ERR_107 = (f"authentication failed: The authtoken you specified is properly formed, but it is invalid.\nYour "
+           f"authtoken: {TOKEN}\nThis usually happens when:\n    - You reset your authtoken\nGo to your ngrok "
+           f"dashboard and double check that your authtoken is correct:\nhttps://dashboard.ngrok.com/auth\r\n\r\n"
+           f"ERR_NGROK_107\r\n")
+ERR_108 = ("authentication failed: Your account is limited to 1 simultaneous ngrok agent sessions.\nYou can run "
+           "multiple simultaneous tunnels from a single agent session by defining the tunnels in your agent "
+           "configuration file and starting them with the command `ngrok start --all`.\nYou can view your current "
+           "agent sessions in the dashboard:\nhttps://dashboard.ngrok.com/agents\r\n\r\nERR_NGROK_108\r\n")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def health(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=3) as reply:
+            return reply.read().decode()
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def state_dir(tmp_path, monkeypatch, model_cache):
+    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
+    monkeypatch.setenv("DEVICE", "cpu")
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+    folder = tmp_path / "launch-state"
+    yield folder
+    launch.stop(folder)
+
+
+def test_start_reaches_health_and_a_second_start_replaces_the_first(state_dir):
+    port = free_port()
+    first = launch.start(port, "none", "tiny", state_dir=state_dir, quiet=True)
+    assert health(port) == "ok" and first.local_url == f"http://127.0.0.1:{port}"
+    second = launch.start(port, "none", "tiny", state_dir=state_dir, quiet=True)
+    assert second.pid != first.pid
+    assert not Path(f"/proc/{first.pid}").exists(), "the first server must be gone"
+    assert health(port) == "ok"
+    assert launch.stop(state_dir) is True
+    assert not Path(f"/proc/{second.pid}").exists() and health(port) is None
+
+
+def test_a_port_taken_by_another_server_fails_clearly_and_fast(state_dir):
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(launch.LaunchError, match=f"Port {server.server_port} is already in use"):
+            launch.start(server.server_port, "none", "tiny", state_dir=state_dir, quiet=True)
+        assert time.monotonic() - started < 10
+    finally:
+        server.shutdown()
+
+
+def test_an_app_that_dies_at_start_fails_with_its_log_lines(state_dir, tmp_path):
+    with pytest.raises(launch.LaunchError) as error:
+        launch.start(free_port(), "none", "tiny", state_dir=state_dir, app=tmp_path / "missing_app.py", quiet=True)
+    message = str(error.value)
+    assert "exited with code" in message and "missing_app.py" in message and "does not exist" in message
+
+
+def test_cli_help_and_stop_with_nothing_running(tmp_path):
+    import subprocess
+
+    help_text = subprocess.run([sys.executable, "launch.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert help_text.returncode == 0
+    for option in ("--port", "--tunnel", "--models", "--auth", "--no-auth", "--stop"):
+        assert option in help_text.stdout
+
+
+# -- the token and ngrok's errors ----------------------------------------------------------------------------
+
+class StandInSecrets:
+    """Kaggle's `kaggle_secrets` exists only on Kaggle; this stands in for its UserSecretsClient."""
+
+    secrets: dict[str, str] = {}
+
+    def get_secret(self, name: str) -> str:
+        if name not in self.secrets:
+            raise KeyError(name)  # what the real client does is raise; the launcher must not care which error
+        return self.secrets[name]
+
+
+@pytest.fixture
+def kaggle_secrets(monkeypatch):
+    module = types.ModuleType("kaggle_secrets")
+    module.UserSecretsClient = StandInSecrets
+    monkeypatch.setitem(sys.modules, "kaggle_secrets", module)
+    monkeypatch.setattr(StandInSecrets, "secrets", {})
+    return StandInSecrets
+
+
+def test_token_comes_from_the_environment_first_then_the_kaggle_secret(kaggle_secrets):
+    kaggle_secrets.secrets = {"NGROK_AUTHTOKEN": "from-kaggle"}
+    assert launch.resolve_token({"NGROK_AUTHTOKEN": "from-env"}) == "from-env"
+    assert launch.resolve_token({"NGROK_AUTHTOKEN": "  "}) == "from-kaggle"
+    assert launch.resolve_token({}) == "from-kaggle"
+    kaggle_secrets.secrets = {}
+    assert launch.resolve_token({}) is None
+
+
+def test_no_token_means_nothing_is_started(state_dir, kaggle_secrets):
+    with pytest.raises(launch.LaunchError, match="NGROK_AUTHTOKEN") as error:
+        launch.start(free_port(), "ngrok", "tiny", state_dir=state_dir, quiet=True)
+    assert "Nothing was started" in str(error.value) and not (state_dir / "state.json").exists()
+
+
+@pytest.mark.parametrize("error, expected", [
+    (PyngrokNgrokError("The ngrok process errored on start: authentication failed.", [], ERR_4018),
+     "ngrok needs an authtoken"),
+    (PyngrokNgrokError("The ngrok process errored on start: authentication failed.", [], ERR_107),
+     "authtoken is invalid or was reset"),
+    (PyngrokNgrokError("The ngrok process errored on start: authentication failed.", [], ERR_108),
+     "another ngrok agent already runs"),
+    (PyngrokNgrokHTTPError("ngrok client exception, API returned 502: ERR_NGROK_8012", "http://127.0.0.1:4040",
+                           502, "Bad Gateway", {}, "ERR_NGROK_8012"), "the app did not answer"),
+    (PyngrokNgrokError("The ngrok process errored on start: tunnel session failed: ERR_NGROK_9999", [],
+                       "tunnel session failed: something new\r\n\r\nERR_NGROK_9999"), "ngrok failed (ERR_NGROK_9999)"),
+])
+def test_ngrok_errors_become_plain_hints_without_the_token(error, expected):
+    hint = launch.ngrok_hint(error, TOKEN)
+    assert expected in hint
+    assert TOKEN not in hint
+
+
+def test_the_token_never_reaches_output_logs_or_the_app(state_dir, monkeypatch, capsys):
+    monkeypatch.setenv("NGROK_AUTHTOKEN", TOKEN)
+    opened = {}
+
+    def connect(addr, proto, pyngrok_config, **options):
+        opened.update(addr=addr, proto=proto, token=pyngrok_config.auth_token, **options)
+        return types.SimpleNamespace(public_url="https://example.ngrok.app")
+
+    monkeypatch.setattr(ngrok, "connect", connect)
+    monkeypatch.setattr(ngrok, "get_ngrok_process", lambda config: types.SimpleNamespace(proc=None))
+    port = free_port()
+    launched = launch.start(port, "ngrok", "tiny", state_dir=state_dir)
+    assert opened["token"] == TOKEN and opened["addr"] == str(port) and opened["proto"] == "http"
+    assert opened["basic_auth"] == [f"studio:{launched.password}"] and len(launched.password) >= 16
+    app_environment = Path(f"/proc/{launched.pid}/environ").read_bytes()
+    assert b"NGROK_AUTHTOKEN" not in app_environment and TOKEN.encode() not in app_environment
+
+    def failing_connect(*args, **kwargs):
+        raise PyngrokNgrokError("The ngrok process errored on start: authentication failed.", [], ERR_107)
+
+    monkeypatch.setattr(ngrok, "connect", failing_connect)
+    with pytest.raises(launch.LaunchError) as error:
+        launch.start(port, "ngrok", "tiny", state_dir=state_dir)
+    assert TOKEN not in str(error.value) and "[token hidden]" not in str(error.value)
+    assert health(port) is None, "a failed tunnel stops the app it started"
+    printed = capsys.readouterr()
+    assert "Public URL: https://example.ngrok.app" in printed.out and launched.password in printed.out
+    assert TOKEN not in printed.out + printed.err
+    assert TOKEN not in (state_dir / "streamlit.log").read_text()
+
+
+def test_no_auth_warns_and_opens_without_a_password(state_dir, monkeypatch, capsys):
+    monkeypatch.setenv("NGROK_AUTHTOKEN", TOKEN)
+    options = {}
+    monkeypatch.setattr(ngrok, "connect", lambda addr, proto, pyngrok_config, **kw: options.update(kw) or
+                        types.SimpleNamespace(public_url="https://open.ngrok.app"))
+    monkeypatch.setattr(ngrok, "get_ngrok_process", lambda config: types.SimpleNamespace(proc=None))
+    launched = launch.start(free_port(), "ngrok", "tiny", no_auth=True, state_dir=state_dir)
+    assert options == {} and launched.password is None
+    assert "anyone who has it can use this GPU" in capsys.readouterr().out
+
+
+# -- the notebook ---------------------------------------------------------------------------------------------
+
+def test_notebook_is_valid_clean_and_runs_in_order(monkeypatch, model_cache):
+    path = ROOT / "notebooks" / "kaggle_demo.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
+    assert TOKEN[:4] not in path.read_text() and "NGROK_AUTHTOKEN" in path.read_text()
+    port = free_port()
+    monkeypatch.setenv("APP_SMOKE_TEST", "1")
+    monkeypatch.setenv("APP_PORT", str(port))
+    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    finally:
+        launch.stop()
+    text = "\n".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                     for out in cell.outputs)
+    assert f"Repository: {ROOT}" in text
+    assert "chosen: sdpa" in text
+    assert f"The app is ready at http://127.0.0.1:{port}" in text
+    assert "Stopped." in text
+    assert health(port) is None
