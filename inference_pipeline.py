@@ -22,20 +22,22 @@ from urllib.parse import urlparse
 import attention_backend
 import cuda_graphs
 import tiny_models
-from control_image import build_control_image, fit_size
+from control_image import (CONTROL_MODES, RESIZE_MODES, NoMatchingDetectionsError, build_control_image,
+                           edge_fidelity, edge_map_control, fit_size, place_image)
 from detections import Detection
 from image_io import InvalidImageError, load_image
 from run_card import library_versions
 from settings import Settings
 
-__all__ = ["GenerationRequest", "GenerationResult", "InferencePipeline", "InvalidImageError",
-           "InvalidRequestError", "ModelLoadError", "load_image"]
+__all__ = ["ControlPreview", "GenerationRequest", "GenerationResult", "InferencePipeline",
+           "InvalidImageError", "InvalidRequestError", "LoraError", "ModelLoadError", "load_image"]
 
 # Ultralytics: no pip auto-install, no analytics, no DNS probe at import (it can hang on a closed network).
 os.environ["YOLO_AUTOINSTALL"] = "False"
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
+SCHEDULERS = ("unipc", "dpmpp_2m_karras", "euler_a", "ddim")
 NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, "
                    "worst quality, low quality")
 SEED_MAX = 2**32 - 1
@@ -49,6 +51,10 @@ class ModelLoadError(RuntimeError):
     """Weights could not be loaded; the message names the model and the ways out."""
 
 
+class LoraError(ValueError):
+    """A LoRA could not be used; the base model is unchanged and the message says why."""
+
+
 class _Cancelled(Exception):
     def __init__(self, steps_done: int) -> None:
         super().__init__(f"cancelled after {steps_done} steps")
@@ -58,6 +64,11 @@ class _Cancelled(Exception):
 def _check_range(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise InvalidRequestError(f"{name} must lie between {low} and {high}, got {value}")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InvalidRequestError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -73,12 +84,25 @@ class GenerationRequest:
     seed: int | None = None
     resolution: int = 512
     size_multiple: int = 8
+    width: int | None = None
+    height: int | None = None
+    resize_mode: str = "resize"
     controlnet_scale: float = 1.0
     control_start: float = 0.0
     control_end: float = 1.0
     guess_mode: bool = False
+    scheduler: str = "unipc"
+    lora: str | None = None
+    lora_weight: float = 0.8
     canny_low: int = 100
     canny_high: int = 200
+    control_mode: str = "full"
+    control_classes: tuple[int, ...] | None = None
+    control_padding: float = 0.0
+    control_feather: int = 0
+    background_weight: float = 0.0
+    control_source: str = "canny"
+    invert_edge_map: bool = False
     detect_conf: float = 0.25
     detect_iou: float = 0.45
     detect_classes: tuple[int, ...] | None = None
@@ -101,6 +125,20 @@ class GenerationRequest:
             _check_range("seed", self.seed, 0, SEED_MAX)
         if self.control_start > self.control_end:
             raise InvalidRequestError("control_start must not be after control_end")
+        if (self.width is None) != (self.height is None):
+            raise InvalidRequestError("give both width and height, or neither (then resolution sets the size)")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and (not 64 <= value <= 2048 or value % 8):
+                raise InvalidRequestError(f"{name} must be a multiple of 8 between 64 and 2048, got {value}")
+        _choice("resize_mode", self.resize_mode, RESIZE_MODES)
+        _choice("scheduler", self.scheduler, SCHEDULERS)
+        _check_range("lora_weight", self.lora_weight, 0.0, 2.0)
+        _choice("control_mode", self.control_mode, CONTROL_MODES)
+        _choice("control_source", self.control_source, ("canny", "edge_map"))
+        _check_range("control_padding", self.control_padding, 0.0, 1.0)
+        _check_range("control_feather", self.control_feather, 0, 64)
+        _check_range("background_weight", self.background_weight, 0.0, 1.0)
 
     @property
     def full_prompt(self) -> str:
@@ -119,6 +157,17 @@ class GenerationResult:
     run_card: dict[str, Any]
     cancelled: bool = False
     seeds: list[int] = field(default_factory=list)
+    fidelity: list[dict[str, float]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ControlPreview:
+    """The control image a request would use, before any denoising."""
+
+    control_image: Any
+    detections: list[Detection]
+    warnings: list[str]
 
 
 def _hub_reachable(timeout_s: float) -> bool:
@@ -160,6 +209,9 @@ class InferencePipeline:
         self.attention_in_use = self.attention.chosen
         self.attention_fallback: str | None = None
         self.graph_stats = self._enable_fast_path()
+        self._schedulers: dict[str, Any] = {}
+        self.versions = library_versions()
+        self._lora: tuple[str, float] | None = None
         self.load_seconds = time.perf_counter() - started
 
     @property
@@ -242,6 +294,60 @@ class InferencePipeline:
             self.fast_path += ", compiled by torch.compile (the first image of each size compiles for minutes)"
         return cuda_graphs.enable(self.pipe, compile=self.settings.compile)
 
+    def _refresh_graphs(self) -> None:
+        """Graphs captured before a change of weights or attention processors are stale: recapture."""
+        if self.graph_stats is not None:
+            cuda_graphs.disable(self.pipe)
+            self.graph_stats = cuda_graphs.enable(self.pipe, compile=self.settings.compile)
+
+    def _scheduler(self, name: str) -> Any:
+        """One scheduler object per name, all from the model's own scheduler config."""
+        if name not in self._schedulers:
+            from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                                   UniPCMultistepScheduler)
+
+            config = self.pipe.scheduler.config
+            self._schedulers[name] = {
+                "unipc": lambda: UniPCMultistepScheduler.from_config(config),
+                "dpmpp_2m_karras": lambda: DPMSolverMultistepScheduler.from_config(
+                    config, algorithm_type="dpmsolver++", use_karras_sigmas=True),
+                "euler_a": lambda: EulerAncestralDiscreteScheduler.from_config(config),
+                "ddim": lambda: DDIMScheduler.from_config(config),
+            }[name]()
+        return self._schedulers[name]
+
+    def _use_lora(self, source: str | None, weight: float) -> None:
+        """Load, reweight or drop the style LoRA; unloading restores the base weights exactly."""
+        wanted = (source, weight) if source else None
+        if wanted == self._lora:
+            return
+        if self._lora is not None and (source is None or source != self._lora[0]):
+            self.pipe.unload_lora_weights()
+            self._lora = None
+        if source and self._lora is None:
+            try:
+                self._load_lora(source)
+            except Exception as exc:
+                self.pipe.unload_lora_weights()
+                self._refresh_graphs()
+                raise LoraError(f"The LoRA '{source}' cannot be used with this SD1.5 model ({_short(exc)}). "
+                                "Generating without it works as before.") from exc
+        if source:
+            self.pipe.set_adapters(["style"], adapter_weights=[weight])
+        self._lora = wanted
+        self._refresh_graphs()
+
+    def _load_lora(self, source: str) -> None:
+        path = Path(source).expanduser()
+        if path.is_file():
+            if path.suffix != ".safetensors":
+                raise ValueError("only .safetensors files are loaded (other formats can run code)")
+            self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="style")
+        else:
+            local_only = not path.is_dir() and not _hub_reachable(self.settings.hub_timeout_s)
+            self.pipe.load_lora_weights(source, adapter_name="style", use_safetensors=True,
+                                        local_files_only=local_only)
+
     # -- running ---------------------------------------------------------------------------------------
 
     def detect(self, image: Any, conf: float = 0.25, iou: float = 0.45,
@@ -261,28 +367,64 @@ class InferencePipeline:
                                             result.boxes.cls.tolist())]
         return sorted(found, key=lambda d: -d.confidence)
 
+    def preview(self, image: Any, request: GenerationRequest | None = None) -> ControlPreview:
+        """Detect and build the control image exactly as `generate` would, without denoising."""
+        request = request or GenerationRequest()
+        image = load_image(image, max_pixels=self.settings.max_pixels)
+        with self._lock:
+            detections = self._detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
+        control, warnings = self._control(image, detections, request)
+        return ControlPreview(control, detections, warnings)
+
+    def _control(self, image: Any, detections: list[Detection], request: GenerationRequest
+                 ) -> tuple[Any, list[str]]:
+        """The control image at the output size; Canny runs there, so every edge lands on an output pixel."""
+        size = ((request.width, request.height) if request.width else
+                fit_size(*image.size, request.resolution, request.size_multiple))
+        placed, placement = place_image(image, size, request.resize_mode)
+        if request.control_source == "edge_map":
+            return edge_map_control(placed, request.invert_edge_map), []
+        boxes = [replace(d, box=placement.map_box(d.box)) for d in detections]
+        options = dict(low=request.canny_low, high=request.canny_high, classes=request.control_classes,
+                       padding=request.control_padding, feather=request.control_feather,
+                       background_weight=request.background_weight)
+        try:
+            return build_control_image(placed, boxes, mode=request.control_mode, **options), []
+        except NoMatchingDetectionsError as exc:
+            return build_control_image(placed, mode="full", **options), [f"{exc} The whole image's edges were "
+                                                                         "used instead."]
+
     def generate(self, image: Any, request: GenerationRequest | None = None,
                  on_step: Callable[[int, int], None] | None = None,
-                 should_cancel: Callable[[], bool] | None = None) -> GenerationResult:
-        """Detect, build the control image and denoise. Same seed, same pixels."""
+                 should_cancel: Callable[[], bool] | None = None,
+                 on_stage: Callable[[str], None] | None = None) -> GenerationResult:
+        """Detect, build the control image and denoise. Same seed, same pixels.
+
+        `on_stage` hears "detect", "control" and "generate" as each stage starts; `on_step(step, total)`
+        after every denoising step; `should_cancel()` is asked after every step."""
+        stage = on_stage or (lambda name: None)
         request = request or GenerationRequest()
         image = load_image(image, max_pixels=self.settings.max_pixels)
         seed = request.seed if request.seed is not None else random.randint(0, SEED_MAX - request.num_images)
         seeds = [(seed + i) % (SEED_MAX + 1) for i in range(request.num_images)]
-        timings: dict[str, float] = {}
         with self._lock:
+            self._use_lora(request.lora, request.lora_weight)
+            stage("detect")
             t0 = time.perf_counter()
             detections = self._detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
             t1 = time.perf_counter()
-            size = fit_size(*image.size, request.resolution, request.size_multiple)
-            control = build_control_image(image, size, request.canny_low, request.canny_high)
+            stage("control")
+            control, warnings = self._control(image, detections, request)
             t2 = time.perf_counter()
+            stage("generate")
             images, steps_done = self._denoise(control, request, seeds, on_step, should_cancel)
             t3 = time.perf_counter()
         timings = {"detect_s": t1 - t0, "control_s": t2 - t1, "generate_s": t3 - t2, "total_s": t3 - t0}
-        cancelled = images is None
-        card = self._run_card(replace(request, seed=seed), seeds, size, timings, cancelled, steps_done)
-        return GenerationResult(images or [], control, detections, seed, timings, card, cancelled, seeds)
+        fidelity = [edge_fidelity(output, control) for output in images or []]
+        card = self._run_card(replace(request, seed=seed), seeds, control.size, timings, images is None, steps_done)
+        card.update(fidelity=fidelity, warnings=warnings)
+        return GenerationResult(images or [], control, detections, seed, timings, card, images is None, seeds,
+                                fidelity, warnings)
 
     def _denoise(self, control: Any, request: GenerationRequest, seeds: list[int],
                  on_step: Callable[[int, int], None] | None,
@@ -298,9 +440,7 @@ class InferencePipeline:
                                           "switched to sdpa"
                 attention_backend.apply(self.pipe, "sdpa")
                 self.attention_in_use = "sdpa"
-                if self.graph_stats is not None:  # graphs captured with the old processors are stale
-                    cuda_graphs.disable(self.pipe)
-                    self.graph_stats = cuda_graphs.enable(self.pipe, compile=self.settings.compile)
+                self._refresh_graphs()
                 return self._call_pipe(control, request, seeds, on_step, should_cancel), request.steps
         except _Cancelled as cancelled:
             return None, cancelled.steps_done
@@ -319,6 +459,7 @@ class InferencePipeline:
 
         # One CPU generator per image: image i of seed s is image 0 of seed s+i (up to batch rounding).
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        self.pipe.scheduler = self._scheduler(request.scheduler)
         output = self.pipe(prompt=request.full_prompt, negative_prompt=request.negative_prompt or None,
                            image=control, num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
                            num_images_per_prompt=request.num_images, generator=generators,
@@ -339,13 +480,13 @@ class InferencePipeline:
             "seeds": seeds,
             "size": list(size),
             "models": dict(self.model_ids),
-            "scheduler": type(self.pipe.scheduler).__name__,
+            "scheduler": type(self._scheduler(request.scheduler)).__name__,
             "device": device,
             "dtype": str(self.dtype).removeprefix("torch."),
             "attention": {"chosen": self.attention.chosen, "why": self.attention.why, "in_use": self.attention_in_use,
                           "fallback": self.attention_fallback, "quarantined": self.attention.quarantined},
             "fast_path": {"state": self.fast_path, **(asdict(self.graph_stats) if self.graph_stats else {})},
-            "versions": library_versions(),
+            "versions": self.versions,
             "timings": {k: round(v, 4) for k, v in timings.items()},
             "cancelled": cancelled,
             "steps_done": steps_done,

@@ -1,7 +1,8 @@
-"""Offline smoke models: a tiny SD1.5-shaped ControlNet pipeline and a tiny YOLO, built in seconds.
+"""Offline models: a tiny SD1.5-shaped ControlNet pipeline built in seconds, the fixture shape detector,
+and the full-size random-weight SD1.5 + ControlNet and YOLOv8n that the benchmarks time.
 
-They have random weights, so their pictures are noise, but they are saved in the real formats
-(`save_pretrained`, Ultralytics `.pt`) and loaded back through the code that loads real weights.
+The diffusion models have random weights, so their pictures are noise, but they are saved in the real
+formats (`save_pretrained`, Ultralytics `.pt`) and loaded back through the code that loads real weights.
 The latent geometry is SD1.5's: VAE scale factor 8, 4 latent channels, 77 CLIP positions.
 """
 
@@ -10,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
+# The fixture detector: a tiny YOLOv8 trained on drawn circles, squares and triangles by
+# tools/train_shapes_detector.py, so that the smoke mode and the tests see real, non-empty detections.
+SHAPES_DETECTOR = Path(__file__).resolve().parent / "assets" / "shapes_detector.pt"
 
 
 @dataclass(frozen=True)
@@ -22,17 +26,16 @@ class TinyModelPaths:
 
 def tiny_model_paths(folder: Path) -> TinyModelPaths:
     folder = Path(folder) / f"tiny-v{RECIPE_VERSION}"
-    return TinyModelPaths(sd15=folder / "sd15", controlnet=folder / "controlnet", yolo=folder / "yolo.pt")
+    return TinyModelPaths(sd15=folder / "sd15", controlnet=folder / "controlnet", yolo=SHAPES_DETECTOR)
 
 
 def ensure_tiny_models(folder: Path) -> TinyModelPaths:
-    """Build the tiny models under `folder` unless a complete build is already there."""
+    """Build the tiny diffusion models under `folder` unless a complete build is already there."""
     paths = tiny_model_paths(folder)
     done = paths.sd15.parent / "complete"
     if not done.exists():
         paths.sd15.parent.mkdir(parents=True, exist_ok=True)
         _build_diffusion(paths)
-        build_yolo(paths.yolo)
         done.write_text(RECIPE_VERSION)
     return paths
 
@@ -110,7 +113,8 @@ def _build_diffusion(paths: TinyModelPaths, arch: dict = TINY, device: str = "cp
 
 
 def build_yolo(path: Path) -> None:
-    """A random-weight YOLOv8n with the COCO class names, saved as an Ultralytics checkpoint."""
+    """A random-weight YOLOv8n with the COCO class names, saved as an Ultralytics checkpoint: the benchmarks'
+    detector, which costs what Ultralytics' nano detectors cost."""
     import torch
     from ultralytics import YOLO
     from ultralytics.utils import YAML

@@ -69,7 +69,7 @@ class Bench:
     def diffusers_call(self, size: int, batch: int, sliced: bool) -> Callable[[], list[Any]]:
         from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UniPCMultistepScheduler
 
-        from control_image import build_control_image, fit_size
+        from control_image import build_control_image, fit_size, place_image
 
         variant = "fp16" if self.device == "cuda" else None
         controlnet = ControlNetModel.from_pretrained(self.folders["controlnet"], variant=variant, dtype=self.dtype)
@@ -81,8 +81,8 @@ class Bench:
         if sliced:
             pipe.enable_attention_slicing(1)
         request = self.request(size, batch)
-        control = build_control_image(self.photo, fit_size(*self.photo.size, size), request.canny_low,
-                                      request.canny_high)
+        placed, _ = place_image(self.photo, fit_size(*self.photo.size, size))
+        control = build_control_image(placed, low=request.canny_low, high=request.canny_high)
 
         def call() -> list[Any]:
             generators = [self.torch.Generator("cpu").manual_seed(SEED + i) for i in range(batch)]

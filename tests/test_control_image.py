@@ -1,8 +1,45 @@
+"""Control images on synthetic scenes whose geometry is known to the pixel."""
+
+from __future__ import annotations
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from control_image import build_control_image, canny_edges, fit_size
+from control_image import (NoMatchingDetectionsError, build_control_image, canny_edges, edge_fidelity,
+                           edge_map_control, fit_size, place_image, region_mask)
+from detections import Detection
+
+# Two white squares on black: A (class 0) and B (class 1); boxes leave 5 px around each square.
+SQUARE_A, SQUARE_B = (20, 20, 60, 60), (120, 30, 170, 80)
+BOX_A, BOX_B = (15, 15, 65, 65), (115, 25, 175, 85)
+DETECTIONS = [Detection("circle", 0, 0.9, BOX_A), Detection("square", 1, 0.8, BOX_B)]
+
+
+@pytest.fixture
+def scene() -> Image.Image:
+    canvas = np.zeros((100, 200, 3), np.uint8)
+    for x1, y1, x2, y2 in (SQUARE_A, SQUARE_B):
+        canvas[y1:y2, x1:x2] = 255
+    return Image.fromarray(canvas)
+
+
+def edges_of(control: Image.Image) -> np.ndarray:
+    array = np.asarray(control)
+    assert array.shape[2] == 3 and np.array_equal(array[..., 0], array[..., 2])
+    return array[..., 0].astype(np.int32)
+
+
+def inside(array: np.ndarray, box) -> np.ndarray:
+    x1, y1, x2, y2 = box
+    return array[y1:y2, x1:x2]
+
+
+def outside(array: np.ndarray, box) -> np.ndarray:
+    masked = array.copy()
+    x1, y1, x2, y2 = box
+    masked[y1:y2, x1:x2] = 0
+    return masked
 
 
 @pytest.mark.parametrize("size, short, multiple, expected", [
@@ -16,31 +53,106 @@ def test_fit_size_keeps_aspect_and_snaps(size, short, multiple, expected):
     assert fit_size(*size, short, multiple) == expected
 
 
-def test_fit_size_rejects_empty_images():
-    with pytest.raises(ValueError):
-        fit_size(0, 10, 512)
+def test_full_mode_keeps_every_edge_at_the_image_size(scene):
+    edges = edges_of(build_control_image(scene))
+    assert edges.shape == (100, 200)
+    assert inside(edges, BOX_A).max() == 255 and inside(edges, BOX_B).max() == 255
+    assert outside(outside(edges, BOX_A), BOX_B).max() == 0
+    assert np.array_equal(edges, canny_edges(scene).astype(np.int32))
 
 
-def test_canny_finds_the_square_and_nothing_else():
-    canvas = np.zeros((64, 64, 3), np.uint8)
-    canvas[16:48, 16:48] = 255
-    edges = canny_edges(Image.fromarray(canvas))
-    assert set(np.unique(edges)) == {0, 255}
-    ys, xs = np.nonzero(edges)
-    assert 14 <= xs.min() and xs.max() <= 49 and 14 <= ys.min() and ys.max() <= 49
-    assert edges[32, 32] == 0 and edges[2, 2] == 0
+def test_objects_mode_keeps_only_the_chosen_objects_edges(scene):
+    edges = edges_of(build_control_image(scene, DETECTIONS, mode="objects", classes=[0]))
+    assert np.array_equal(inside(edges, BOX_A), inside(canny_edges(scene).astype(np.int32), BOX_A))
+    assert outside(edges, BOX_A).max() == 0
+    both = edges_of(build_control_image(scene, DETECTIONS, mode="objects"))
+    assert np.array_equal(both, canny_edges(scene).astype(np.int32))
 
 
-def test_control_image_is_rgb_at_the_output_size():
-    canvas = np.zeros((100, 200, 3), np.uint8)
-    canvas[:, 100:] = 255
-    control = build_control_image(Image.fromarray(canvas), (128, 64))
-    assert control.mode == "RGB" and control.size == (128, 64)
-    array = np.asarray(control)
-    assert np.array_equal(array[..., 0], array[..., 1])
-    assert array[:, 62:66].max() == 255 and array[:, :50].max() == 0
+def test_background_mode_keeps_only_what_lies_outside_the_chosen_boxes(scene):
+    edges = edges_of(build_control_image(scene, DETECTIONS, mode="background", classes=[0]))
+    assert inside(edges, BOX_A).max() == 0
+    assert inside(edges, BOX_B).max() == 255
+    everything = edges_of(build_control_image(scene, [], mode="background"))
+    assert np.array_equal(everything, canny_edges(scene).astype(np.int32))
 
 
-def test_thresholds_out_of_range_are_refused():
+def test_outlines_mode_adds_the_box_outlines(scene):
+    edges = edges_of(build_control_image(scene, DETECTIONS, mode="outlines", classes=[1]))
+    x1, y1, x2, y2 = BOX_B
+    assert (edges[y1, x1:x2] == 255).all() and (edges[y2 - 1, x1:x2] == 255).all()
+    assert (edges[y1:y2, x1] == 255).all() and (edges[y1:y2, x2 - 1] == 255).all()
+    assert inside(edges, BOX_A).max() == 0
+
+
+def test_no_matching_detection_is_reported_not_returned_empty(scene):
+    with pytest.raises(NoMatchingDetectionsError, match="No detected object matches"):
+        build_control_image(scene, DETECTIONS, mode="objects", classes=[7])
+    with pytest.raises(NoMatchingDetectionsError):
+        build_control_image(scene, [], mode="outlines")
+
+
+def test_padding_grows_the_kept_region_by_the_expected_amount():
+    mask = region_mask((200, 100), [(50, 40, 70, 60)], padding=0.5)  # a 20x20 box, 10 px more on every side
+    ys, xs = np.nonzero(mask)
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (40, 79, 30, 69)
+    assert mask.sum() == 40 * 40
+    assert region_mask((200, 100), [(50, 40, 70, 60)]).sum() == 20 * 20
+
+
+def test_padding_lets_nearby_edges_through(scene):
+    tight = [Detection("circle", 0, 0.9, (25, 25, 55, 55))]  # inside square A: its border lies 5 px outside
+    assert edges_of(build_control_image(scene, tight, mode="objects")).max() == 0
+    padded = edges_of(build_control_image(scene, tight, mode="objects", padding=0.25))  # 7.5 px more a side
+    assert np.array_equal(inside(padded, BOX_A), inside(canny_edges(scene).astype(np.int32), BOX_A))
+
+
+def test_background_weight_scales_the_other_region(scene):
+    edges = edges_of(build_control_image(scene, DETECTIONS, mode="objects", classes=[0], background_weight=0.25))
+    assert inside(edges, BOX_A).max() == 255
+    assert set(np.unique(inside(edges, BOX_B))) == {0, 64}  # 0.25 * 255, rounded
+
+
+def test_feather_softens_the_mask_border():
+    mask = region_mask((100, 100), [(30, 30, 70, 70)], feather=8)
+    assert mask[50, 50] == pytest.approx(1.0, abs=1e-3) and mask[5, 5] == pytest.approx(0.0, abs=1e-3)
+    assert 0.2 < mask[50, 30] < 0.8
+
+
+def test_place_image_resize_crop_and_fill_map_boxes():
+    image = Image.fromarray(np.full((100, 200, 3), 90, np.uint8))
+    resized, placement = place_image(image, (100, 50), "resize")
+    assert resized.size == (100, 50) and placement.map_box((20, 10, 120, 90)) == (10, 5, 60, 45)
+    cropped, placement = place_image(image, (100, 100), "crop")
+    assert cropped.size == (100, 100) and placement.map_box((60, 20, 140, 80)) == (10, 20, 90, 80)
+    filled, placement = place_image(image, (100, 100), "fill")
+    assert filled.size == (100, 100) and placement.map_box((0, 0, 200, 100)) == (0, 25, 100, 75)
+    assert canny_edges(filled).max() == 0, "the filled border must not draw an edge"
+
+
+def test_own_edge_map_is_used_as_is_or_inverted():
+    drawing = np.full((32, 32), 255, np.uint8)
+    drawing[10:12, :] = 0  # black lines on white, as people draw them
+    control = edge_map_control(Image.fromarray(drawing), invert=True)
+    array = np.asarray(control)[..., 0]
+    assert array[10, 5] == 255 and array[0, 0] == 0
+    assert np.array_equal(np.asarray(edge_map_control(Image.fromarray(drawing)))[..., 1], drawing)
+
+
+def test_fidelity_of_a_map_with_itself_is_about_one_and_of_a_blank_image_zero(scene):
+    control = build_control_image(scene)
+    same = edge_fidelity(control, control)
+    assert same["precision"] > 0.95 and same["recall"] > 0.95 and same["f1"] > 0.95
+    blank = edge_fidelity(Image.new("RGB", scene.size, "gray"), control)
+    assert blank == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    shifted = edge_fidelity(Image.fromarray(np.roll(np.asarray(scene), 12, axis=1)), control)
+    assert shifted["f1"] < 0.6
+
+
+def test_thresholds_and_modes_out_of_range_are_refused(scene):
     with pytest.raises(ValueError, match="1..255"):
-        canny_edges(Image.new("RGB", (8, 8)), 0, 200)
+        canny_edges(scene, 0, 200)
+    with pytest.raises(ValueError, match="control mode"):
+        build_control_image(scene, mode="sketch")
+    with pytest.raises(ValueError, match="resize mode"):
+        place_image(scene, (64, 64), "stretch")

@@ -1,0 +1,85 @@
+"""The fixture detector finds real shapes, and the guided control modes use its detections."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from conftest import ROOT
+from inference_pipeline import GenerationRequest
+
+sys.path.insert(0, str(ROOT / "tools"))
+from train_shapes_detector import CLASSES, draw_scene  # noqa: E402
+
+
+def iou(a, b) -> float:
+    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_fixture_detector_finds_the_shapes_in_freshly_drawn_images(tiny_pipeline):
+    rng = np.random.default_rng(99)  # training used another seed: these pictures are new
+    found = total = 0
+    for _ in range(10):
+        image, labels = draw_scene(rng)
+        detections = tiny_pipeline.detect(image)
+        for class_id, box in labels:
+            total += 1
+            found += any(d.class_id == class_id and d.label == CLASSES[class_id] and iou(d.box, box) >= 0.5
+                         for d in detections)
+    assert total >= 15 and found / total >= 0.9
+
+
+def test_class_filter_returns_only_the_chosen_classes(tiny_pipeline):
+    rng = np.random.default_rng(5)
+    scenes = [draw_scene(rng, max_shapes=4) for _ in range(6)]
+    everything = [d for image, _ in scenes for d in tiny_pipeline.detect(image)]
+    assert {d.class_id for d in everything} == {0, 1, 2}
+    squares = [d for image, _ in scenes for d in tiny_pipeline.detect(image, classes=[1])]
+    assert squares and {d.label for d in squares} == {"square"}
+
+
+def test_the_sample_image_shows_real_detections(tiny_pipeline):
+    from image_io import load_image
+
+    labels = sorted(d.label for d in tiny_pipeline.detect(load_image(ROOT / "assets" / "sample_scene.png")))
+    assert labels == ["circle", "square", "square", "triangle"]
+
+
+def test_objects_mode_keeps_edges_only_inside_the_chosen_objects(tiny_pipeline):
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (256, 256), (40, 40, 40))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((20, 20, 100, 100), fill=(230, 200, 60))
+    draw.rectangle((150, 140, 230, 220), fill=(60, 200, 230))
+    request = GenerationRequest(resolution=256, control_mode="objects", control_classes=(0,))
+    preview = tiny_pipeline.preview(image, request)
+    assert {d.label for d in preview.detections} == {"circle", "square"} and not preview.warnings
+    edges = np.asarray(preview.control_image)[..., 0]
+    assert edges[10:110, 10:110].max() == 255, "the circle keeps its edges"
+    assert edges[130:240, 130:240].max() == 0, "the square's edges are gone"
+    background = tiny_pipeline.preview(image, GenerationRequest(resolution=256, control_mode="background",
+                                                                control_classes=(0,)))
+    edges = np.asarray(background.control_image)[..., 0]
+    x1, y1, x2, y2 = (int(round(v)) for v in next(d.box for d in background.detections if d.label == "circle"))
+    assert edges[y1:y2, x1:x2].max() == 0, "nothing inside the circle's box"
+    assert edges[130:240, 130:240].max() == 255, "the square keeps its edges"
+
+
+def test_guided_mode_without_a_match_warns_and_uses_the_whole_image(tiny_pipeline, photo):
+    request = GenerationRequest(steps=1, resolution=64, seed=1, control_mode="objects", control_classes=(2,),
+                                detect_conf=0.99)
+    result = tiny_pipeline.generate(photo, request)
+    assert result.warnings and "No detected object matches" in result.warnings[0]
+    assert result.run_card["warnings"] == result.warnings
+    assert np.asarray(result.control_image).max() == 255
+
+
+def test_fidelity_is_reported_per_image_and_in_the_run_card(tiny_pipeline, photo):
+    result = tiny_pipeline.generate(photo, GenerationRequest(steps=2, resolution=64, seed=2, num_images=2))
+    assert len(result.fidelity) == 2 and result.run_card["fidelity"] == result.fidelity
+    for scores in result.fidelity:
+        assert set(scores) == {"precision", "recall", "f1"} and all(0.0 <= v <= 1.0 for v in scores.values())

@@ -1,0 +1,85 @@
+"""Schedulers and the style LoRA on the tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from inference_pipeline import SCHEDULERS, GenerationRequest, LoraError
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.images[0], dtype=np.int16)
+
+
+def make_lora(unet_folder, out_folder, cross_attention_dim: int | None = None):
+    """A real LoRA for the tiny UNet (or, with another `cross_attention_dim`, for a UNet it does not fit),
+    trained by nobody: its B matrices are random so that it visibly changes the output."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    config = dict(UNet2DConditionModel.load_config(unet_folder))
+    if cross_attention_dim:
+        config["cross_attention_dim"] = cross_attention_dim
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel.from_config(config)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(out_folder, unet_lora_layers=state, safe_serialization=True)
+    return out_folder / "pytorch_lora_weights.safetensors"
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_every_scheduler_generates_and_is_named_in_the_run_card(tiny_pipeline, photo, scheduler):
+    request = GenerationRequest(steps=3, resolution=64, seed=4, scheduler=scheduler)
+    first, again = tiny_pipeline.generate(photo, request), tiny_pipeline.generate(photo, request)
+    assert np.array_equal(pixels(first), pixels(again))
+    expected = {"unipc": "UniPCMultistepScheduler", "dpmpp_2m_karras": "DPMSolverMultistepScheduler",
+                "euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler"}[scheduler]
+    assert first.run_card["scheduler"] == expected and first.run_card["request"]["scheduler"] == scheduler
+
+
+def test_schedulers_give_different_pictures(tiny_pipeline, photo):
+    unipc = tiny_pipeline.generate(photo, GenerationRequest(steps=3, resolution=64, seed=4))
+    euler = tiny_pipeline.generate(photo, GenerationRequest(steps=3, resolution=64, seed=4, scheduler="euler_a"))
+    assert np.abs(pixels(unipc) - pixels(euler)).max() > 5
+
+
+def test_lora_changes_the_picture_its_weight_matters_and_clearing_restores_the_base(tiny_pipeline, photo,
+                                                                                   tmp_path):
+    lora = make_lora(tiny_pipeline.model_ids["sd15"] + "/unet", tmp_path)
+    base_request = GenerationRequest(prompt="a box", steps=3, resolution=64, seed=9)
+    base = pixels(tiny_pipeline.generate(photo, base_request))
+    styled = tiny_pipeline.generate(photo, GenerationRequest(prompt="a box", steps=3, resolution=64, seed=9,
+                                                             lora=str(lora), lora_weight=1.0))
+    assert np.abs(pixels(styled) - base).max() > 10
+    assert styled.run_card["request"]["lora"] == str(lora)
+    lighter = pixels(tiny_pipeline.generate(photo, GenerationRequest(prompt="a box", steps=3, resolution=64,
+                                                                     seed=9, lora=str(lora), lora_weight=0.2)))
+    assert 0 < np.abs(lighter - base).max() < np.abs(pixels(styled) - base).max()
+    assert np.array_equal(pixels(tiny_pipeline.generate(photo, base_request)), base)
+
+
+def test_lora_that_does_not_fit_gets_a_clear_message_and_the_base_keeps_working(tiny_pipeline, photo, tmp_path):
+    wrong = make_lora(tiny_pipeline.model_ids["sd15"] + "/unet", tmp_path, cross_attention_dim=48)
+    request = GenerationRequest(steps=2, resolution=64, seed=3)
+    base = pixels(tiny_pipeline.generate(photo, request))
+    with pytest.raises(LoraError, match="cannot be used with this SD1.5 model") as error:
+        tiny_pipeline.generate(photo, GenerationRequest(steps=2, resolution=64, seed=3, lora=str(wrong)))
+    assert str(wrong) in str(error.value)
+    assert not tiny_pipeline.busy
+    assert np.array_equal(pixels(tiny_pipeline.generate(photo, request)), base)
+
+
+def test_lora_files_other_than_safetensors_are_refused(tiny_pipeline, photo, tmp_path):
+    pickled = tmp_path / "style.bin"
+    pickled.write_bytes(b"not loaded")
+    with pytest.raises(LoraError, match="only .safetensors"):
+        tiny_pipeline.generate(photo, GenerationRequest(steps=1, resolution=64, seed=1, lora=str(pickled)))
