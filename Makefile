@@ -16,9 +16,12 @@ $(VENV)/.app-installed: requirements.txt requirements-nodeps.txt
 	$(PIP) --no-deps -r requirements-nodeps.txt
 	touch $@
 
+# The browser test drives Debian's Chromium (Playwright cannot download its own browser here).
 $(VENV)/.test-installed: $(VENV)/.app-installed requirements-test.txt
 	$(PIP) -r requirements-test.txt -c requirements.txt
 	$(PIP) --no-deps --target $(VENV)/broken-xformers $(BROKEN_XFORMERS)
+	test -x /usr/bin/chromium || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 	touch $@
 
 run: $(VENV)/.app-installed

@@ -1,4 +1,4 @@
-"""The Streamlit page, headless, with the tiny models."""
+"""The Streamlit page, headless through AppTest, with the tiny models and the fixture detector."""
 
 from __future__ import annotations
 
@@ -13,26 +13,69 @@ def app(model_cache, monkeypatch) -> AppTest:
     monkeypatch.setenv("MODELS", "tiny")
     monkeypatch.setenv("DEVICE", "cpu")
     monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
-    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-
-
-def test_page_renders_with_the_backend_panel(app):
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
     app.run()
     assert not app.exception
+    return app
+
+
+def generate(app: AppTest) -> AppTest:
+    app.slider(key="steps").set_value(2)
+    app.slider(key="resolution").set_value(256)
+    return next(b for b in app.button if b.label == "Generate").click().run()
+
+
+def test_page_renders_with_the_system_panel_and_a_preview(app):
     assert app.title[0].value == "YOLO ControlNet Studio"
     sidebar = " ".join(m.value for m in app.sidebar.markdown)
-    assert "Attention:" in sidebar and "sdpa" in sidebar
+    assert "Attention:** `sdpa`" in sidebar and "Fast path:** off: CUDA graphs need a CUDA GPU" in sidebar
+    assert any("Offline smoke models" in w.value for w in app.sidebar.warning)
+    assert app.selectbox(key="control_mode").options[0] == "Whole image"
+    assert app.session_state["detected_labels"] == ["circle", "square", "triangle"]
 
 
-def test_generate_from_the_sample_image_keeps_the_result(app):
-    app.run()
-    app.slider[0].set_value(2)  # steps
-    app.slider[3].set_value(256)  # resolution
-    next(b for b in app.button if b.label == "Generate").click().run()
+def test_generate_from_the_sample_keeps_results_and_history_across_reruns(app):
+    generate(app)
     assert not app.exception
     result = app.session_state["result"]
-    assert len(result.images) == 1 and result.images[0].size == (320, 256)  # 512x384 sample, short side 256, snapped to 64
-    assert result.run_card["seed"] == result.seed
-    app.text_input[0].set_value("another prompt").run()
-    assert app.session_state["result"] is result
-    assert any(s.value.startswith("Results (seed") for s in app.subheader)
+    assert len(result.images) == 1 and result.images[0].size == (320, 256)  # 512x384 sample, short side 256
+    assert result.run_card["seed"] == result.seed and result.run_card["request"]["steps"] == 2
+    assert any(s.value == f"Results (seed {result.seed})" for s in app.subheader)
+    app.text_area(key="prompt").set_value("another prompt").run()
+    assert app.session_state["result"] is result and not app.exception
+    assert len(app.session_state["history"]) == 1
+
+
+def test_reuse_puts_a_runs_settings_back(app):
+    generate(app)
+    seed = app.session_state["result"].seed
+    app.slider(key="steps").set_value(30).run()
+    app.button(key="reuse-0").click().run()
+    assert app.slider(key="steps").value == 2
+    assert app.toggle(key="randomize_seed").value is False and app.number_input(key="seed").value == seed
+
+
+def test_a_text_file_named_png_shows_an_error_not_a_traceback(app):
+    app.file_uploader[0].set_value(("holiday.png", b"this is not a picture", "image/png")).run()
+    assert not app.exception
+    assert any("not an image that can be read" in e.value for e in app.error)
+
+
+def test_guided_control_mode_with_chosen_objects_generates_without_warnings(app):
+    app.selectbox(key="control_mode").set_value("objects").run()
+    app.multiselect(key="control_classes").set_value(["circle"]).run()
+    generate(app)
+    assert not app.exception
+    result = app.session_state["result"]
+    assert result.warnings == [] and result.run_card["request"]["control_mode"] == "objects"
+    assert list(result.run_card["request"]["control_classes"]) == [0]
+
+
+def test_a_lora_that_cannot_be_loaded_shows_an_error_and_keeps_the_page(app, tmp_path):
+    app.text_input(key="lora").set_value(str(tmp_path / "missing-style.safetensors")).run()
+    generate(app)
+    assert not app.exception
+    assert any("cannot be used with this SD1.5 model" in e.value for e in app.error)
+    app.text_input(key="lora").set_value("").run()
+    generate(app)
+    assert app.session_state["result"].images
