@@ -94,3 +94,24 @@ def test_upload_prompt_generate_download_and_a_friendly_error(server, page, tmp_
     assert page.locator("[data-testid='stException']").count() == 0
     wait_until_idle(page)
     page.screenshot(path=str(ARTIFACTS / "app-bad-upload.png"), full_page=True)
+
+
+def test_cancel_stops_a_long_run_and_the_next_run_works(server, page):
+    page.goto(server)
+    page.get_by_text("2 detections").or_(page.get_by_text("4 detections")).first.wait_for(timeout=120_000)
+    steps = page.locator("[data-testid='stSlider']").filter(has_text="Steps").get_by_role("slider")
+    steps.focus()
+    steps.press("End")  # 100 steps: long enough to cancel on the CPU
+    page.get_by_text("100", exact=True).first.wait_for(timeout=30_000)
+    wait_until_idle(page)
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("Denoising step 2 of 100").wait_for(state="attached", timeout=120_000)
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_text("Cancelled after step").wait_for(timeout=60_000)
+    wait_until_idle(page)
+    assert page.get_by_text("Results (seed").count() == 0
+    steps.focus()
+    steps.press("Home")  # 1 step
+    wait_until_idle(page)
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("Results (seed").wait_for(timeout=120_000)
