@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MIN_SIDE = 16
 DEFAULT_MAX_PIXELS = 40_000_000
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 class InvalidImageError(ValueError):
@@ -16,7 +19,8 @@ class InvalidImageError(ValueError):
 
 
 def load_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """An RGB image with its EXIF orientation applied and transparency flattened on white.
+    """An RGB image: EXIF orientation applied, transparency flattened on white, 16-bit scaled to 8-bit, the
+    first frame of an animation.
 
     The size is checked from the header before any pixel is decoded, so a decompression bomb costs nothing.
     """
@@ -27,10 +31,16 @@ def load_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAU
         if not data:
             raise InvalidImageError("The file is empty.")
         try:
-            image = Image.open(io.BytesIO(data))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InvalidImageError("The image is far too large to open safely; please downscale it.") from None
         # Ultralytics patches Image.open to load a HEIF plugin on unknown files; without it, ImportError.
         except (UnidentifiedImageError, ImportError):
             raise InvalidImageError("This file is not an image that can be read (PNG, JPEG or WebP).") from None
+        except (OSError, SyntaxError, ValueError) as exc:  # a header cut short
+            raise InvalidImageError(f"The image file is damaged or truncated ({exc}).") from None
     width, height = image.size
     if width * height > max_pixels:
         raise InvalidImageError(
@@ -41,12 +51,17 @@ def load_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAU
         image.seek(0)
         image.load()
         image = ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImageError(f"The image file is damaged or truncated ({exc}).") from None
     return _to_rgb(image)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in SIXTEEN_BIT_MODES:
+        levels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode != "I" or levels.max() > 255 else 255.0
+        gray = np.clip(np.round(levels / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
