@@ -415,6 +415,7 @@ class InferencePipeline:
             t1 = time.perf_counter()
             stage("control")
             control, warnings = self._control(image, detections, request)
+            warnings += self._prompt_warnings(request)
             t2 = time.perf_counter()
             stage("generate")
             images, steps_done = self._denoise(control, request, seeds, on_step, should_cancel)
@@ -425,6 +426,18 @@ class InferencePipeline:
         card.update(fidelity=fidelity, warnings=warnings)
         return GenerationResult(images or [], control, detections, seed, timings, card, images is None, seeds,
                                 fidelity, warnings)
+
+    def _prompt_warnings(self, request: GenerationRequest) -> list[str]:
+        """CLIP reads 77 tokens (75 of text); diffusers drops the rest, so say what was dropped."""
+        tokenizer, found = self.pipe.tokenizer, []
+        limit = tokenizer.model_max_length - 2
+        for label, text in (("prompt", request.full_prompt), ("negative prompt", request.negative_prompt)):
+            ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
+            if len(ids) > limit:
+                dropped = tokenizer.decode(ids[limit:]).strip()
+                found.append(f"The {label} is {len(ids)} tokens long and CLIP reads {limit}, so its end was "
+                             f"ignored: \"{dropped}\".")
+        return found
 
     def _denoise(self, control: Any, request: GenerationRequest, seeds: list[int],
                  on_step: Callable[[int, int], None] | None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-RECIPE_VERSION = "2"
+RECIPE_VERSION = "3"
 # The fixture detector: a tiny YOLOv8 trained on drawn circles, squares and triangles by
 # tools/train_shapes_detector.py, so that the smoke mode and the tests see real, non-empty detections.
 SHAPES_DETECTOR = Path(__file__).resolve().parent / "assets" / "shapes_detector.pt"
@@ -40,16 +40,31 @@ def ensure_tiny_models(folder: Path) -> TinyModelPaths:
     return paths
 
 
+# Words the tiny tokenizer knows whole, so that the default prompts cost as many tokens as with CLIP's.
+TINY_WORDS = ("a an the of in on with and photo painting watercolor cozy cottage house sun tree box red blue "
+              "green best quality extremely detailed longbody lowres bad anatomy hands missing fingers extra "
+              "digit fewer digits cropped worst low").split()
+
+
 def _tokenizer():
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
 
-    # CLIP's byte-level BPE with no merges: every character is a token, which is all a smoke test needs.
+    # CLIP's byte-level BPE: every character is a token, and the merges below spell out TINY_WORDS.
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for suffix in ("", "</w>"):
         for char in sorted(ByteLevel.alphabet()):
             vocab[char + suffix] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    merges: list[tuple[str, str]] = []
+    for word in TINY_WORDS:
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:
+            pair = (parts[0], parts[1])
+            if pair not in merges:
+                merges.append(pair)
+                vocab.setdefault(pair[0] + pair[1], len(vocab))
+            parts = [pair[0] + pair[1], *parts[2:]]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
 # Tiny: a few MB, seconds on a CPU. Full: SD1.5's real shapes (UNet 860M, ControlNet 361M, VAE 84M,

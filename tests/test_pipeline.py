@@ -104,3 +104,17 @@ def test_real_weights_without_a_hub_fail_fast_naming_the_id(model_id, tmp_path, 
     message = str(error.value)
     assert model_id in message
     assert "MODELS=tiny" in message and "CONTROLNET_MODEL" in message
+
+
+def test_prompts_longer_than_clip_reads_are_cut_with_a_warning(tiny_pipeline, photo):
+    long_prompt = " ".join(["a red box"] * 30) + " and finally a zebra"
+    result = tiny_pipeline.generate(photo, GenerationRequest(prompt=long_prompt, steps=1, resolution=64, seed=1))
+    assert len(result.warnings) == 1
+    assert result.warnings[0].startswith("The prompt is ") and "CLIP reads 75" in result.warnings[0]
+    assert "zebra" in result.warnings[0] and result.run_card["warnings"] == result.warnings
+
+
+def test_empty_prompts_are_allowed(tiny_pipeline, photo):
+    request = GenerationRequest(prompt="", added_prompt="", negative_prompt="", steps=1, resolution=64, seed=1)
+    result = tiny_pipeline.generate(photo, request)
+    assert result.images and result.warnings == []
