@@ -6,8 +6,10 @@ Run with `make run` (or `streamlit run app.py`). UI only: every model call goes 
 from __future__ import annotations
 
 import csv
+import hmac
 import io
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,8 @@ import streamlit as st
 
 from control_image import CONTROL_MODES, RESIZE_MODES
 from detections import draw_detections
-from inference_pipeline import (SCHEDULERS, GenerationRequest, InferencePipeline, InvalidImageError,
-                                InvalidRequestError, LoraError, ModelLoadError, load_image)
+from inference_pipeline import (SCHEDULERS, GenerationError, GenerationRequest, InferencePipeline,
+                                InvalidImageError, InvalidRequestError, LoraError, ModelLoadError, load_image)
 from run_card import png_with_run_card
 from settings import Settings
 
@@ -41,6 +43,31 @@ DEFAULTS: dict[str, Any] = {
 }
 
 st.set_page_config(page_title="YOLO ControlNet Studio", page_icon="🎨", layout="wide")
+
+
+def expected_password() -> str | None:
+    """APP_PASSWORD from the environment (launch.py sets it for public tunnels) or Streamlit's secrets."""
+    if os.environ.get("APP_PASSWORD"):
+        return os.environ["APP_PASSWORD"]
+    try:
+        return st.secrets.get("APP_PASSWORD") or None
+    except (FileNotFoundError, KeyError, st.errors.StreamlitSecretNotFoundError):
+        return None
+
+
+def password_gate() -> bool:
+    """True once this browser session gave the password (or when none is set); compared in constant time."""
+    expected = expected_password()
+    if expected is None or st.session_state.get("authenticated"):
+        return True
+    with st.form("login"):
+        given = st.text_input("Password", type="password")
+        if st.form_submit_button("Enter"):
+            if hmac.compare_digest(given.encode(), expected.encode()):
+                st.session_state.authenticated = True
+                st.rerun()
+            st.error("That password is not right.")
+    return False
 
 
 @st.cache_resource(show_spinner="Loading the models (once per server)…")
@@ -211,7 +238,7 @@ def run(pipe: InferencePipeline, image: Any, request: GenerationRequest) -> None
 
     try:
         result = pipe.generate(image, request, on_step=on_step, on_stage=on_stage)
-    except (LoraError, InvalidImageError, InvalidRequestError) as exc:
+    except (LoraError, GenerationError, InvalidImageError, InvalidRequestError) as exc:
         status.update(label="Stopped", state="error")
         st.error(str(exc))
         return
@@ -293,6 +320,8 @@ def main() -> None:
     st.title("YOLO ControlNet Studio")
     st.caption("Detect objects in a photo, keep the structure you choose as a Canny control image, and paint "
                "something new on it with Stable Diffusion 1.5 + ControlNet.")
+    if not password_gate():
+        return
     pipe = load_pipeline()
     if pipe is None:
         return

@@ -30,7 +30,8 @@ from run_card import library_versions
 from settings import Settings
 
 __all__ = ["ControlPreview", "GenerationRequest", "GenerationResult", "InferencePipeline",
-           "InvalidImageError", "InvalidRequestError", "LoraError", "ModelLoadError", "load_image"]
+           "GenerationError", "InvalidImageError", "InvalidRequestError", "LoraError", "ModelLoadError",
+           "load_image"]
 
 # Ultralytics: no pip auto-install, no analytics, no DNS probe at import (it can hang on a closed network).
 os.environ["YOLO_AUTOINSTALL"] = "False"
@@ -38,6 +39,8 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
 SCHEDULERS = ("unipc", "dpmpp_2m_karras", "euler_a", "ddim")
+# Tried in this order when the GPU runs out of memory; each one stays on for the retries after it.
+OOM_REMEDIES = ("attention slicing", "VAE tiling", "model CPU offload", "a smaller size")
 NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, "
                    "worst quality, low quality")
 SEED_MAX = 2**32 - 1
@@ -49,6 +52,10 @@ class InvalidRequestError(ValueError):
 
 class ModelLoadError(RuntimeError):
     """Weights could not be loaded; the message names the model and the ways out."""
+
+
+class GenerationError(RuntimeError):
+    """A run failed for a reason the person can act on; the message says how."""
 
 
 class LoraError(ValueError):
@@ -182,6 +189,16 @@ def _hub_reachable(timeout_s: float) -> bool:
             return True
     except OSError:
         return False
+
+
+def _free_gpu_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _short(exc: BaseException) -> str:
@@ -418,7 +435,8 @@ class InferencePipeline:
             warnings += self._prompt_warnings(request)
             t2 = time.perf_counter()
             stage("generate")
-            images, steps_done = self._denoise(control, request, seeds, on_step, should_cancel)
+            images, control, steps_done, notes = self._denoise(control, request, seeds, on_step, should_cancel)
+            warnings += notes
             t3 = time.perf_counter()
         timings = {"detect_s": t1 - t0, "control_s": t2 - t1, "generate_s": t3 - t2, "total_s": t3 - t0}
         fidelity = [edge_fidelity(output, control) for output in images or []]
@@ -440,27 +458,89 @@ class InferencePipeline:
         return found
 
     def _denoise(self, control: Any, request: GenerationRequest, seeds: list[int],
-                 on_step: Callable[[int, int], None] | None,
-                 should_cancel: Callable[[], bool] | None) -> tuple[list[Any] | None, int]:
+                 on_step: Callable[[int, int], None] | None, should_cancel: Callable[[], bool] | None
+                 ) -> tuple[list[Any] | None, Any, int, list[str]]:
+        """The images (None when cancelled), the control image they used, the steps done and notes for the
+        person (a fallback that was needed)."""
+        import torch
+
+        def run(ctl: Any) -> tuple[list[Any], list[str]]:
+            return self._attempt(ctl, request, seeds, on_step, should_cancel)
+
         try:
             try:
-                return self._call_pipe(control, request, seeds, on_step, should_cancel), request.steps
-            except (RuntimeError, NotImplementedError, ValueError) as exc:
-                if self.attention_in_use == "sdpa" or "out of memory" in str(exc).lower():
-                    raise
-                # A backend that passed its probe can still fail on real shapes: fall back to SDPA once.
-                self.attention_fallback = f"{self.attention_in_use} failed at its first real call ({_short(exc)}); " \
-                                          "switched to sdpa"
-                attention_backend.apply(self.pipe, "sdpa")
-                self.attention_in_use = "sdpa"
-                self._refresh_graphs()
-                return self._call_pipe(control, request, seeds, on_step, should_cancel), request.steps
+                images, notes = run(control)
+                return images, control, request.steps, notes
+            except torch.cuda.OutOfMemoryError:
+                return self._recover_from_oom(control, request, run)
         except _Cancelled as cancelled:
-            return None, cancelled.steps_done
+            return None, control, cancelled.steps_done, []
+
+    def _attempt(self, control: Any, request: GenerationRequest, seeds: list[int],
+                 on_step: Callable[[int, int], None] | None, should_cancel: Callable[[], bool] | None
+                 ) -> tuple[list[Any], list[str]]:
+        import torch
+
+        try:
+            return self._call_pipe(control, request, seeds, on_step, should_cancel)
+        except (RuntimeError, NotImplementedError, ValueError) as exc:
+            if self.attention_in_use == "sdpa" or isinstance(exc, torch.cuda.OutOfMemoryError):
+                raise
+            # A backend that passed its probe can still fail on real shapes: fall back to SDPA once.
+            self.attention_fallback = f"{self.attention_in_use} failed at its first real call ({_short(exc)}); " \
+                                      "switched to sdpa"
+            attention_backend.apply(self.pipe, "sdpa")
+            self.attention_in_use = "sdpa"
+            self._refresh_graphs()
+            return self._call_pipe(control, request, seeds, on_step, should_cancel)
+
+    def _recover_from_oom(self, control: Any, request: GenerationRequest,
+                          run: Callable[[Any], tuple[list[Any], list[str]]]) -> tuple[list[Any], Any, int, list[str]]:
+        """Out of GPU memory: free it, then retry with each remedy in turn; every remedy is undone after."""
+        import torch
+        from PIL import Image
+
+        applied: list[str] = []
+        graphs = self.graph_stats is not None
+        if graphs:
+            cuda_graphs.disable(self.pipe)
+        try:
+            for remedy in OOM_REMEDIES:
+                _free_gpu_memory()
+                if remedy == "attention slicing":
+                    attention_backend.apply(self.pipe, "sliced")
+                elif remedy == "VAE tiling":
+                    self.pipe.vae.enable_tiling()
+                elif remedy == "model CPU offload":
+                    if not self.device.startswith("cuda"):
+                        continue
+                    self.pipe.enable_model_cpu_offload()
+                else:
+                    size = tuple(max(64, int(side * 0.75) // 8 * 8) for side in control.size)
+                    control = control.resize(size, Image.Resampling.BILINEAR)
+                    remedy = f"a smaller size ({size[0]}x{size[1]})"
+                applied.append(remedy)
+                try:
+                    images, notes = run(control)
+                except torch.cuda.OutOfMemoryError:
+                    continue
+                return images, control, request.steps, notes + [
+                    f"The GPU ran out of memory; the run succeeded with {', '.join(applied)}."]
+            raise GenerationError(f"The GPU ran out of memory even with {', '.join(applied)}. Try fewer images per "
+                                  "run or a lower resolution.")
+        finally:
+            attention_backend.apply(self.pipe, self.attention_in_use)
+            self.pipe.vae.disable_tiling()
+            if "model CPU offload" in applied:
+                self.pipe.remove_all_hooks()
+                self.pipe.to(self.device)
+            _free_gpu_memory()
+            if graphs:
+                self.graph_stats = cuda_graphs.enable(self.pipe, compile=self.settings.compile)
 
     def _call_pipe(self, control: Any, request: GenerationRequest, seeds: list[int],
                    on_step: Callable[[int, int], None] | None,
-                   should_cancel: Callable[[], bool] | None) -> list[Any]:
+                   should_cancel: Callable[[], bool] | None) -> tuple[list[Any], list[str]]:
         import torch
 
         def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -479,8 +559,28 @@ class InferencePipeline:
                            controlnet_conditioning_scale=request.controlnet_scale,
                            control_guidance_start=request.control_start, control_guidance_end=request.control_end,
                            guess_mode=request.guess_mode, height=control.height, width=control.width,
-                           callback_on_step_end=step_end)
-        return list(output.images)
+                           callback_on_step_end=step_end, output_type="latent")
+        return self._decode(output.images)
+
+    def _decode(self, latents: Any) -> tuple[list[Any], list[str]]:
+        """Latents to pictures. An fp16 VAE can overflow into NaN (a black picture): then decode once more
+        in float32."""
+        import torch
+
+        vae, notes = self.pipe.vae, []
+        with torch.no_grad():
+            pixels = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+            if not torch.isfinite(pixels).all() or pixels.max() <= -0.99:
+                dtype = vae.dtype
+                vae.to(torch.float32)
+                try:
+                    pixels = vae.decode(latents.float() / vae.config.scaling_factor, return_dict=False)[0]
+                finally:
+                    vae.to(dtype)
+                notes.append("The VAE decode gave NaN or an all-black picture; it was decoded again in float32.")
+        images = self.pipe.image_processor.postprocess(pixels.float(), output_type="pil",
+                                                       do_denormalize=[True] * pixels.shape[0])
+        return images, notes
 
     def _run_card(self, request: GenerationRequest, seeds: list[int], size: tuple[int, int],
                   timings: dict[str, float], cancelled: bool, steps_done: int) -> dict[str, Any]:

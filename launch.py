@@ -193,6 +193,10 @@ def start(port: int = 8501, tunnel: str = "none", models: str | None = None, aut
             raise LaunchError(NGROK_HINTS["ERR_NGROK_4018"] + ". Nothing was started.")
     elif tunnel != "none":
         raise LaunchError(f"--tunnel must be ngrok or none, not {tunnel!r}")
+    credentials = None
+    if tunnel == "ngrok" and not no_auth:
+        user, _, password = (auth or "").partition(":")
+        credentials = (user or "studio", password or secrets.token_urlsafe(12))
     state_dir.mkdir(parents=True, exist_ok=True)
     if stop(state_dir):
         say("Stopped the app started earlier.")
@@ -202,6 +206,8 @@ def start(port: int = 8501, tunnel: str = "none", models: str | None = None, aut
     env = {k: v for k, v in os.environ.items() if k != TOKEN_NAME}  # the app never sees the token
     if models:
         env["MODELS"] = models
+    if credentials:  # the app's own password gate, behind ngrok's basic auth
+        env["APP_PASSWORD"] = credentials[1]
     log = state_dir / "streamlit.log"
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
                "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
@@ -215,23 +221,19 @@ def start(port: int = 8501, tunnel: str = "none", models: str | None = None, aut
     launched = Launched(local_url=f"http://127.0.0.1:{port}", public_url=None, pid=proc.pid)
     say(f"The app is ready at {launched.local_url} (log: {log}).")
     if tunnel == "ngrok":
-        credentials = None
         if no_auth:
             say("WARNING: the public URL has no password: anyone who has it can use this GPU.")
-        else:
-            user, _, password = (auth or "").partition(":")
-            credentials = (user or "studio", password or secrets.token_urlsafe(12))
         try:
             launched.public_url, state["ngrok_pid"] = _open_tunnel(port, token, credentials)
         except LaunchError:
             stop(state_dir)
             raise
         (state_dir / "state.json").write_text(json.dumps(state))
-        if credentials:
-            launched.username, launched.password = credentials
         say(f"Public URL: {launched.public_url}")
         if credentials:
-            say(f"User: {launched.username}  Password: {launched.password}")
+            launched.username, launched.password = credentials
+            say(f"User: {launched.username}  Password: {launched.password}  (the page asks for the password "
+                "once more)")
     return launched
 
 

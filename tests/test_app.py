@@ -79,3 +79,25 @@ def test_a_lora_that_cannot_be_loaded_shows_an_error_and_keeps_the_page(app, tmp
     app.text_input(key="lora").set_value("").run()
     generate(app)
     assert app.session_state["result"].images
+
+
+def test_the_password_gate_blocks_the_page_until_the_password_is_given(model_cache, monkeypatch, caplog, capsys):
+    secret = "correct horse battery staple"
+    monkeypatch.setenv("APP_PASSWORD", secret)
+    monkeypatch.setenv("MODELS", "tiny")
+    monkeypatch.setenv("DEVICE", "cpu")
+    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    assert not app.exception
+    assert len(app.file_uploader) == 0 and len(app.sidebar.markdown) == 0, "nothing behind the gate is shown"
+    app.text_input[0].set_value("guess")  # inside a form: sent with the submit button
+    app.button[0].click().run()
+    assert any("not right" in e.value for e in app.error) and len(app.file_uploader) == 0
+    app.text_input[0].set_value(secret)
+    app.button[0].click().run()
+    assert not app.exception and len(app.file_uploader) == 1
+    assert any("Attention:" in m.value for m in app.sidebar.markdown)
+    shown = " ".join(str(getattr(element, "value", "")) for element in [*app.main, *app.sidebar])
+    assert secret not in shown
+    printed = capsys.readouterr()
+    assert secret not in caplog.text and secret not in printed.out + printed.err

@@ -169,6 +169,7 @@ def test_the_token_never_reaches_output_logs_or_the_app(state_dir, monkeypatch, 
     assert opened["basic_auth"] == [f"studio:{launched.password}"] and len(launched.password) >= 16
     app_environment = Path(f"/proc/{launched.pid}/environ").read_bytes()
     assert b"NGROK_AUTHTOKEN" not in app_environment and TOKEN.encode() not in app_environment
+    assert f"APP_PASSWORD={launched.password}".encode() in app_environment, "the app's own gate is on"
 
     def failing_connect(*args, **kwargs):
         raise PyngrokNgrokError("The ngrok process errored on start: authentication failed.", [], ERR_107)
@@ -181,7 +182,8 @@ def test_the_token_never_reaches_output_logs_or_the_app(state_dir, monkeypatch, 
     printed = capsys.readouterr()
     assert "Public URL: https://example.ngrok.app" in printed.out and launched.password in printed.out
     assert TOKEN not in printed.out + printed.err
-    assert TOKEN not in (state_dir / "streamlit.log").read_text()
+    log = (state_dir / "streamlit.log").read_text()
+    assert TOKEN not in log and launched.password not in log
 
 
 def test_no_auth_warns_and_opens_without_a_password(state_dir, monkeypatch, capsys):
@@ -192,6 +194,7 @@ def test_no_auth_warns_and_opens_without_a_password(state_dir, monkeypatch, caps
     monkeypatch.setattr(ngrok, "get_ngrok_process", lambda config: types.SimpleNamespace(proc=None))
     launched = launch.start(free_port(), "ngrok", "tiny", no_auth=True, state_dir=state_dir)
     assert options == {} and launched.password is None
+    assert b"APP_PASSWORD" not in Path(f"/proc/{launched.pid}/environ").read_bytes()
     assert "anyone who has it can use this GPU" in capsys.readouterr().out
 
 
