@@ -38,7 +38,7 @@ os.environ["YOLO_AUTOINSTALL"] = "False"
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
-SCHEDULERS = ("unipc", "dpmpp_2m_karras", "euler_a", "ddim")
+SCHEDULERS = ("unipc", "dpmpp_2m_karras", "euler_a", "ddim")  # schedulers.py builds them
 # Tried in this order when the GPU runs out of memory; each one stays on for the retries after it.
 OOM_REMEDIES = ("attention slicing", "VAE tiling", "model CPU offload", "a smaller size")
 NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, "
@@ -320,17 +320,9 @@ class InferencePipeline:
     def _scheduler(self, name: str) -> Any:
         """One scheduler object per name, all from the model's own scheduler config."""
         if name not in self._schedulers:
-            from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                                   UniPCMultistepScheduler)
+            from schedulers import make_scheduler
 
-            config = self.pipe.scheduler.config
-            self._schedulers[name] = {
-                "unipc": lambda: UniPCMultistepScheduler.from_config(config),
-                "dpmpp_2m_karras": lambda: DPMSolverMultistepScheduler.from_config(
-                    config, algorithm_type="dpmsolver++", use_karras_sigmas=True),
-                "euler_a": lambda: EulerAncestralDiscreteScheduler.from_config(config),
-                "ddim": lambda: DDIMScheduler.from_config(config),
-            }[name]()
+            self._schedulers[name] = make_scheduler(name, self.pipe.scheduler.config)
         return self._schedulers[name]
 
     def _use_lora(self, source: str | None, weight: float) -> None:

@@ -41,7 +41,7 @@ def test_every_scheduler_generates_and_is_named_in_the_run_card(tiny_pipeline, p
     request = GenerationRequest(steps=3, resolution=64, seed=4, scheduler=scheduler)
     first, again = tiny_pipeline.generate(photo, request), tiny_pipeline.generate(photo, request)
     assert np.array_equal(pixels(first), pixels(again))
-    expected = {"unipc": "UniPCMultistepScheduler", "dpmpp_2m_karras": "DPMSolverMultistepScheduler",
+    expected = {"unipc": "AsyncUniPCMultistepScheduler", "dpmpp_2m_karras": "DPMSolverMultistepScheduler",
                 "euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler"}[scheduler]
     assert first.run_card["scheduler"] == expected and first.run_card["request"]["scheduler"] == scheduler
 
