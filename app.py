@@ -224,25 +224,30 @@ def run(pipe: InferencePipeline, image: Any, request: GenerationRequest) -> None
     if pipe.busy:
         st.info("Another user is generating right now; your run starts as soon as theirs ends.")
     st.button("Cancel", key="cancel", help="Stops after the current denoising step.")
-    status = st.status("Detecting objects…", expanded=True)
-    progress = status.progress(0.0)
-    labels = {"detect": "Detecting objects…", "control": "Building the control image…",
-              "generate": "Denoising…"}
+    labels = {"detect": "Detecting objects", "control": "Building the control image", "generate": "Denoising"}
+    statuses: dict[str, Any] = {}
 
     def on_stage(stage: str) -> None:
-        status.update(label=labels[stage])
+        for done in statuses.values():
+            done.update(state="complete", expanded=False)
+        statuses[stage] = st.status(labels[stage] + "…", expanded=stage == "generate")
+        if stage == "generate":
+            statuses["bar"] = statuses[stage].progress(0.0)
 
     def on_step(step: int, total: int) -> None:
         st.session_state.last_step = step
-        progress.progress(step / total, text=f"Denoising step {step} of {total}")
+        statuses["bar"].progress(step / total, text=f"Denoising step {step} of {total}")
 
     try:
         result = pipe.generate(image, request, on_step=on_step, on_stage=on_stage)
     except (LoraError, GenerationError, InvalidImageError, InvalidRequestError) as exc:
-        status.update(label="Stopped", state="error")
+        for status in (s for name, s in statuses.items() if name != "bar"):
+            status.update(state="error")
         st.error(str(exc))
         return
-    status.update(label=f"Done in {result.timings['total_s']:.1f} s", state="complete", expanded=False)
+    timings = result.timings
+    for stage, key in (("detect", "detect_s"), ("control", "control_s"), ("generate", "generate_s")):
+        statuses[stage].update(label=f"{labels[stage]}: {timings[key]:.2f} s", state="complete", expanded=False)
     st.session_state.result, st.session_state.input_image = result, image
     history = st.session_state.setdefault("history", [])
     thumbs = [img.copy() for img in result.images]
@@ -274,16 +279,17 @@ def results_panel() -> None:
         column.image(image, caption=f"seed {result.seeds[i]} · edge fidelity F1 {fidelity['f1']:.2f} "
                                     f"(precision {fidelity['precision']:.2f}, recall {fidelity['recall']:.2f})")
         column.download_button("Download PNG", png_with_run_card(image, result.run_card),
-                               f"result-{result.seeds[i]}.png", "image/png", key=f"download-{i}")
+                               f"result-{result.seeds[i]}.png", "image/png", key=f"download-{i}", on_click="ignore")
     left, middle, right = st.columns(3)
     left.image(draw_detections(st.session_state.input_image, result.detections), caption="Detections")
     middle.image(result.control_image, caption="Control image")
     middle.download_button("Download control image", png_with_run_card(result.control_image, result.run_card),
-                           "control.png", "image/png")
+                           "control.png", "image/png", on_click="ignore")
     right.dataframe([d.as_row() for d in result.detections], hide_index=True)
-    right.download_button("Detections (CSV)", detections_csv(result.detections), "detections.csv", "text/csv")
+    right.download_button("Detections (CSV)", detections_csv(result.detections), "detections.csv", "text/csv",
+                          on_click="ignore")
     right.download_button("Run card (JSON)", json.dumps(result.run_card, indent=2), "run_card.json",
-                          "application/json")
+                          "application/json", on_click="ignore")
 
 
 def reuse(request: dict, names: dict[int, str]) -> None:

@@ -101,3 +101,19 @@ def test_the_password_gate_blocks_the_page_until_the_password_is_given(model_cac
     assert secret not in shown
     printed = capsys.readouterr()
     assert secret not in caplog.text and secret not in printed.out + printed.err
+
+
+def test_without_reachable_weights_the_page_explains_and_offers_the_smoke_models(model_cache, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # no hub here, deterministically
+    monkeypatch.setenv("MODELS", "sd15")
+    monkeypatch.setenv("DEVICE", "cpu")
+    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    assert not app.exception
+    message = app.error[0].value
+    assert "could not be loaded" in message and "lllyasviel/control_v11p_sd15_canny" in message
+    assert "MODELS=tiny" in message and len(app.file_uploader) == 0
+    next(b for b in app.button if b.label == "Use the offline smoke models instead").click().run()
+    assert not app.exception and len(app.file_uploader) == 1 and not app.error

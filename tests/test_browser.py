@@ -47,7 +47,7 @@ def page():
 
 def wait_until_idle(page) -> None:
     """Streamlit shows its running indicator while a script runs; stale elements linger until it ends."""
-    page.wait_for_timeout(300)
+    page.wait_for_timeout(1500)
     page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=120_000)
 
 
