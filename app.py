@@ -271,10 +271,14 @@ def results_panel() -> None:
     if result is None:
         return
     st.subheader(f"Results (seed {result.seed})")
-    for warning in result.warnings:
+    for warning in (w for w in result.warnings if "safety checker" not in w):
         st.warning(warning)
     columns = st.columns(max(1, len(result.images)))
     for i, (column, image) in enumerate(zip(columns, result.images)):
+        if result.flagged[i]:
+            column.info(f"Image {i + 1} (seed {result.seeds[i]}) was flagged by the safety checker, so it is not "
+                        "shown.")
+            continue
         fidelity = result.fidelity[i]
         column.image(image, caption=f"seed {result.seeds[i]} · edge fidelity F1 {fidelity['f1']:.2f} "
                                     f"(precision {fidelity['precision']:.2f}, recall {fidelity['recall']:.2f})")

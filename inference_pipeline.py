@@ -166,6 +166,7 @@ class GenerationResult:
     seeds: list[int] = field(default_factory=list)
     fidelity: list[dict[str, float]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    flagged: list[bool] = field(default_factory=list)
 
 
 @dataclass
@@ -275,9 +276,10 @@ class InferencePipeline:
 
         controlnet = self._from_pretrained(ControlNetModel, self.model_ids["controlnet"], "ControlNet",
                                            "CONTROLNET_MODEL")
+        checker = {} if self.settings.safety_checker else {"safety_checker": None}
         pipe = self._from_pretrained(StableDiffusionControlNetPipeline, self.model_ids["sd15"],
                                      "Stable Diffusion 1.5 model", "SD15_MODEL", controlnet=controlnet,
-                                     safety_checker=None, requires_safety_checker=False)
+                                     requires_safety_checker=False, **checker)
         pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)
@@ -433,9 +435,10 @@ class InferencePipeline:
         timings = {"detect_s": t1 - t0, "control_s": t2 - t1, "generate_s": t3 - t2, "total_s": t3 - t0}
         fidelity = [edge_fidelity(output, control) for output in images or []]
         card = self._run_card(replace(request, seed=seed), seeds, control.size, timings, images is None, steps_done)
-        card.update(fidelity=fidelity, warnings=warnings)
+        flagged = [bool(image.info.get("flagged")) for image in images or []]
+        card.update(fidelity=fidelity, warnings=warnings, flagged=flagged)
         return GenerationResult(images or [], control, detections, seed, timings, card, images is None, seeds,
-                                fidelity, warnings)
+                                fidelity, warnings, flagged)
 
     def _prompt_warnings(self, request: GenerationRequest) -> list[str]:
         """CLIP reads 77 tokens (75 of text); diffusers drops the rest, so say what was dropped."""
@@ -570,8 +573,13 @@ class InferencePipeline:
                 finally:
                     vae.to(dtype)
                 notes.append("The VAE decode gave NaN or an all-black picture; it was decoded again in float32.")
+            pixels, flagged = self.pipe.run_safety_checker(pixels, pixels.device, pixels.dtype)
         images = self.pipe.image_processor.postprocess(pixels.float(), output_type="pil",
                                                        do_denormalize=[True] * pixels.shape[0])
+        for i, hidden in enumerate(flagged or []):
+            if hidden:
+                images[i].info["flagged"] = True  # travels with the picture through the fallbacks
+                notes.append(f"Image {i + 1} was flagged by the safety checker and is not shown.")
         return images, notes
 
     def _run_card(self, request: GenerationRequest, seeds: list[int], size: tuple[int, int],

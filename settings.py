@@ -41,6 +41,7 @@ class Settings:
     cache_dir: Path = field(default_factory=_default_cache_dir)
     cuda_graphs: bool = True
     compile: bool = False
+    safety_checker: bool = False
     max_upload_mb: int = 20
     max_pixels: int = 40_000_000
     hub_timeout_s: float = 5.0
@@ -65,6 +66,7 @@ class Settings:
             "cache_dir": Path(_env("APP_CACHE_DIR", str(_default_cache_dir()))),
             "cuda_graphs": _env("CUDA_GRAPHS", "1").lower() not in ("0", "false", "off", "no"),
             "compile": _env("COMPILE", "0").lower() in ("1", "true", "on", "yes"),
+            "safety_checker": _env("SAFETY_CHECKER", "0").lower() in ("1", "true", "on", "yes"),
             "max_upload_mb": int(_env("MAX_UPLOAD_MB", "20")),
             "max_pixels": int(_env("MAX_PIXELS", "40000000")),
         }

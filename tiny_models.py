@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-RECIPE_VERSION = "3"
+RECIPE_VERSION = "4"
 # The fixture detector: a tiny YOLOv8 trained on drawn circles, squares and triangles by
 # tools/train_shapes_detector.py, so that the smoke mode and the tests see real, non-empty detections.
 SHAPES_DETECTOR = Path(__file__).resolve().parent / "assets" / "shapes_detector.pt"
@@ -117,14 +117,30 @@ def _build_diffusion(paths: TinyModelPaths, arch: dict = TINY, device: str = "cp
                                                     pad_token_id=1, **text))
     scheduler = UniPCMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                         num_train_timesteps=1000)
+    safety_checker, feature_extractor = _safety_checker(arch is TINY)
     pipe = StableDiffusionControlNetPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                             controlnet=controlnet, scheduler=scheduler, safety_checker=None,
-                                             feature_extractor=None, requires_safety_checker=False)
+                                             controlnet=controlnet, scheduler=scheduler, safety_checker=safety_checker,
+                                             feature_extractor=feature_extractor, requires_safety_checker=False)
     variant = "fp16" if half else None
     if half:
         pipe.to(torch.float16)
     pipe.save_pretrained(paths.sd15, variant=variant)
     controlnet.save_pretrained(paths.controlnet, variant=variant)
+
+
+def _safety_checker(tiny: bool) -> tuple:
+    """A tiny CLIP-based safety checker with SD1.5's interface (only for the tiny set: the benchmarks
+    measure the default, which runs without one)."""
+    if not tiny:
+        return None, None
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    checker = StableDiffusionSafetyChecker(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
+    return checker, CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
 
 
 def build_yolo(path: Path) -> None:

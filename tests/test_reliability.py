@@ -118,3 +118,26 @@ def test_concurrent_callers_each_get_their_sequential_result_and_the_lock_ends_f
     assert np.array_equal(pixels(results[11]), expected[11]) and np.array_equal(pixels(results[12]), expected[12])
     assert results[13].cancelled and results[13].images == []
     assert not tiny_pipeline.busy
+
+
+@pytest.mark.parametrize("threshold, flagged", [(-10.0, True), (10.0, False)])
+def test_the_safety_checker_flags_are_reported_not_shown_as_black(model_cache, photo, threshold, flagged):
+    """The real checker code with the tiny checker; its concept thresholds decide, as in SD1.5's."""
+    from inference_pipeline import InferencePipeline
+    from settings import Settings
+
+    pipe = InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cpu",
+                                               safety_checker=True))
+    assert pipe.pipe.safety_checker is not None
+    with torch.no_grad():
+        pipe.pipe.safety_checker.concept_embeds_weights.fill_(threshold)
+        pipe.pipe.safety_checker.special_care_embeds_weights.fill_(threshold)
+    result = pipe.generate(photo, GenerationRequest(steps=1, resolution=64, seed=1, num_images=2))
+    assert result.flagged == [flagged, flagged] and result.run_card["flagged"] == result.flagged
+    notes = [w for w in result.warnings if "safety checker" in w]
+    assert len(notes) == (2 if flagged else 0)
+
+
+def test_the_safety_checker_is_off_by_default(tiny_pipeline, photo):
+    assert tiny_pipeline.pipe.safety_checker is None
+    assert tiny_pipeline.generate(photo, GenerationRequest(steps=1, resolution=64, seed=1)).flagged == [False]
