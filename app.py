@@ -10,7 +10,6 @@ import hmac
 import io
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 

@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     results, references = [], {}
     result = {"device": gpu, "torch": torch.__version__, "diffusers": diffusers.__version__, "steps": steps,
               "repeats": repeats, "date": date.today().isoformat(), "rows": results}
-    out = args.out or ROOT / "benchmarks" / "results" / f"{result['date']}-{re.sub(r'[^a-z0-9]+', '-', gpu.lower())}.json"
+    card = re.sub(r"[^a-z0-9]+", "-", gpu.lower())
+    out = args.out or ROOT / "benchmarks" / "results" / f"{result['date']}-{card}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         bench = Bench(build_folders(Path(folder), args.quick), device, steps, repeats)
