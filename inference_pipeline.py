@@ -106,6 +106,7 @@ class InferencePipeline:
         self._lock = threading.Lock()
         self.model_ids = self._model_sources()
         self.pipe = self._load_diffusion()
+        self._scheduler_config = self.pipe.scheduler.config  # every scheduler is built from the model's own
         self.detector = self._load_detector()
         attention_backend.apply(self.pipe, self.attention.chosen)
         self.attention_in_use = self.attention.chosen
@@ -156,7 +157,7 @@ class InferencePipeline:
                 f"MODELS=tiny to use the offline smoke models.") from exc
 
     def _load_diffusion(self) -> Any:
-        from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UniPCMultistepScheduler
+        from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
         controlnet = self._from_pretrained(ControlNetModel, self.model_ids["controlnet"], "ControlNet",
                                            "CONTROLNET_MODEL")
@@ -164,7 +165,6 @@ class InferencePipeline:
         pipe = self._from_pretrained(StableDiffusionControlNetPipeline, self.model_ids["sd15"],
                                      "Stable Diffusion 1.5 model", "SD15_MODEL", controlnet=controlnet,
                                      requires_safety_checker=False, **checker)
-        pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)
 
@@ -208,7 +208,7 @@ class InferencePipeline:
         if name not in self._schedulers:
             from schedulers import make_scheduler
 
-            self._schedulers[name] = make_scheduler(name, self.pipe.scheduler.config)
+            self._schedulers[name] = make_scheduler(name, self._scheduler_config)
         return self._schedulers[name]
 
     def _use_lora(self, source: str | None, weight: float) -> None:
@@ -266,8 +266,7 @@ class InferencePipeline:
         """Detect and build the control image exactly as `generate` would, without denoising."""
         request = request or GenerationRequest()
         image = load_image(image, max_pixels=self.settings.max_pixels)
-        with self._lock:
-            detections = self._detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
+        detections = self.detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
         control, warnings = self._control(image, detections, request)
         return ControlPreview(control, detections, warnings)
 

@@ -83,3 +83,16 @@ def test_lora_files_other_than_safetensors_are_refused(tiny_pipeline, photo, tmp
     pickled.write_bytes(b"not loaded")
     with pytest.raises(LoraError, match="only .safetensors"):
         tiny_pipeline.generate(photo, GenerationRequest(steps=1, resolution=64, seed=1, lora=str(pickled)))
+
+
+def test_schedulers_do_not_inherit_each_others_settings(tiny_pipeline, model_cache, photo):
+    """DPM++ 2M Karras turns on Karras sigmas; a UniPC first built after it must not pick them up."""
+    from inference_pipeline import InferencePipeline
+    from settings import Settings
+
+    request = GenerationRequest(steps=3, resolution=64, seed=4)
+    expected = pixels(tiny_pipeline.generate(photo, request))
+    fresh = InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cpu"))
+    fresh.generate(photo, GenerationRequest(steps=3, resolution=64, seed=4, scheduler="dpmpp_2m_karras"))
+    assert not fresh._scheduler("unipc").config.get("use_karras_sigmas", False)
+    assert np.array_equal(pixels(fresh.generate(photo, request)), expected)
