@@ -259,7 +259,8 @@ def prepare(requested: str = "auto", device: str | None = None, timeout_s: float
                              {"python": platform.python_version()}, list(PACKAGES))
 
 
-def _attention_modules(pipe: Any) -> list[Any]:
+def attention_modules(pipe: Any) -> list[Any]:
+    """The modules whose attention processors a backend replaces."""
     controlnet = getattr(pipe, "controlnet", None)
     controlnets = list(getattr(controlnet, "nets", [controlnet])) if controlnet is not None else []
     return [m for m in (pipe.unet, *controlnets, pipe.vae) if m is not None]
@@ -271,7 +272,7 @@ def apply(pipe: Any, backend: str) -> None:
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    for module in _attention_modules(pipe):
+    for module in attention_modules(pipe):
         if backend == "sliced" and module is pipe.vae:
             module.set_attn_processor(AttnProcessor())  # the VAE's one attention block passes temb, which
             continue                                    # SlicedAttnProcessor does not take

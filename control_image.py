@@ -13,8 +13,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-CONTROL_MODES = ("full", "objects", "background", "outlines")
-RESIZE_MODES = ("resize", "crop", "fill")
+# Each choice with the label the page shows for it.
+CONTROL_MODES = {"full": "Whole image", "objects": "Only the chosen objects", "background": "Only the background",
+                 "outlines": "Objects' edges and outlines"}
+RESIZE_MODES = {"resize": "Just resize", "crop": "Crop and resize", "fill": "Resize and fill"}
 Box = tuple[float, float, float, float]
 
 

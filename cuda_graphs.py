@@ -112,7 +112,8 @@ class GraphedForward:
                     self.eager(*args, **kwargs)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pools.get(shape)):
+            # thread_local: another pipeline's thread (another GPU) may allocate while this one captures
+            with torch.cuda.graph(graph, pool=self.pools.get(shape), capture_error_mode="thread_local"):
                 output = self.eager(*args, **kwargs)
         except Exception as exc:  # e.g. an op that synchronises with the host cannot be captured
             torch.cuda.synchronize()

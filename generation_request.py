@@ -8,22 +8,34 @@ from typing import Any
 from control_image import CONTROL_MODES, RESIZE_MODES
 from detections import Detection
 
-SCHEDULERS = ("unipc", "dpmpp_2m_karras", "euler_a", "ddim")  # built by schedulers.py
+# Each scheduler with the label the page shows; schedulers.py builds each of them.
+SCHEDULERS = {"unipc": "UniPC", "dpmpp_2m_karras": "DPM++ 2M Karras", "euler_a": "Euler ancestral", "ddim": "DDIM"}
 NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, "
                    "worst quality, low quality")
 SEED_MAX = 2**32 - 1
+
+
+# The allowed range of every numeric setting: the request checks it, the page's widgets are built from it.
+LIMITS: dict[str, tuple[float, float]] = {
+    "num_images": (1, 8), "steps": (1, 150), "guidance_scale": (0.0, 30.0), "resolution": (64, 2048),
+    "width": (64, 2048), "height": (64, 2048), "controlnet_scale": (0.0, 2.0), "control_start": (0.0, 1.0),
+    "control_end": (0.0, 1.0), "lora_weight": (0.0, 2.0), "canny_low": (1, 255), "canny_high": (1, 255),
+    "control_padding": (0.0, 1.0), "control_feather": (0, 64), "background_weight": (0.0, 1.0),
+    "detect_conf": (0.0, 1.0), "detect_iou": (0.0, 1.0), "seed": (0, SEED_MAX),
+}
 
 
 class InvalidRequestError(ValueError):
     """A generation setting is out of range; the message names the setting and its range."""
 
 
-def _check_range(name: str, value: float, low: float, high: float) -> None:
+def _check_range(name: str, value: float) -> None:
+    low, high = LIMITS[name]
     if not low <= value <= high:
         raise InvalidRequestError(f"{name} must lie between {low} and {high}, got {value}")
 
 
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def _choice(name: str, value: str, choices: dict[str, str] | tuple[str, ...]) -> None:
     if value not in choices:
         raise InvalidRequestError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
@@ -65,37 +77,22 @@ class GenerationRequest:
     detect_classes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        _check_range("num_images", self.num_images, 1, 8)
-        _check_range("steps", self.steps, 1, 150)
-        _check_range("guidance_scale", self.guidance_scale, 0.0, 30.0)
-        _check_range("resolution", self.resolution, 64, 2048)
+        for name in LIMITS:
+            if getattr(self, name) is not None:
+                _check_range(name, getattr(self, name))
         if self.size_multiple not in (8, 16, 32, 64):
             raise InvalidRequestError(f"size_multiple must be 8, 16, 32 or 64, got {self.size_multiple}")
-        _check_range("controlnet_scale", self.controlnet_scale, 0.0, 2.0)
-        _check_range("control_start", self.control_start, 0.0, 1.0)
-        _check_range("control_end", self.control_end, 0.0, 1.0)
-        _check_range("canny_low", self.canny_low, 1, 255)
-        _check_range("canny_high", self.canny_high, 1, 255)
-        _check_range("detect_conf", self.detect_conf, 0.0, 1.0)
-        _check_range("detect_iou", self.detect_iou, 0.0, 1.0)
-        if self.seed is not None:
-            _check_range("seed", self.seed, 0, SEED_MAX)
         if self.control_start > self.control_end:
             raise InvalidRequestError("control_start must not be after control_end")
         if (self.width is None) != (self.height is None):
             raise InvalidRequestError("give both width and height, or neither (then resolution sets the size)")
         for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is not None and (not 64 <= value <= 2048 or value % 8):
-                raise InvalidRequestError(f"{name} must be a multiple of 8 between 64 and 2048, got {value}")
+            if getattr(self, name) is not None and getattr(self, name) % 8:
+                raise InvalidRequestError(f"{name} must be a multiple of 8, got {getattr(self, name)}")
         _choice("resize_mode", self.resize_mode, RESIZE_MODES)
         _choice("scheduler", self.scheduler, SCHEDULERS)
-        _check_range("lora_weight", self.lora_weight, 0.0, 2.0)
         _choice("control_mode", self.control_mode, CONTROL_MODES)
         _choice("control_source", self.control_source, ("canny", "edge_map"))
-        _check_range("control_padding", self.control_padding, 0.0, 1.0)
-        _check_range("control_feather", self.control_feather, 0, 64)
-        _check_range("background_weight", self.background_weight, 0.0, 1.0)
 
     @property
     def full_prompt(self) -> str:

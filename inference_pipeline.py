@@ -8,20 +8,19 @@ The attention backend is chosen (and broken packages quarantined) before diffuse
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-import socket
 import threading
 import time
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import urlparse
+from typing import Any, Callable, Iterator
 
 import attention_backend
-import cuda_graphs
 import tiny_models
+from denoise import Denoiser, GenerationError, short_error
 from control_image import (NoMatchingDetectionsError, build_control_image, edge_fidelity, edge_map_control,
                            fit_size, place_image)
 from detections import Detection
@@ -40,59 +39,35 @@ os.environ["YOLO_AUTOINSTALL"] = "False"
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
-# Tried in this order when the GPU runs out of memory; each one stays on for the retries after it.
-OOM_REMEDIES = ("attention slicing", "VAE tiling", "model CPU offload", "a smaller size")
-
-
 class ModelLoadError(RuntimeError):
     """Weights could not be loaded; the message names the model and the ways out."""
-
-
-class GenerationError(RuntimeError):
-    """A run failed for a reason the person can act on; the message says how."""
 
 
 class LoraError(ValueError):
     """A LoRA could not be used; the base model is unchanged and the message says why."""
 
 
-class _Cancelled(Exception):
-    def __init__(self, steps_done: int) -> None:
-        super().__init__(f"cancelled after {steps_done} steps")
-        self.steps_done = steps_done
-
-
 def _hub_reachable(timeout_s: float) -> bool:
-    """A TCP connect to the Hugging Face endpoint: seconds, where huggingface_hub retries for minutes."""
+    """One HEAD request to the Hub through huggingface_hub's own HTTP session (so HTTP(S)_PROXY and the
+    endpoint settings apply): seconds, where huggingface_hub's downloads retry for minutes."""
+    import httpx
     from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
 
     if constants.HF_HUB_OFFLINE:
         return False
-    url = urlparse(constants.ENDPOINT)
     try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout_s):
-            return True
-    except OSError:
+        get_session().head(constants.ENDPOINT, timeout=timeout_s, follow_redirects=False)
+        return True
+    except httpx.HTTPError:
         return False
 
 
-def _free_gpu_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _short(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:400]
-
-
 class InferencePipeline:
-    """Loads the detector and the diffusion models once; `generate` runs one request at a time."""
+    """Loads the detector and the diffusion models once, on one device; `generate` runs one request at a time.
+
+    Two locks: `generate` holds the GPU lock for a whole run, and the detector has its own, so a preview's
+    detection never waits for a generation (nor a generation for a preview)."""
 
     def __init__(self, models: str | None = None, device: str | None = None, attention: str | None = None,
                  settings: Settings | None = None) -> None:
@@ -101,17 +76,20 @@ class InferencePipeline:
         self.attention = attention_backend.prepare(self.settings.attention, self.settings.device)
         import torch
 
-        self.device = self.settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = self.settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = "cuda:0" if device == "cuda" else device  # an explicit index: one pipeline per GPU
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         self._lock = threading.Lock()
+        self._detector_lock = threading.Lock()
+        self.detector_runs = 0  # how often the detector ran: the page's caches are judged by it
         self.model_ids = self._model_sources()
-        self.pipe = self._load_diffusion()
-        self._scheduler_config = self.pipe.scheduler.config  # every scheduler is built from the model's own
-        self.detector = self._load_detector()
-        attention_backend.apply(self.pipe, self.attention.chosen)
-        self.attention_in_use = self.attention.chosen
-        self.attention_fallback: str | None = None
-        self.graph_stats = self._enable_fast_path()
+        with self.on_device():
+            self.pipe = self._load_diffusion()
+            self._scheduler_config = self.pipe.scheduler.config  # every scheduler is built from the model's own
+            self.detector = self._load_detector()
+            attention_backend.apply(self.pipe, self.attention.chosen)
+            self.denoiser = Denoiser(self.pipe, self.device, self.attention.chosen, self._fast_path_wanted(),
+                                     self.settings.compile)
         self._schedulers: dict[str, Any] = {}
         self.versions = library_versions()
         self._lora: tuple[str, float] | None = None
@@ -119,8 +97,28 @@ class InferencePipeline:
 
     @property
     def busy(self) -> bool:
-        """True while a run holds the GPU (a second caller would wait)."""
+        """True while a generation holds the GPU (a second caller would wait)."""
         return self._lock.locked()
+
+    @property
+    def attention_in_use(self) -> str:
+        return self.denoiser.attention_in_use
+
+    @property
+    def attention_fallback(self) -> str | None:
+        return self.denoiser.attention_fallback
+
+    @contextlib.contextmanager
+    def on_device(self) -> Iterator[None]:
+        """Make this pipeline's GPU the current one for the calling thread (CUDA streams, graphs and
+        Ultralytics follow the current device); nothing to do on the CPU."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            with torch.cuda.device(self.device):
+                yield
+        else:
+            yield
 
     # -- loading ---------------------------------------------------------------------------------------
 
@@ -150,7 +148,7 @@ class InferencePipeline:
                 return cls.from_pretrained(source, dtype=self.dtype, local_files_only=not online, **kwargs)
         except Exception as exc:
             where = ("it is not in the local Hugging Face cache and the Hub cannot be reached from here"
-                     if not online else _short(exc))
+                     if not online else short_error(exc))
             raise ModelLoadError(
                 f"Could not load the {what} '{source}': {where}. Ways out: set {env_var} to a local folder "
                 f"that holds the model in diffusers format, give this machine internet access, or start with "
@@ -177,31 +175,25 @@ class InferencePipeline:
             return YOLO(source)
         except Exception as exc:
             raise ModelLoadError(
-                f"Could not load the detector '{source}': {_short(exc)}. Ways out: set YOLO_MODEL to a local "
+                f"Could not load the detector '{source}': {short_error(exc)}. Ways out: set YOLO_MODEL to a local "
                 f".pt file, give this machine internet access, or start with MODELS=tiny.") from exc
 
-    def _enable_fast_path(self) -> cuda_graphs.GraphStats | None:
-        """channels_last and CUDA graphs on CUDA; `fast_path` says what is on and why."""
+    def _fast_path_wanted(self) -> bool:
+        """channels_last on CUDA, and CUDA graphs unless turned off; `fast_path` says what is on and why."""
         if not self.device.startswith("cuda"):
             self.fast_path = "off: CUDA graphs need a CUDA GPU"
-            return None
+            return False
         import torch
 
         for module in (self.pipe.unet, self.pipe.controlnet, self.pipe.vae):
             module.to(memory_format=torch.channels_last)
         if not self.settings.cuda_graphs:
             self.fast_path = "off: CUDA_GRAPHS=0"
-            return None
+            return False
         self.fast_path = "on: UNet and ControlNet replayed from CUDA graphs"
         if self.settings.compile:
             self.fast_path += ", compiled by torch.compile (the first image of each size compiles for minutes)"
-        return cuda_graphs.enable(self.pipe, compile=self.settings.compile)
-
-    def _refresh_graphs(self) -> None:
-        """Graphs captured before a change of weights or attention processors are stale: recapture."""
-        if self.graph_stats is not None:
-            cuda_graphs.disable(self.pipe)
-            self.graph_stats = cuda_graphs.enable(self.pipe, compile=self.settings.compile)
+        return True
 
     def _scheduler(self, name: str) -> Any:
         """One scheduler object per name, all from the model's own scheduler config."""
@@ -224,13 +216,13 @@ class InferencePipeline:
                 self._load_lora(source)
             except Exception as exc:
                 self.pipe.unload_lora_weights()
-                self._refresh_graphs()
-                raise LoraError(f"The LoRA '{source}' cannot be used with this SD1.5 model ({_short(exc)}). "
+                self.denoiser.refresh_graphs()
+                raise LoraError(f"The LoRA '{source}' cannot be used with this SD1.5 model ({short_error(exc)}). "
                                 "Generating without it works as before.") from exc
         if source:
             self.pipe.set_adapters(["style"], adapter_weights=[weight])
         self._lora = wanted
-        self._refresh_graphs()
+        self.denoiser.refresh_graphs()
 
     def _load_lora(self, source: str) -> None:
         path = Path(source).expanduser()
@@ -248,31 +240,31 @@ class InferencePipeline:
     def detect(self, image: Any, conf: float = 0.25, iou: float = 0.45,
                classes: tuple[int, ...] | list[int] | None = None) -> list[Detection]:
         """Objects in `image`, most confident first, boxes in the image's pixels."""
-        with self._lock:
-            return self._detect(image, conf, iou, classes)
-
-    def _detect(self, image: Any, conf: float, iou: float, classes: tuple[int, ...] | list[int] | None
-                ) -> list[Detection]:
-        device = "cuda:0" if self.device == "cuda" else self.device
-        result = self.detector.predict(image, conf=conf, iou=iou, classes=list(classes) if classes else None,
-                                       device=device, half=device != "cpu", verbose=False)[0]
+        with self._detector_lock, self.on_device():
+            self.detector_runs += 1
+            result = self.detector.predict(image, conf=conf, iou=iou, classes=list(classes) if classes else None,
+                                           device=self.device, half=self.device != "cpu", verbose=False)[0]
         names = result.names
         found = [Detection(str(names[int(cls)]), int(cls), float(score), tuple(float(v) for v in box))
                  for box, score, cls in zip(result.boxes.xyxy.tolist(), result.boxes.conf.tolist(),
                                             result.boxes.cls.tolist())]
         return sorted(found, key=lambda d: -d.confidence)
 
-    def preview(self, image: Any, request: GenerationRequest | None = None) -> ControlPreview:
-        """Detect and build the control image exactly as `generate` would, without denoising."""
+    def preview(self, image: Any, request: GenerationRequest | None = None,
+                detections: list[Detection] | None = None) -> ControlPreview:
+        """Detect and build the control image exactly as `generate` would, without denoising; `detections`,
+        when given, stand for the detector's answer to this image and the request's detection settings."""
         request = request or GenerationRequest()
         image = load_image(image, max_pixels=self.settings.max_pixels)
-        detections = self.detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
-        control, warnings = self._control(image, detections, request)
+        if detections is None:
+            detections = self.detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
+        control, warnings = self.control_image(image, detections, request)
         return ControlPreview(control, detections, warnings)
 
-    def _control(self, image: Any, detections: list[Detection], request: GenerationRequest
-                 ) -> tuple[Any, list[str]]:
-        """The control image at the output size; Canny runs there, so every edge lands on an output pixel."""
+    def control_image(self, image: Any, detections: list[Detection], request: GenerationRequest
+                      ) -> tuple[Any, list[str]]:
+        """The control image at the output size; Canny runs there, so every edge lands on an output pixel.
+        Pure image work (no model): the page rebuilds it live while Canny sliders move."""
         size = ((request.width, request.height) if request.width else
                 fit_size(*image.size, request.resolution, request.size_multiple))
         placed, placement = place_image(image, size, request.resize_mode)
@@ -291,37 +283,44 @@ class InferencePipeline:
     def generate(self, image: Any, request: GenerationRequest | None = None,
                  on_step: Callable[[int, int], None] | None = None,
                  should_cancel: Callable[[], bool] | None = None,
-                 on_stage: Callable[[str], None] | None = None) -> GenerationResult:
+                 on_stage: Callable[[str], None] | None = None,
+                 detections: list[Detection] | None = None) -> GenerationResult:
         """Detect, build the control image and denoise. Same seed, same pixels.
 
         `on_stage` hears "detect", "control" and "generate" as each stage starts; `on_step(step, total)`
-        after every denoising step; `should_cancel()` is asked after every step."""
+        after every denoising step; `should_cancel()` is asked after every step. `detections`, when given
+        (a preview's, for this image and the request's detection settings), are used instead of detecting
+        again."""
         stage = on_stage or (lambda name: None)
         request = request or GenerationRequest()
         image = load_image(image, max_pixels=self.settings.max_pixels)
         seed = request.seed if request.seed is not None else random.randint(0, SEED_MAX - request.num_images)
         seeds = [(seed + i) % (SEED_MAX + 1) for i in range(request.num_images)]
-        with self._lock:
+        with self._lock, self.on_device():
             self._use_lora(request.lora, request.lora_weight)
             stage("detect")
             t0 = time.perf_counter()
-            detections = self._detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
+            if detections is None:
+                detections = self.detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
             t1 = time.perf_counter()
             stage("control")
-            control, warnings = self._control(image, detections, request)
+            control, warnings = self.control_image(image, detections, request)
             warnings += self._prompt_warnings(request)
             t2 = time.perf_counter()
             stage("generate")
-            images, control, steps_done, notes = self._denoise(control, request, seeds, on_step, should_cancel)
-            warnings += notes
+            denoised = self.denoiser.run(control, request, seeds, self._scheduler(request.scheduler), on_step,
+                                         should_cancel)
+            warnings += denoised.notes
             t3 = time.perf_counter()
         timings = {"detect_s": t1 - t0, "control_s": t2 - t1, "generate_s": t3 - t2, "total_s": t3 - t0}
-        fidelity = [edge_fidelity(output, control) for output in images or []]
-        card = self._run_card(replace(request, seed=seed), seeds, control.size, timings, images is None, steps_done)
-        flagged = [bool(image.info.get("flagged")) for image in images or []]
+        images, control, cancelled = denoised.images or [], denoised.control, denoised.images is None
+        fidelity = [edge_fidelity(output, control) for output in images]
+        card = self._run_card(replace(request, seed=seed), seeds, control.size, timings, cancelled,
+                              denoised.steps_done)
+        flagged = [bool(image.info.get("flagged")) for image in images]
         card.update(fidelity=fidelity, warnings=warnings, flagged=flagged)
-        return GenerationResult(images or [], control, detections, seed, timings, card, images is None, seeds,
-                                fidelity, warnings, flagged)
+        return GenerationResult(images, control, detections, seed, timings, card, cancelled, seeds, fidelity,
+                                warnings, flagged)
 
     def _prompt_warnings(self, request: GenerationRequest) -> list[str]:
         """CLIP reads 77 tokens (75 of text); diffusers drops the rest, so say what was dropped."""
@@ -335,141 +334,12 @@ class InferencePipeline:
                              f"ignored: \"{dropped}\".")
         return found
 
-    def _denoise(self, control: Any, request: GenerationRequest, seeds: list[int],
-                 on_step: Callable[[int, int], None] | None, should_cancel: Callable[[], bool] | None
-                 ) -> tuple[list[Any] | None, Any, int, list[str]]:
-        """The images (None when cancelled), the control image they used, the steps done and notes for the
-        person (a fallback that was needed)."""
-        import torch
-
-        def run(ctl: Any) -> tuple[list[Any], list[str]]:
-            return self._attempt(ctl, request, seeds, on_step, should_cancel)
-
-        try:
-            try:
-                images, notes = run(control)
-                return images, control, request.steps, notes
-            except torch.cuda.OutOfMemoryError:
-                return self._recover_from_oom(control, request, run)
-        except _Cancelled as cancelled:
-            return None, control, cancelled.steps_done, []
-
-    def _attempt(self, control: Any, request: GenerationRequest, seeds: list[int],
-                 on_step: Callable[[int, int], None] | None, should_cancel: Callable[[], bool] | None
-                 ) -> tuple[list[Any], list[str]]:
-        import torch
-
-        try:
-            return self._call_pipe(control, request, seeds, on_step, should_cancel)
-        except (RuntimeError, NotImplementedError, ValueError) as exc:
-            if self.attention_in_use == "sdpa" or isinstance(exc, torch.cuda.OutOfMemoryError):
-                raise
-            # A backend that passed its probe can still fail on real shapes: fall back to SDPA once.
-            self.attention_fallback = f"{self.attention_in_use} failed at its first real call ({_short(exc)}); " \
-                                      "switched to sdpa"
-            attention_backend.apply(self.pipe, "sdpa")
-            self.attention_in_use = "sdpa"
-            self._refresh_graphs()
-            return self._call_pipe(control, request, seeds, on_step, should_cancel)
-
-    def _recover_from_oom(self, control: Any, request: GenerationRequest,
-                          run: Callable[[Any], tuple[list[Any], list[str]]]) -> tuple[list[Any], Any, int, list[str]]:
-        """Out of GPU memory: free it, then retry with each remedy in turn; every remedy is undone after."""
-        import torch
-        from PIL import Image
-
-        applied: list[str] = []
-        graphs = self.graph_stats is not None
-        if graphs:
-            cuda_graphs.disable(self.pipe)
-        try:
-            for remedy in OOM_REMEDIES:
-                _free_gpu_memory()
-                if remedy == "attention slicing":
-                    attention_backend.apply(self.pipe, "sliced")
-                elif remedy == "VAE tiling":
-                    self.pipe.vae.enable_tiling()
-                elif remedy == "model CPU offload":
-                    if not self.device.startswith("cuda"):
-                        continue
-                    self.pipe.enable_model_cpu_offload()
-                else:
-                    size = tuple(max(64, int(side * 0.75) // 8 * 8) for side in control.size)
-                    control = control.resize(size, Image.Resampling.BILINEAR)
-                    remedy = f"a smaller size ({size[0]}x{size[1]})"
-                applied.append(remedy)
-                try:
-                    images, notes = run(control)
-                except torch.cuda.OutOfMemoryError:
-                    continue
-                return images, control, request.steps, notes + [
-                    f"The GPU ran out of memory; the run succeeded with {', '.join(applied)}."]
-            raise GenerationError(f"The GPU ran out of memory even with {', '.join(applied)}. Try fewer images per "
-                                  "run or a lower resolution.")
-        finally:
-            attention_backend.apply(self.pipe, self.attention_in_use)
-            self.pipe.vae.disable_tiling()
-            if "model CPU offload" in applied:
-                self.pipe.remove_all_hooks()
-                self.pipe.to(self.device)
-            _free_gpu_memory()
-            if graphs:
-                self.graph_stats = cuda_graphs.enable(self.pipe, compile=self.settings.compile)
-
-    def _call_pipe(self, control: Any, request: GenerationRequest, seeds: list[int],
-                   on_step: Callable[[int, int], None] | None,
-                   should_cancel: Callable[[], bool] | None) -> tuple[list[Any], list[str]]:
-        import torch
-
-        def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if on_step is not None:
-                on_step(step + 1, request.steps)
-            if should_cancel is not None and should_cancel():
-                raise _Cancelled(step + 1)
-            return tensors
-
-        # One CPU generator per image: image i of seed s is image 0 of seed s+i (up to batch rounding).
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        self.pipe.scheduler = self._scheduler(request.scheduler)
-        output = self.pipe(prompt=request.full_prompt, negative_prompt=request.negative_prompt or None,
-                           image=control, num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
-                           num_images_per_prompt=request.num_images, generator=generators,
-                           controlnet_conditioning_scale=request.controlnet_scale,
-                           control_guidance_start=request.control_start, control_guidance_end=request.control_end,
-                           guess_mode=request.guess_mode, height=control.height, width=control.width,
-                           callback_on_step_end=step_end, output_type="latent")
-        return self._decode(output.images)
-
-    def _decode(self, latents: Any) -> tuple[list[Any], list[str]]:
-        """Latents to pictures. An fp16 VAE can overflow into NaN (a black picture): then decode once more
-        in float32."""
-        import torch
-
-        vae, notes = self.pipe.vae, []
-        with torch.no_grad():
-            pixels = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
-            if not torch.isfinite(pixels).all() or pixels.max() <= -0.99:
-                dtype = vae.dtype
-                vae.to(torch.float32)
-                try:
-                    pixels = vae.decode(latents.float() / vae.config.scaling_factor, return_dict=False)[0]
-                finally:
-                    vae.to(dtype)
-                notes.append("The VAE decode gave NaN or an all-black picture; it was decoded again in float32.")
-            pixels, flagged = self.pipe.run_safety_checker(pixels, pixels.device, pixels.dtype)
-        images = self.pipe.image_processor.postprocess(pixels.float(), output_type="pil",
-                                                       do_denormalize=[True] * pixels.shape[0])
-        for i, hidden in enumerate(flagged or []):
-            if hidden:
-                images[i].info["flagged"] = True  # travels with the picture through the fallbacks
-                notes.append(f"Image {i + 1} was flagged by the safety checker and is not shown.")
-        return images, notes
-
     def _run_card(self, request: GenerationRequest, seeds: list[int], size: tuple[int, int],
                   timings: dict[str, float], cancelled: bool, steps_done: int) -> dict[str, Any]:
         import torch
 
-        device = self.device if self.device == "cpu" else f"{self.device} ({torch.cuda.get_device_name()})"
+        device = self.device if self.device == "cpu" else f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+        graphs = self.denoiser.graph_stats
         return {
             "request": asdict(request),
             "seed": request.seed,
@@ -481,7 +351,7 @@ class InferencePipeline:
             "dtype": str(self.dtype).removeprefix("torch."),
             "attention": {"chosen": self.attention.chosen, "why": self.attention.why, "in_use": self.attention_in_use,
                           "fallback": self.attention_fallback, "quarantined": self.attention.quarantined},
-            "fast_path": {"state": self.fast_path, **(asdict(self.graph_stats) if self.graph_stats else {})},
+            "fast_path": {"state": self.fast_path, **(asdict(graphs) if graphs else {})},
             "versions": self.versions,
             "timings": {k: round(v, 4) for k, v in timings.items()},
             "cancelled": cancelled,

@@ -246,9 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-auth", action="store_true", help="open the tunnel without a password (not advised)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the app to answer")
     parser.add_argument("--stop", action="store_true", help="stop what an earlier launch started, then exit")
+    parser.add_argument("--state-dir", type=Path, default=STATE_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.stop:
-        print("Stopped." if stop() else "Nothing to stop.")
+        print("Stopped." if stop(args.state_dir) else "Nothing to stop.")
         return 0
     try:
         launched = start(args.port, args.tunnel, args.models, args.auth, args.no_auth, args.timeout)

@@ -1,30 +1,19 @@
-"""The schedulers the app offers (inference_pipeline.SCHEDULERS), built from the model's own config.
+"""The schedulers the app offers (`generation_request.SCHEDULERS`), each built from the model's own config.
 
-UniPC, the default, is wrapped so that its step never waits for the GPU. diffusers keeps its sigmas on
-the CPU and copies a scalar to the device several times a step, and its corrector solves a 2x2 system with
-`torch.linalg.solve`, whose error check reads the result back: each of these is a host synchronisation, so
-the CPU cannot queue the next step while the GPU replays the current one. Same arithmetic, same pictures.
+UniPC, the default, is subclassed so that its step never waits for the GPU. diffusers keeps its sigmas on
+the CPU and copies them to the device every step, finds its first step by searching the timesteps, and its
+corrector solves a small linear system with `torch.linalg.solve`, whose error check reads the result back:
+each of these is a host synchronisation, so the CPU cannot queue the next step while the GPU replays the
+current one. Same arithmetic, same pictures.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
                        UniPCMultistepScheduler)
-
-@contextlib.contextmanager
-def _solve_without_error_check() -> Iterator[None]:
-    """`torch.linalg.solve` as `solve_ex` without its check, for the corrector's 2x2 system (never
-    singular: its rows are powers of distinct step ratios). Only the pipeline's lock holder runs this."""
-    solve = torch.linalg.solve
-    torch.linalg.solve = lambda a, b, **kwargs: torch.linalg.solve_ex(a, b)[0]
-    try:
-        yield
-    finally:
-        torch.linalg.solve = solve
 
 
 class AsyncUniPCMultistepScheduler(UniPCMultistepScheduler):
@@ -33,20 +22,70 @@ class AsyncUniPCMultistepScheduler(UniPCMultistepScheduler):
     def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any) -> None:
         super().set_timesteps(num_inference_steps, device=device, **kwargs)
         self.sigmas = self.sigmas.to(self.timesteps.device)
+        # Start at the first timestep unless a pipeline says otherwise (img2img calls set_begin_index after
+        # this): finding the start by searching the timesteps would read a GPU tensor back at step one.
+        self.set_begin_index(0)
 
-    def multistep_uni_c_bh_update(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        with _solve_without_error_check():
-            return super().multistep_uni_c_bh_update(*args, **kwargs)
+    def multistep_uni_c_bh_update(self, this_model_output: torch.Tensor, *, last_sample: torch.Tensor,
+                                  this_sample: torch.Tensor, order: int) -> torch.Tensor:
+        """diffusers' UniC corrector (B(h) version), step for step, except that its system `R @ rhos = b` is
+        solved by `solve_ex` without the error check (the system is never singular: R's rows are powers of
+        distinct step ratios), so nothing is read back to the host."""
+        outputs, m0, x = self.model_outputs, self.model_outputs[-1], last_sample
+        device = this_sample.device
+        alpha_t, sigma_t = self._sigma_to_alpha_sigma_t(self.sigmas[self.step_index].to(device))
+        alpha_s0, sigma_s0 = self._sigma_to_alpha_sigma_t(self.sigmas[self.step_index - 1].to(device))
+        lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
+        h = torch.log(alpha_t) - torch.log(sigma_t) - lambda_s0
+
+        rks, d1s = [], []
+        for i in range(1, order):
+            alpha_si, sigma_si = self._sigma_to_alpha_sigma_t(self.sigmas[self.step_index - (i + 1)].to(device))
+            rk = (torch.log(alpha_si) - torch.log(sigma_si) - lambda_s0) / h
+            rks.append(rk)
+            d1s.append((outputs[-(i + 1)] - m0) / rk)
+        rks = torch.stack([*rks, torch.ones((), device=device)])
+
+        hh = -h if self.predict_x0 else h
+        h_phi_1 = torch.expm1(hh)
+        h_phi_k = h_phi_1 / hh - 1
+        if self.config.solver_type == "bh1":
+            b_h = hh
+        elif self.config.solver_type == "bh2":
+            b_h = torch.expm1(hh)
+        else:
+            raise NotImplementedError(f"solver_type {self.config.solver_type!r}")
+        rows, b, factorial = [], [], 1
+        for i in range(1, order + 1):
+            rows.append(torch.pow(rks, i - 1))
+            b.append(h_phi_k * factorial / b_h)
+            factorial *= i + 1
+            h_phi_k = h_phi_k / hh - 1 / factorial
+
+        if order == 1:
+            rhos_c = torch.ones(1, dtype=x.dtype, device=device) * 0.5
+        else:
+            rhos_c = torch.linalg.solve_ex(torch.stack(rows), torch.stack(b))[0].to(device).to(x.dtype)
+        corr_res = torch.einsum("k,bkc...->bc...", rhos_c[:-1], torch.stack(d1s, dim=1)) if d1s else 0
+        d1_t = this_model_output - m0
+        if self.predict_x0:
+            x_t = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0 - alpha_t * b_h * (corr_res + rhos_c[-1] * d1_t)
+        else:
+            x_t = alpha_t / alpha_s0 * x - sigma_t * h_phi_1 * m0 - sigma_t * b_h * (corr_res + rhos_c[-1] * d1_t)
+        return x_t.to(x.dtype)
+
+
+_BUILDERS = {
+    "unipc": lambda config: AsyncUniPCMultistepScheduler.from_config(config),
+    "dpmpp_2m_karras": lambda config: DPMSolverMultistepScheduler.from_config(
+        config, algorithm_type="dpmsolver++", use_karras_sigmas=True),
+    "euler_a": lambda config: EulerAncestralDiscreteScheduler.from_config(config),
+    "ddim": lambda config: DDIMScheduler.from_config(config),
+}
 
 
 def make_scheduler(name: str, config: Any) -> Any:
     """A fresh scheduler of the named kind."""
-    if name == "unipc":
-        return AsyncUniPCMultistepScheduler.from_config(config)
-    if name == "dpmpp_2m_karras":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", use_karras_sigmas=True)
-    if name == "euler_a":
-        return EulerAncestralDiscreteScheduler.from_config(config)
-    if name == "ddim":
-        return DDIMScheduler.from_config(config)
-    raise ValueError(f"unknown scheduler {name!r}")
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown scheduler {name!r}")
+    return _BUILDERS[name](config)

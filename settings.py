@@ -23,6 +23,29 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
+def parse_bool(name: str, value: str) -> bool:
+    """The one reading of on/off settings: 1/true/on/yes and 0/false/off/no, any case; anything else is an error."""
+    word = value.strip().lower()
+    if word in ("1", "true", "on", "yes"):
+        return True
+    if word in ("0", "false", "off", "no"):
+        return False
+    raise ValueError(f"{name} must be 1 or 0 (or true/false, on/off, yes/no), not {value!r}")
+
+
+def parse_gpus(value: str) -> tuple[int, ...] | None:
+    """GPUS: empty or "all" means every visible GPU (None); otherwise comma-separated indices such as "0,1"."""
+    if value.strip().lower() in ("", "all"):
+        return None
+    try:
+        gpus = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"GPUS must be 'all' or comma-separated GPU indices such as 0,1, not {value!r}") from None
+    if not gpus or min(gpus) < 0 or len(set(gpus)) != len(gpus):
+        raise ValueError(f"GPUS must name each GPU index once, not {value!r}")
+    return gpus
+
+
 def _default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "yolo-controlnet-studio"
 
@@ -38,6 +61,7 @@ class Settings:
     variant: str = "fp16"
     attention: str = "auto"
     device: str | None = None
+    gpus: tuple[int, ...] | None = None
     cache_dir: Path = field(default_factory=_default_cache_dir)
     cuda_graphs: bool = True
     compile: bool = False
@@ -64,9 +88,10 @@ class Settings:
             "attention": _env("ATTENTION", "auto").lower(),
             "device": os.environ.get("DEVICE") or None,
             "cache_dir": Path(_env("APP_CACHE_DIR", str(_default_cache_dir()))),
-            "cuda_graphs": _env("CUDA_GRAPHS", "1").lower() not in ("0", "false", "off", "no"),
-            "compile": _env("COMPILE", "0").lower() in ("1", "true", "on", "yes"),
-            "safety_checker": _env("SAFETY_CHECKER", "0").lower() in ("1", "true", "on", "yes"),
+            "gpus": parse_gpus(_env("GPUS", "all")),
+            "cuda_graphs": parse_bool("CUDA_GRAPHS", _env("CUDA_GRAPHS", "1")),
+            "compile": parse_bool("COMPILE", _env("COMPILE", "0")),
+            "safety_checker": parse_bool("SAFETY_CHECKER", _env("SAFETY_CHECKER", "0")),
             "max_upload_mb": int(_env("MAX_UPLOAD_MB", "20")),
             "max_pixels": int(_env("MAX_PIXELS", "40000000")),
         }

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-RECIPE_VERSION = "4"
+RECIPE_VERSION = "5"
 # The fixture detector: a tiny YOLOv8 trained on drawn circles, squares and triangles by
 # tools/train_shapes_detector.py, so that the smoke mode and the tests see real, non-empty detections.
 SHAPES_DETECTOR = Path(__file__).resolve().parent / "assets" / "shapes_detector.pt"
@@ -39,6 +39,11 @@ def ensure_tiny_models(folder: Path) -> TinyModelPaths:
         done.write_text(RECIPE_VERSION)
     return paths
 
+
+# How strongly the random ControlNet's embedding answers an edge map and its residuals push the UNet (see
+# make_control_matter): measured so that another control image changes the residuals by about their own size.
+CONTROL_EMBEDDING_GAIN = 32.0
+CONTROL_OUTPUT_GAIN = 0.3
 
 # Words the tiny tokenizer knows whole, so that the default prompts cost as many tokens as with CLIP's.
 TINY_WORDS = ("a an the of in on with and photo painting watercolor cozy cottage house sun tree box red blue "
@@ -109,6 +114,7 @@ def _build_diffusion(paths: TinyModelPaths, arch: dict = TINY, device: str = "cp
     with torch.device(device):
         unet = UNet2DConditionModel(in_channels=4, out_channels=4, **arch["unet"])
         controlnet = ControlNetModel.from_unet(unet, **arch["controlnet"])
+        make_control_matter(controlnet)
         vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",)
                             * 4, up_block_types=("UpDecoderBlock2D",) * 4, **arch["vae"])
         tokenizer = _tokenizer()
@@ -126,6 +132,31 @@ def _build_diffusion(paths: TinyModelPaths, arch: dict = TINY, device: str = "cp
         pipe.to(torch.float16)
     pipe.save_pretrained(paths.sd15, variant=variant)
     controlnet.save_pretrained(paths.controlnet, variant=variant)
+
+
+def make_control_matter(controlnet, embedding_gain: float = CONTROL_EMBEDDING_GAIN,
+                        output_gain: float = CONTROL_OUTPUT_GAIN) -> None:
+    """Random weights under which the control image shows in the pixels.
+
+    `from_unet` zero-initialises the ControlNet's output convolutions and the last convolution of its
+    conditioning embedding, and with default init the embedding barely depends on its input: then the
+    control image, the scale, start/end and guess mode change nothing, and a test could not tell a pipeline
+    that ignores them. He-normal weights with zero biases in the embedding (its last convolution times
+    `embedding_gain`: a sparse edge map through eight He-normal convolutions is otherwise 30x weaker than the
+    latents it is added to) and small random output convolutions (`output_gain` times He-normal) make the
+    control show while the outputs stay finite and the pictures unsaturated."""
+    import torch
+
+    embedding = controlnet.controlnet_cond_embedding
+    with torch.no_grad():
+        for conv in (embedding.conv_in, *embedding.blocks, embedding.conv_out):
+            torch.nn.init.kaiming_normal_(conv.weight)
+            torch.nn.init.zeros_(conv.bias)
+        embedding.conv_out.weight.mul_(embedding_gain)
+        for conv in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
+            torch.nn.init.kaiming_normal_(conv.weight)
+            conv.weight.mul_(output_gain)
+            torch.nn.init.zeros_(conv.bias)
 
 
 def _safety_checker(tiny: bool) -> tuple:

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 _HOME = tempfile.mkdtemp(prefix="hf-home-")
 os.environ["HF_HOME"] = _HOME
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test may try the network
 os.environ["YOLO_CONFIG_DIR"] = str(Path(_HOME) / "ultralytics")
 
 

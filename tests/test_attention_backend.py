@@ -218,17 +218,36 @@ def test_backend_failing_at_its_first_real_call_falls_back_to_sdpa(tiny_pipeline
     request = GenerationRequest(steps=2, resolution=64, seed=5)
     expected = np.asarray(tiny_pipeline.generate(photo, request).images[0])
     tiny_pipeline.pipe.unet.set_attn_processor(BrokenAtCall())
-    tiny_pipeline.attention_in_use = "xformers"
+    tiny_pipeline.denoiser.attention_in_use = "xformers"
     try:
         result = tiny_pipeline.generate(photo, request)
     finally:
         attention_backend.apply(tiny_pipeline.pipe, "sdpa")
-        tiny_pipeline.attention_in_use, tiny_pipeline.attention_fallback = "sdpa", None
+        tiny_pipeline.denoiser.attention_in_use, tiny_pipeline.denoiser.attention_fallback = "sdpa", None
     assert np.array_equal(np.asarray(result.images[0]), expected)
     attention = result.run_card["attention"]
     assert attention["in_use"] == "sdpa"
     assert attention["fallback"].startswith("xformers failed at its first real call") and NO_OPERATOR in \
         attention["fallback"]
+
+
+def test_an_error_outside_attention_is_not_blamed_on_the_backend(tiny_pipeline, photo):
+    """Only errors raised inside the attention processors switch the backend; a failing VAE is the run's own."""
+    vae = tiny_pipeline.pipe.vae
+    tiny_pipeline.denoiser.attention_in_use = "xformers"
+
+    def broken_decode(*args, **kwargs):
+        raise RuntimeError("a VAE bug, not an attention one")
+
+    vae.decode = broken_decode
+    try:
+        with pytest.raises(RuntimeError, match="a VAE bug"):
+            tiny_pipeline.generate(photo, GenerationRequest(steps=1, resolution=64, seed=5))
+        assert tiny_pipeline.attention_in_use == "xformers" and tiny_pipeline.attention_fallback is None
+    finally:
+        del vae.decode
+        tiny_pipeline.denoiser.attention_in_use = "sdpa"
+    assert not tiny_pipeline.busy
 
 
 def test_importing_the_pipeline_module_does_not_import_diffusers():

@@ -1,4 +1,5 @@
-"""The CUDA-graph fast path: on the CPU it must step aside and leave the pixels untouched."""
+"""The CUDA-graph wrapper's CPU contract: where there is no CUDA tensor it steps aside, changes no pixel and
+unwraps cleanly. What it does on a GPU (capture, replay, recapture) is tested in test_gpu.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import cuda_graphs
 from inference_pipeline import GenerationRequest
 
 
-def test_graphed_forwards_fall_back_to_eager_on_the_cpu(tiny_pipeline, photo):
+def test_on_the_cpu_the_wrapper_steps_aside_and_unwraps_cleanly(tiny_pipeline, photo):
     request = GenerationRequest(prompt="a red box", steps=3, resolution=64, seed=21, controlnet_scale=0.7,
                                 control_end=0.5)
     expected = np.asarray(tiny_pipeline.generate(photo, request).images[0])
@@ -26,12 +27,9 @@ def test_graphed_forwards_fall_back_to_eager_on_the_cpu(tiny_pipeline, photo):
     assert isinstance(tiny_pipeline.pipe.controlnet.forward, types.MethodType)
 
 
-def test_run_card_says_why_the_fast_path_is_off(tiny_pipeline, photo):
-    card = tiny_pipeline.generate(photo, GenerationRequest(steps=1, resolution=64, seed=1)).run_card
-    assert card["fast_path"] == {"state": "off: CUDA graphs need a CUDA GPU"}
-
-
-def test_pipeline_benchmark_runs_on_the_tiny_models(tmp_path):
+def test_pipeline_benchmark_script_writes_its_rows_and_table(tmp_path):
+    """The benchmark's plumbing on the tiny models (every row eager on the CPU, so its numbers mean nothing
+    here; the fast path against eager is checked in test_gpu.py)."""
     import json
     import subprocess
     import sys
@@ -48,5 +46,6 @@ def test_pipeline_benchmark_runs_on_the_tiny_models(tmp_path):
     assert {"seed-sliced", "diffusers-default", "project-default", "project-default-batch4"} <= set(rows)
     for row in rows.values():
         assert row["seconds_per_image"] > 0 and row["steps_per_second"] > 0 and row["warmup_s"] >= 0
-        assert row["max_abs_diff_vs_default"] <= 0.02  # same seed, same inputs: the same picture
+    assert rows["diffusers-default"]["max_abs_diff_vs_default"] == 0.0  # the reference row
+    assert rows["project-default"]["fast_path"]["state"] == "off: CUDA graphs need a CUDA GPU"
     assert "| config | size | batch | s / image |" in proc.stdout

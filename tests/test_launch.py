@@ -89,13 +89,29 @@ def test_an_app_that_dies_at_start_fails_with_its_log_lines(state_dir, tmp_path)
     assert "exited with code" in message and "missing_app.py" in message and "does not exist" in message
 
 
-def test_cli_help_and_stop_with_nothing_running(tmp_path):
+def test_cli_help_names_every_option():
     import subprocess
 
     help_text = subprocess.run([sys.executable, "launch.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert help_text.returncode == 0
     for option in ("--port", "--tunnel", "--models", "--auth", "--no-auth", "--stop"):
         assert option in help_text.stdout
+
+
+def test_cli_stop_ends_a_running_app_then_finds_nothing(state_dir):
+    import subprocess
+
+    port = free_port()
+    launched = launch.start(port, "none", "tiny", state_dir=state_dir, quiet=True)
+    assert health(port) == "ok"
+    stop = [sys.executable, "launch.py", "--stop", "--state-dir", str(state_dir)]
+    first = subprocess.run(stop, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (first.returncode, first.stdout.strip()) == (0, "Stopped.")
+    stat = Path(f"/proc/{launched.pid}/stat")
+    assert health(port) is None
+    assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z", "ended (a zombie until this test reaps it)"
+    again = subprocess.run(stop, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (again.returncode, again.stdout.strip()) == (0, "Nothing to stop.")
 
 
 # -- the token and ngrok's errors ----------------------------------------------------------------------------

@@ -21,7 +21,9 @@ def test_two_images_at_64_in_four_steps(tiny_pipeline, photo):
     request = GenerationRequest(prompt="a red box", num_images=2, steps=4, resolution=64, seed=7)
     result = tiny_pipeline.generate(photo.resize((64, 64)), request, on_step=lambda s, t: steps.append((s, t)))
     assert [image.size for image in result.images] == [(64, 64), (64, 64)]
-    assert all(np.isfinite(np.asarray(image, dtype=np.float32)).all() for image in result.images)
+    for image in result.images:  # a picture, not a flat or blown-out field
+        values = np.asarray(image, dtype=np.float32)
+        assert 5 < values.std() and ((values == 0) | (values == 255)).mean() < 0.2
     assert result.control_image.size == (64, 64)
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert result.seed == 7 and result.seeds == [7, 8]

@@ -1,0 +1,204 @@
+"""Denoise with fallbacks: one run of the diffusers ControlNet pipeline, and what saves it on a real GPU.
+
+- An attention backend that passed its probe can still fail on real shapes: the run switches to SDPA once
+  and says so. Only errors raised inside the attention processors (or the xformers / flash-attn packages)
+  count; any other error is the run's own and propagates.
+- Out of GPU memory: free it, then retry with attention slicing, VAE tiling, model CPU offload and a smaller
+  size, each added to the previous; every remedy is undone afterwards.
+- An fp16 VAE can overflow into NaN (a black picture): the latents are decoded again in float32.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+
+import attention_backend
+import cuda_graphs
+from generation_request import GenerationRequest
+
+# Tried in this order when the GPU runs out of memory; each one stays on for the retries after it.
+OOM_REMEDIES = ("attention slicing", "VAE tiling", "model CPU offload", "a smaller size")
+ATTENTION_PACKAGES = ("xformers", "flash_attn")
+
+
+class GenerationError(RuntimeError):
+    """A run failed for a reason the person can act on; the message says how."""
+
+
+class Cancelled(Exception):
+    """`should_cancel` said stop; raised from the step callback, caught in `Denoiser.run`."""
+
+    def __init__(self, steps_done: int) -> None:
+        super().__init__(f"cancelled after {steps_done} steps")
+        self.steps_done = steps_done
+
+
+@dataclass
+class Denoised:
+    """What one run gave: the images (None when cancelled), the control image they were made with (smaller
+    when the out-of-memory chain had to shrink it), the steps done and notes for the person."""
+
+    images: list[Image.Image] | None
+    control: Image.Image
+    steps_done: int
+    notes: list[str] = field(default_factory=list)
+
+
+def short_error(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:400]
+
+
+def free_gpu_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class Denoiser:
+    """Owns the state the fallbacks change: the attention backend in use and the CUDA graphs."""
+
+    def __init__(self, pipe: Any, device: str, attention: str, graphs: bool, compile: bool = False) -> None:
+        self.pipe, self.device, self.compile = pipe, device, compile
+        self.attention_in_use = attention
+        self.attention_fallback: str | None = None
+        self.graph_stats = cuda_graphs.enable(pipe, compile=compile) if graphs else None
+
+    def refresh_graphs(self) -> None:
+        """Graphs captured before a change of weights or attention processors are stale: recapture."""
+        if self.graph_stats is not None:
+            cuda_graphs.disable(self.pipe)
+            self.graph_stats = cuda_graphs.enable(self.pipe, compile=self.compile)
+
+    def run(self, control: Image.Image, request: GenerationRequest, seeds: list[int], scheduler: Any,
+            on_step: Callable[[int, int], None] | None = None,
+            should_cancel: Callable[[], bool] | None = None) -> Denoised:
+        def attempt(ctl: Image.Image) -> tuple[list[Image.Image], list[str]]:
+            return self._with_attention_fallback(ctl, request, seeds, scheduler, on_step, should_cancel)
+
+        try:
+            try:
+                images, notes = attempt(control)
+                return Denoised(images, control, request.steps, notes)
+            except torch.cuda.OutOfMemoryError:
+                return self._recover_from_oom(control, request, attempt)
+        except Cancelled as cancelled:
+            return Denoised(None, control, cancelled.steps_done)
+
+    def _raised_by_attention(self, exc: BaseException) -> bool:
+        """True when the error comes from an attention processor or an attention package."""
+        processors = {id(p) for module in attention_backend.attention_modules(self.pipe)
+                      for p in module.attn_processors.values()}
+        tb = exc.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            if id(frame.f_locals.get("self")) in processors or \
+                    str(frame.f_globals.get("__name__", "")).startswith(ATTENTION_PACKAGES):
+                return True
+            tb = tb.tb_next
+        return False
+
+    def _with_attention_fallback(self, control: Image.Image, request: GenerationRequest, seeds: list[int],
+                                 scheduler: Any, on_step: Callable[[int, int], None] | None,
+                                 should_cancel: Callable[[], bool] | None) -> tuple[list[Image.Image], list[str]]:
+        try:
+            return self._call_pipe(control, request, seeds, scheduler, on_step, should_cancel)
+        except (RuntimeError, NotImplementedError, ValueError) as exc:
+            if (self.attention_in_use == "sdpa" or isinstance(exc, torch.cuda.OutOfMemoryError)
+                    or not self._raised_by_attention(exc)):
+                raise
+            self.attention_fallback = (f"{self.attention_in_use} failed at its first real call "
+                                       f"({short_error(exc)}); switched to sdpa")
+            attention_backend.apply(self.pipe, "sdpa")
+            self.attention_in_use = "sdpa"
+            self.refresh_graphs()
+            return self._call_pipe(control, request, seeds, scheduler, on_step, should_cancel)
+
+    def _recover_from_oom(self, control: Image.Image, request: GenerationRequest,
+                          attempt: Callable[[Image.Image], tuple[list[Image.Image], list[str]]]) -> Denoised:
+        applied: list[str] = []
+        graphs = self.graph_stats is not None
+        if graphs:
+            cuda_graphs.disable(self.pipe)
+        try:
+            for remedy in OOM_REMEDIES:
+                free_gpu_memory()
+                if remedy == "attention slicing":
+                    attention_backend.apply(self.pipe, "sliced")
+                elif remedy == "VAE tiling":
+                    self.pipe.vae.enable_tiling()
+                elif remedy == "model CPU offload":
+                    if not self.device.startswith("cuda"):
+                        continue
+                    self.pipe.enable_model_cpu_offload(device=self.device)
+                else:
+                    size = tuple(max(64, int(side * 0.75) // 8 * 8) for side in control.size)
+                    control = control.resize(size, Image.Resampling.BILINEAR)
+                    remedy = f"a smaller size ({size[0]}x{size[1]})"
+                applied.append(remedy)
+                try:
+                    images, notes = attempt(control)
+                except torch.cuda.OutOfMemoryError:
+                    continue
+                return Denoised(images, control, request.steps, notes + [
+                    f"The GPU ran out of memory; the run succeeded with {', '.join(applied)}."])
+            raise GenerationError(f"The GPU ran out of memory even with {', '.join(applied)}. Try fewer images per "
+                                  "run or a lower resolution.")
+        finally:
+            attention_backend.apply(self.pipe, self.attention_in_use)
+            self.pipe.vae.disable_tiling()
+            if "model CPU offload" in applied:
+                self.pipe.remove_all_hooks()
+                self.pipe.to(self.device)
+            free_gpu_memory()
+            if graphs:
+                self.graph_stats = cuda_graphs.enable(self.pipe, compile=self.compile)
+
+    def _call_pipe(self, control: Image.Image, request: GenerationRequest, seeds: list[int], scheduler: Any,
+                   on_step: Callable[[int, int], None] | None,
+                   should_cancel: Callable[[], bool] | None) -> tuple[list[Image.Image], list[str]]:
+        def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(step + 1, request.steps)
+            if should_cancel is not None and should_cancel():
+                raise Cancelled(step + 1)
+            return tensors
+
+        # One CPU generator per image: image i of seed s is image 0 of seed s+i (up to batch rounding).
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        self.pipe.scheduler = scheduler
+        output = self.pipe(prompt=request.full_prompt, negative_prompt=request.negative_prompt or None,
+                           image=control, num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+                           num_images_per_prompt=request.num_images, generator=generators,
+                           controlnet_conditioning_scale=request.controlnet_scale,
+                           control_guidance_start=request.control_start, control_guidance_end=request.control_end,
+                           guess_mode=request.guess_mode, height=control.height, width=control.width,
+                           callback_on_step_end=step_end, output_type="latent")
+        return self._decode(output.images)
+
+    def _decode(self, latents: torch.Tensor) -> tuple[list[Image.Image], list[str]]:
+        """Latents to pictures; a NaN or all-black fp16 decode is decoded once more in float32."""
+        vae, notes = self.pipe.vae, []
+        with torch.no_grad():
+            pixels = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+            if not torch.isfinite(pixels).all() or pixels.max() <= -0.99:
+                dtype = vae.dtype
+                vae.to(torch.float32)
+                try:
+                    pixels = vae.decode(latents.float() / vae.config.scaling_factor, return_dict=False)[0]
+                finally:
+                    vae.to(dtype)
+                notes.append("The VAE decode gave NaN or an all-black picture; it was decoded again in float32.")
+            pixels, flagged = self.pipe.run_safety_checker(pixels, pixels.device, pixels.dtype)
+        images = self.pipe.image_processor.postprocess(pixels.float(), output_type="pil",
+                                                       do_denormalize=[True] * pixels.shape[0])
+        for i, hidden in enumerate(flagged or []):
+            if hidden:
+                images[i].info["flagged"] = True  # travels with the picture through the fallbacks
+                notes.append(f"Image {i + 1} was flagged by the safety checker and is not shown.")
+        return images, notes

@@ -1,0 +1,190 @@
+"""The CUDA-only code on a real GPU: the CUDA-graph fast path against eager execution, the out-of-memory chain
+with graphs on, the sync-free UniPC, and pipelines on several threads and GPUs.
+
+Marked `gpu`: skipped without CUDA; `make test-gpu` runs only these. The tiny models run in float16 on the
+GPU, with a ControlNet whose weights make every control setting visible in the pixels.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT
+from inference_pipeline import GenerationRequest, InferencePipeline
+from settings import Settings
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+BASE = GenerationRequest(prompt="a red box", steps=6, resolution=128, seed=11)
+# The largest pixel difference (8-bit levels) allowed between the fast path and eager execution: the same
+# kernels run in both, so we expect 0; one level leaves room for a cuDNN algorithm picked differently.
+SAME = 1
+
+
+def two_gpus() -> bool:
+    return torch.cuda.device_count() >= 2
+
+
+@pytest.fixture(scope="module")
+def scene() -> Image.Image:
+    return Image.open(ROOT / "assets" / "sample_scene.png").convert("RGB").resize((128, 128))
+
+
+def pipeline(model_cache, graphs: bool = True, device: str = "cuda:0") -> InferencePipeline:
+    return InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device=device,
+                                               cuda_graphs=graphs))
+
+
+@pytest.fixture(scope="module")
+def fast(model_cache) -> InferencePipeline:
+    return pipeline(model_cache, graphs=True)
+
+
+@pytest.fixture(scope="module")
+def eager(model_cache) -> InferencePipeline:
+    return pipeline(model_cache, graphs=False)
+
+
+def pixels(result) -> np.ndarray:
+    assert result.images, result.warnings
+    return np.stack([np.asarray(image, dtype=np.int16) for image in result.images])
+
+
+def assert_same(fast: InferencePipeline, eager: InferencePipeline, image, request) -> None:
+    stats = fast.denoiser.graph_stats
+    replays = stats.replays
+    got, expected = pixels(fast.generate(image, request)), pixels(eager.generate(image, request))
+    now = fast.denoiser.graph_stats  # a new object once weights changed (the graphs were recaptured)
+    assert now.replays - (replays if now is stats else 0) >= request.steps, "the fast path did not replay graphs"
+    assert now.failure is None
+    difference = int(np.abs(got - expected).max())
+    assert difference <= SAME, f"fast path and eager differ by {difference} levels"
+
+
+@pytest.mark.parametrize("scheduler", ["unipc", "dpmpp_2m_karras", "euler_a", "ddim"])
+def test_fast_path_matches_eager_for_every_scheduler(fast, eager, scene, scheduler):
+    assert_same(fast, eager, scene, replace(BASE, scheduler=scheduler))
+
+
+@pytest.mark.parametrize("change", [dict(guess_mode=True, guidance_scale=4.0), dict(control_start=0.2, control_end=0.6),
+                                    dict(controlnet_scale=0.4), dict(num_images=2), dict(guidance_scale=1.0)],
+                         ids=["guess-mode", "start-end", "scale", "batch-2", "cfg-off"])
+def test_fast_path_matches_eager_for_control_settings_and_batches(fast, eager, scene, change):
+    assert_same(fast, eager, scene, replace(BASE, **change))
+
+
+def test_a_size_change_and_back_reuses_the_first_graphs(fast, eager, scene):
+    assert_same(fast, eager, scene, BASE)
+    captures = fast.denoiser.graph_stats.captures
+    assert_same(fast, eager, scene, replace(BASE, resolution=192))
+    assert fast.denoiser.graph_stats.captures > captures, "a new size needs new graphs"
+    captures = fast.denoiser.graph_stats.captures
+    assert_same(fast, eager, scene, BASE)
+    assert fast.denoiser.graph_stats.captures == captures, "the first size's graphs are kept"
+
+
+def test_lora_load_reweight_and_unload_recapture_the_graphs(fast, eager, scene, tmp_path):
+    from test_pipeline_options import make_lora
+
+    lora = str(make_lora(fast.model_ids["sd15"] + "/unet", tmp_path))
+    base = pixels(fast.generate(scene, BASE))
+    for weight in (1.0, 0.3):
+        styled = replace(BASE, lora=lora, lora_weight=weight)
+        assert_same(fast, eager, scene, styled)
+        assert np.abs(pixels(fast.generate(scene, styled)) - base).max() > 5, "the LoRA must show"
+    assert np.array_equal(pixels(fast.generate(scene, BASE)), base), "unloading restores the base exactly"
+    assert_same(fast, eager, scene, BASE)
+
+
+def test_out_of_memory_chain_with_graphs_on_recovers_and_undoes_everything(model_cache, scene):
+    pipe = pipeline(model_cache, graphs=True)
+    baseline = pixels(pipe.generate(scene, BASE))
+    raised = []
+
+    def out_of_memory_at_full_size(module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        if sample.shape[-1] >= 16:  # 128 px = 16 latents: only the chain's smaller size fits
+            raised.append(tuple(sample.shape))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+
+    hook = pipe.pipe.unet.register_forward_pre_hook(out_of_memory_at_full_size, with_kwargs=True)
+    try:
+        result = pipe.generate(scene, BASE)
+    finally:
+        hook.remove()
+    assert len(raised) == 4  # as asked, then with slicing, tiling and CPU offload
+    assert result.images[0].size == (96, 96)
+    assert result.warnings == ["The GPU ran out of memory; the run succeeded with attention slicing, VAE tiling, "
+                               "model CPU offload, a smaller size (96x96)."]
+    assert all(p.device.type == "cuda" for p in pipe.pipe.unet.parameters()), "offload is undone"
+    captures = pipe.denoiser.graph_stats.captures
+    assert np.array_equal(pixels(pipe.generate(scene, BASE)), baseline)
+    assert pipe.denoiser.graph_stats.captures > captures and pipe.denoiser.graph_stats.failure is None
+
+
+def test_the_unipc_loop_never_waits_for_the_gpu(fast):
+    from schedulers import make_scheduler
+
+    scheduler = make_scheduler("unipc", fast.pipe.scheduler.config)
+    sample = torch.randn(2, 4, 64, 64, device="cuda", dtype=torch.float16)
+    scheduler.set_timesteps(20, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation raises
+    try:
+        for t in scheduler.timesteps:
+            sample = scheduler.step(torch.tanh(sample) * 0.3, t, sample).prev_sample
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(sample).all()
+
+
+def test_the_run_card_reports_the_graphs_it_replayed(fast, scene):
+    card = fast.generate(scene, BASE).run_card
+    assert card["fast_path"]["state"].startswith("on:")
+    assert card["fast_path"]["replays"] >= BASE.steps and card["fast_path"]["failure"] is None
+    assert card["device"].startswith("cuda:0 (") and card["dtype"] == "float16"
+
+
+def test_two_pipelines_in_two_threads_give_each_their_own_pixels(model_cache, scene):
+    """Two fast pipelines (on two GPUs when there are two) generating at the same time, with different
+    requests, give exactly what each gives alone; graphs captured concurrently included."""
+    devices = ["cuda:0", "cuda:1"] if two_gpus() else ["cuda:0", "cuda:0"]
+    pipes = [pipeline(model_cache, device=device) for device in devices]
+    requests = [BASE, replace(BASE, seed=12, controlnet_scale=0.5, scheduler="dpmpp_2m_karras")]
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            results[i] = pixels(pipes[i].generate(scene, requests[i]))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    for i in range(2):
+        alone = pixels(pipes[i].generate(scene, requests[i]))
+        assert np.array_equal(results[i], alone)
+        assert pipes[i].denoiser.graph_stats.failure is None
+    assert not np.array_equal(results[0], results[1])
+
+
+@pytest.mark.skipif(not two_gpus(), reason="needs two GPUs")
+def test_a_pipeline_on_the_second_gpu_keeps_everything_there(model_cache, scene, fast):
+    before = torch.cuda.memory_allocated(0)
+    second = pipeline(model_cache, device="cuda:1")
+    result = second.generate(scene, BASE)
+    assert result.run_card["device"].startswith("cuda:1 (")
+    assert {p.device for p in second.pipe.unet.parameters()} == {torch.device("cuda:1")}
+    assert torch.cuda.memory_allocated(0) == before, "nothing of the second pipeline lands on GPU 0"
+    assert np.array_equal(pixels(result), pixels(fast.generate(scene, BASE)))

@@ -1,0 +1,94 @@
+"""Settings from the environment, and the Hub check that decides between cache and download."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+
+import pytest
+
+from settings import Settings, parse_bool, parse_gpus
+
+
+@pytest.mark.parametrize("word, expected", [("1", True), ("TRUE", True), (" on ", True), ("yes", True),
+                                            ("0", False), ("False", False), ("off", False), ("NO", False)])
+def test_one_boolean_reading_for_every_switch(word, expected, monkeypatch):
+    assert parse_bool("X", word) is expected
+    for name, field in (("CUDA_GRAPHS", "cuda_graphs"), ("COMPILE", "compile"), ("SAFETY_CHECKER", "safety_checker")):
+        monkeypatch.setenv(name, word)
+        assert getattr(Settings.from_env(), field) is expected
+
+
+def test_an_unreadable_switch_is_an_error_naming_it(monkeypatch):
+    monkeypatch.setenv("CUDA_GRAPHS", "maybe")
+    with pytest.raises(ValueError, match="CUDA_GRAPHS must be 1 or 0"):
+        Settings.from_env()
+
+
+def test_gpus_setting(monkeypatch):
+    assert parse_gpus("all") is None and parse_gpus("") is None
+    assert parse_gpus("0, 1") == (0, 1)
+    for bad in ("a", "0,0", "-1"):
+        with pytest.raises(ValueError, match="GPUS"):
+            parse_gpus(bad)
+    monkeypatch.setenv("GPUS", "1")
+    assert Settings.from_env().gpus == (1,)
+
+
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    """Answers every request itself, as a forward proxy in front of the Hub would, and remembers the URL."""
+
+    seen: list[str] = []
+
+    def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+        _Proxy.seen.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def hub_behind_a_proxy(monkeypatch):
+    """An endpoint that does not resolve, reachable only through an HTTP proxy on loopback."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import close_session
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://hub.invalid")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+    close_session()  # the session reads the proxy settings when it is made
+    _Proxy.seen.clear()
+    yield server
+    server.shutdown()
+    monkeypatch.undo()
+    close_session()
+
+
+def test_hub_check_goes_through_the_configured_proxy(hub_behind_a_proxy):
+    from inference_pipeline import _hub_reachable
+
+    assert _hub_reachable(5.0) is True
+    assert _Proxy.seen == ["http://hub.invalid/"]
+
+
+def test_hub_check_says_no_when_the_proxy_is_down(hub_behind_a_proxy, monkeypatch):
+    from huggingface_hub.utils import close_session
+
+    from inference_pipeline import _hub_reachable
+
+    hub_behind_a_proxy.shutdown()
+    hub_behind_a_proxy.server_close()
+    close_session()
+    assert _hub_reachable(2.0) is False
+
+
+def test_hub_check_is_off_when_offline():
+    from inference_pipeline import _hub_reachable
+
+    assert _hub_reachable(5.0) is False  # the test run sets HF_HUB_OFFLINE=1
