@@ -1,6 +1,9 @@
-"""Streamlit front end: upload a photo, detect objects, generate with SD1.5 + ControlNet Canny.
+"""Streamlit front end: upload a photo, see its detections and control image, generate as a job.
 
-Run with `make run` (or `streamlit run app.py`). UI only: every model call goes through InferencePipeline.
+Run with `make run` (or `streamlit run app.py`). UI only: generation runs as a job in `jobs.JobQueue` (one
+worker per GPU), outside this script, so no rerun can touch it; the page polls it from a fragment. Previews
+come from `previews.Previews`, cached per input, and the control preview lives in a fragment of its own so
+that it follows the Canny sliders without rerunning the page.
 """
 
 from __future__ import annotations
@@ -9,7 +12,10 @@ import csv
 import hmac
 import io
 import json
+import logging
 import os
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +23,77 @@ import streamlit as st
 
 from control_image import CONTROL_MODES, RESIZE_MODES
 from detections import draw_detections
-from inference_pipeline import (SCHEDULERS, GenerationError, GenerationRequest, InferencePipeline,
-                                InvalidImageError, InvalidRequestError, LoraError, ModelLoadError, load_image)
+from generation_request import LIMITS, SCHEDULERS, GenerationRequest, InvalidRequestError
+from image_io import InvalidImageError
+from inference_pipeline import ModelLoadError
+from jobs import CANCELLED, DONE, QUEUED, JobQueue
+from previews import Previews
 from run_card import png_with_run_card
 from settings import Settings
 
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
 ASSETS = Path(__file__).parent / "assets"
 SAMPLES = {"Shapes scene": ASSETS / "sample_scene.png"}
-SCHEDULER_LABELS = {"unipc": "UniPC", "dpmpp_2m_karras": "DPM++ 2M Karras", "euler_a": "Euler ancestral",
-                    "ddim": "DDIM"}
-MODE_LABELS = {"full": "Whole image", "objects": "Only the chosen objects", "background": "Only the background",
-               "outlines": "Objects' edges and outlines"}
-RESIZE_LABELS = {"resize": "Just resize", "crop": "Crop and resize", "fill": "Resize and fill"}
 HISTORY_LENGTH = 8
-DEFAULTS: dict[str, Any] = {
-    "prompt": "a cozy cottage in a watercolor painting", "added_prompt": GenerationRequest.added_prompt,
-    "negative_prompt": GenerationRequest.negative_prompt, "steps": 20, "guidance_scale": 7.5,
-    "randomize_seed": True, "seed": 1, "num_images": 1, "resolution": 512, "set_size": False, "width": 512,
-    "height": 512, "resize_mode": "resize", "controlnet_scale": 1.0, "control_range": (0.0, 1.0),
-    "guess_mode": False, "scheduler": "unipc", "lora": "", "lora_weight": 0.8, "detect_conf": 0.25,
-    "detect_iou": 0.45, "detect_classes": [], "canny_low": 100, "canny_high": 200, "control_mode": "full",
-    "control_classes": [], "control_padding": 0.0, "control_feather": 0, "background_weight": 0.0,
-    "own_control": False, "invert_edge_map": False,
+POLL_S = 0.5
+STAGES = {"detect": "Detecting objects", "control": "Building the control image", "generate": "Denoising"}
+# Widgets named after a GenerationRequest field take its default; these are the page's own.
+REQUEST_WIDGETS = ("added_prompt", "negative_prompt", "num_images", "steps", "guidance_scale", "resolution",
+                   "resize_mode", "controlnet_scale", "guess_mode", "scheduler", "lora_weight", "canny_low",
+                   "canny_high", "control_mode", "control_padding", "control_feather", "background_weight",
+                   "invert_edge_map", "detect_conf", "detect_iou")
+PAGE_DEFAULTS: dict[str, Any] = {
+    "prompt": "a cozy cottage in a watercolor painting", "randomize_seed": True, "seed": 1, "set_size": False,
+    "width": 512, "height": 512, "lora": "", "own_control": False, "detect_classes": [], "control_classes": [],
+    "control_range": (GenerationRequest.control_start, GenerationRequest.control_end),
 }
 
 st.set_page_config(page_title="YOLO ControlNet Studio", page_icon="🎨", layout="wide")
 
+
+def widget_defaults() -> dict[str, Any]:
+    request = GenerationRequest()
+    return {**{name: getattr(request, name) for name in REQUEST_WIDGETS}, **PAGE_DEFAULTS}
+
+
+def slider(where: Any, label: str, name: str, step: float, **kwargs: Any) -> Any:
+    """A slider over the range GenerationRequest accepts for `name`."""
+    low, high = LIMITS[name]
+    return where.slider(label, low, high, step=step, key=name, **kwargs)
+
+
+# -- the server: one model set, one job queue, shared by every browser session -----------------------------
+
+@st.cache_resource
+def server_choices() -> dict[str, str]:
+    """Server-wide choices that outlive browser sessions: the smoke-model fallback switches the model set for
+    everyone, until the server restarts."""
+    return {"models": Settings.from_env().models}
+
+
+@st.cache_resource(show_spinner="Loading the models (once per server)…")
+def get_jobs(models: str) -> JobQueue:
+    return JobQueue.for_settings(Settings.from_env(models=models))
+
+
+@st.cache_resource
+def get_previews(models: str) -> Previews:
+    return Previews(get_jobs(models).pipelines[0])
+
+
+def load_jobs() -> JobQueue | None:
+    try:
+        return get_jobs(server_choices()["models"])
+    except ModelLoadError as exc:
+        st.error(f"**The real models could not be loaded.** {exc}")
+        if st.button("Use the offline smoke models instead", type="primary"):
+            server_choices()["models"] = "tiny"
+            st.rerun()
+        return None
+
+
+# -- access ----------------------------------------------------------------------------------------------
 
 def expected_password() -> str | None:
     """APP_PASSWORD from the environment (launch.py sets it for public tunnels) or Streamlit's secrets."""
@@ -69,34 +120,23 @@ def password_gate() -> bool:
     return False
 
 
-@st.cache_resource(show_spinner="Loading the models (once per server)…")
-def get_pipeline(models: str) -> InferencePipeline:
-    """One pipeline per server process, shared by every browser session; it holds the GPU lock."""
-    return InferencePipeline(models=models)
+# -- panels ----------------------------------------------------------------------------------------------
 
-
-def load_pipeline() -> InferencePipeline | None:
-    models = st.session_state.setdefault("models", Settings.from_env().models)
-    try:
-        return get_pipeline(models)
-    except ModelLoadError as exc:
-        st.error(f"**The real models could not be loaded.** {exc}")
-        if st.button("Use the offline smoke models instead", type="primary"):
-            st.session_state.models = "tiny"
-            st.rerun()
-        return None
-
-
-def system_panel(pipe: InferencePipeline) -> None:
+def system_panel(jobs: JobQueue) -> None:
+    pipe = jobs.pipelines[0]
     with st.sidebar:
         st.header("System")
-        device = pipe.device
-        if device.startswith("cuda"):
-            import torch
+        for worker in jobs.workers:
+            device = worker.name
+            if device.startswith("cuda"):
+                import torch
 
-            free, total = torch.cuda.mem_get_info()
-            device = f"{torch.cuda.get_device_name()} ({(total - free) / 2**30:.1f} of {total / 2**30:.1f} GiB used)"
-        st.markdown(f"**Device:** {device}, {str(pipe.dtype).removeprefix('torch.')}")
+                free, total = torch.cuda.mem_get_info(device)
+                device = (f"{device}: {torch.cuda.get_device_name(device)} ({(total - free) / 2**30:.1f} of "
+                          f"{total / 2**30:.1f} GiB used)")
+            st.markdown(f"**Device:** {device}, {str(pipe.dtype).removeprefix('torch.')}")
+        st.markdown(f"**Queue:** {jobs.running} running, {jobs.waiting} waiting, {len(jobs.workers)} "
+                    f"worker{'s' if len(jobs.workers) > 1 else ''}")
         if pipe.settings.models == "tiny":
             st.warning("Offline smoke models: random weights, so the pictures are noise. Set MODELS=sd15 for "
                        "the real ones.")
@@ -111,16 +151,16 @@ def system_panel(pipe: InferencePipeline) -> None:
             st.json({"models": pipe.model_ids, "versions": pipe.versions, "environment": pipe.attention.environment})
 
 
-def input_panel() -> Any | None:
+def input_panel(previews: Previews) -> tuple[Any, str] | tuple[None, None]:
     upload = st.file_uploader("Photo (PNG, JPEG or WebP)", type=["png", "jpg", "jpeg", "webp"])
     try:
         if upload is not None:
-            return load_image(upload.getvalue())
+            return previews.image(upload.getvalue())
         sample = st.selectbox("…or a sample image", list(SAMPLES))
-        return load_image(SAMPLES[sample])
+        return previews.image(SAMPLES[sample])
     except InvalidImageError as exc:
         st.error(str(exc))
-        return None
+        return None, None
 
 
 def prompt_panel() -> None:
@@ -132,128 +172,147 @@ def prompt_panel() -> None:
 def generation_panel() -> None:
     with st.expander("Generation settings", expanded=True):
         left, right = st.columns(2)
-        left.slider("Steps", 1, 100, key="steps")
-        right.slider("Guidance scale (CFG)", 1.0, 20.0, step=0.5, key="guidance_scale")
-        left.slider("Images per run", 1, 4, key="num_images")
-        right.selectbox("Scheduler", SCHEDULERS, format_func=SCHEDULER_LABELS.get, key="scheduler")
+        slider(left, "Steps", "steps", 1)
+        slider(right, "Guidance scale (CFG)", "guidance_scale", 0.5)
+        slider(left, "Images per run", "num_images", 1)
+        right.selectbox("Scheduler", list(SCHEDULERS), format_func=SCHEDULERS.get, key="scheduler")
         left.toggle("Random seed", key="randomize_seed")
-        right.number_input("Seed", 0, 2**32 - 1, key="seed", disabled=st.session_state.randomize_seed)
-        st.slider("Resolution (short side)", 256, 768, step=64, key="resolution",
-                  disabled=st.session_state.set_size)
+        right.number_input("Seed", *LIMITS["seed"], key="seed", disabled=st.session_state.randomize_seed)
+        slider(st, "Resolution (short side)", "resolution", 64, disabled=st.session_state.set_size)
         st.toggle("Set width and height", key="set_size")
-        if st.session_state.set_size:
-            left, middle, right = st.columns(3)
-            left.slider("Width", 256, 768, step=64, key="width")
-            middle.slider("Height", 256, 768, step=64, key="height")
-            right.selectbox("Resize mode", RESIZE_MODES, format_func=RESIZE_LABELS.get, key="resize_mode")
+        left, middle, right = st.columns(3)
+        fixed = not st.session_state.set_size
+        slider(left, "Width", "width", 64, disabled=fixed)
+        slider(middle, "Height", "height", 64, disabled=fixed)
+        right.selectbox("Resize mode", list(RESIZE_MODES), format_func=RESIZE_MODES.get, key="resize_mode",
+                        disabled=fixed)
         left, right = st.columns(2)
-        left.slider("ControlNet strength", 0.0, 2.0, step=0.05, key="controlnet_scale")
+        slider(left, "ControlNet strength", "controlnet_scale", 0.05)
         right.slider("Control start / end", 0.0, 1.0, step=0.05, key="control_range")
         st.checkbox("Guess mode", key="guess_mode", help="Let ControlNet guess the content from the edges alone; "
                     "works best with a CFG of 3 to 5.")
     with st.expander("Style LoRA"):
         st.text_input("Hub id or local .safetensors file (empty: none)", key="lora")
-        st.slider("LoRA weight", 0.0, 2.0, step=0.05, key="lora_weight")
+        slider(st, "LoRA weight", "lora_weight", 0.05)
 
 
 def detection_panel(class_names: list[str]) -> None:
     with st.expander("Detection"):
         left, right = st.columns(2)
-        left.slider("Confidence", 0.0, 1.0, step=0.05, key="detect_conf")
-        right.slider("IoU (overlap)", 0.0, 1.0, step=0.05, key="detect_iou")
+        slider(left, "Confidence", "detect_conf", 0.05)
+        slider(right, "IoU (overlap)", "detect_iou", 0.05)
         st.multiselect("Only these classes (empty: all)", class_names, key="detect_classes")
 
 
-def control_panel(detected: list[str]) -> None:
-    with st.expander("Control image", expanded=True):
-        st.selectbox("What keeps its structure", CONTROL_MODES, format_func=MODE_LABELS.get, key="control_mode")
-        guided = st.session_state.control_mode != "full"
-        st.multiselect("Objects (empty: every detected one)", detected, key="control_classes", disabled=not guided)
-        left, middle, right = st.columns(3)
-        left.slider("Padding", 0.0, 1.0, step=0.05, key="control_padding", disabled=not guided)
-        middle.slider("Feather (px)", 0, 64, key="control_feather", disabled=not guided)
-        right.slider("Other region's edges", 0.0, 1.0, step=0.05, key="background_weight", disabled=not guided)
-        left, right = st.columns(2)
-        left.slider("Canny low", 1, 255, key="canny_low")
-        right.slider("Canny high", 1, 255, key="canny_high")
-        st.toggle("My upload is already an edge map (no Canny)", key="own_control")
-        st.checkbox("Invert it (black lines on white)", key="invert_edge_map",
-                    disabled=not st.session_state.own_control)
-
-
-def request_from_state(names: dict[int, str]) -> GenerationRequest | None:
+def request_from_state(names: dict[int, str]) -> GenerationRequest:
+    """The request the widgets describe; raises InvalidRequestError with a message for the person."""
     state = st.session_state
     ids = {name: class_id for class_id, name in names.items()}
     start, end = state.control_range
-    try:
-        return GenerationRequest(
-            prompt=state.prompt, added_prompt=state.added_prompt, negative_prompt=state.negative_prompt,
-            num_images=state.num_images, steps=state.steps, guidance_scale=state.guidance_scale,
-            seed=None if state.randomize_seed else int(state.seed), resolution=state.resolution, size_multiple=64,
-            width=state.width if state.set_size else None, height=state.height if state.set_size else None,
-            resize_mode=state.resize_mode, controlnet_scale=state.controlnet_scale, control_start=start,
-            control_end=end, guess_mode=state.guess_mode, scheduler=state.scheduler, lora=state.lora.strip() or None,
-            lora_weight=state.lora_weight, canny_low=state.canny_low, canny_high=state.canny_high,
-            control_mode=state.control_mode,
-            control_classes=tuple(ids[n] for n in state.control_classes) or None,
-            control_padding=state.control_padding, control_feather=state.control_feather,
-            background_weight=state.background_weight, control_source="edge_map" if state.own_control else "canny",
-            invert_edge_map=state.invert_edge_map, detect_conf=state.detect_conf, detect_iou=state.detect_iou,
-            detect_classes=tuple(ids[n] for n in state.detect_classes) or None)
-    except InvalidRequestError as exc:
-        st.error(str(exc))
-        return None
+    return GenerationRequest(
+        prompt=state.prompt, added_prompt=state.added_prompt, negative_prompt=state.negative_prompt,
+        num_images=state.num_images, steps=state.steps, guidance_scale=state.guidance_scale,
+        seed=None if state.randomize_seed else int(state.seed), resolution=state.resolution, size_multiple=64,
+        width=state.width if state.set_size else None, height=state.height if state.set_size else None,
+        resize_mode=state.resize_mode, controlnet_scale=state.controlnet_scale, control_start=start,
+        control_end=end, guess_mode=state.guess_mode, scheduler=state.scheduler, lora=state.lora.strip() or None,
+        lora_weight=state.lora_weight, canny_low=state.canny_low, canny_high=state.canny_high,
+        control_mode=state.control_mode, control_classes=tuple(ids[n] for n in state.control_classes) or None,
+        control_padding=state.control_padding, control_feather=state.control_feather,
+        background_weight=state.background_weight, control_source="edge_map" if state.own_control else "canny",
+        invert_edge_map=state.invert_edge_map, detect_conf=state.detect_conf, detect_iou=state.detect_iou,
+        detect_classes=tuple(ids[n] for n in state.detect_classes if n in ids) or None)
 
 
-def preview_panel(pipe: InferencePipeline, image: Any, request: GenerationRequest) -> list[str]:
-    """Detections and the control image this request would use; returns the detected labels."""
-    if pipe.busy:
-        st.info("Another run is using the GPU; the preview appears when it ends.")
-        return []
-    preview = pipe.preview(image, request)
+@st.fragment
+def control_panel(previews: Previews, image: Any, key: str | None, names: dict[int, str]) -> None:
+    """The control image above its own settings. A fragment: moving a slider here rebuilds only the control
+    image (from cached detections), not the page."""
+    preview_slot = st.container()
+    st.selectbox("What keeps its structure", list(CONTROL_MODES), format_func=CONTROL_MODES.get, key="control_mode")
+    guided = st.session_state.control_mode != "full"
+    detected = st.session_state.get("detected_labels", [])
+    st.multiselect("Objects (empty: every detected one)", sorted(set(detected) | set(st.session_state.control_classes)),
+                   key="control_classes", disabled=not guided)
+    left, middle, right = st.columns(3)
+    slider(left, "Padding", "control_padding", 0.05, disabled=not guided)
+    slider(middle, "Feather (px)", "control_feather", 1, disabled=not guided)
+    slider(right, "Other region's edges", "background_weight", 0.05, disabled=not guided)
     left, right = st.columns(2)
-    left.image(draw_detections(image, preview.detections), caption=f"{len(preview.detections)} detections")
-    right.image(preview.control_image, caption="Control image preview")
-    for warning in preview.warnings:
-        st.warning(warning)
-    return sorted({d.label for d in preview.detections})
+    slider(left, "Canny low", "canny_low", 1)
+    slider(right, "Canny high", "canny_high", 1)
+    st.toggle("My upload is already an edge map (no Canny)", key="own_control")
+    st.checkbox("Invert it (black lines on white)", key="invert_edge_map", disabled=not st.session_state.own_control)
+    with preview_slot:
+        if image is None:
+            st.info("Upload a photo (or pick a sample) to see its control image here.")
+            return
+        try:
+            preview = previews.preview(image, key, request_from_state(names))
+        except InvalidRequestError as exc:
+            st.error(str(exc))
+            return
+        st.image(preview.control_image, caption="Control image preview", width="stretch")
+        for warning in preview.warnings:
+            st.warning(warning)
 
 
-def run(pipe: InferencePipeline, image: Any, request: GenerationRequest) -> None:
-    if pipe.busy:
-        st.info("Another user is generating right now; your run starts as soon as theirs ends.")
-    st.button("Cancel", key="cancel", help="Stops after the current denoising step.")
-    labels = {"detect": "Detecting objects", "control": "Building the control image", "generate": "Denoising"}
-    statuses: dict[str, Any] = {}
+def generate_panel(jobs: JobQueue, previews: Previews, image: Any, key: str | None,
+                   request: GenerationRequest | None) -> None:
+    job = st.session_state.get("job")
+    mine_active = job is not None and job.active
+    if st.button("Generate", type="primary", width="stretch",
+                 disabled=image is None or request is None or mine_active,
+                 help="Your run is on its way; cancel it or wait for it." if mine_active else None):
+        detections = previews.detections(image, key, request)
+        st.session_state.job = jobs.submit(image, request, owner=st.session_state.owner, detections=detections)
+        st.session_state.pop("notice", None)
+    job = st.session_state.get("job")
+    if job is not None and job.active:
+        job_view(jobs)
 
-    def on_stage(stage: str) -> None:
-        for done in statuses.values():
-            done.update(state="complete", expanded=False)
-        statuses[stage] = st.status(labels[stage] + "…", expanded=stage == "generate")
-        if stage == "generate":
-            statuses["bar"] = statuses[stage].progress(0.0)
 
-    def on_step(step: int, total: int) -> None:
-        st.session_state.last_step = step
-        statuses["bar"].progress(step / total, text=f"Denoising step {step} of {total}")
+@st.fragment(run_every=POLL_S)
+def job_view(jobs: JobQueue) -> None:
+    """The running job: place in the queue, stage, progress and Cancel. Polls itself; once the job has ended
+    it reruns the page so that the results (or the reason) appear."""
+    job = st.session_state.get("job")
+    if job is None or not job.active:
+        st.rerun()
+    if job.state == QUEUED:
+        position, eta = jobs.position(job), jobs.eta_s(job)
+        if position is not None:
+            wait = f"; it starts in about {eta:.0f} s" if eta is not None else ""
+            st.info(f"Waiting for the GPU: your run is number {position} in the queue{wait}.")
+    elif job.stage == "generate":
+        st.progress(min(job.step / max(job.total, 1), 1.0), text=f"Denoising step {job.step} of {job.total}")
+    else:
+        st.progress(0.0, text=STAGES.get(job.stage or "detect", "Starting") + "…")
+    st.button("Cancel", key="cancel", on_click=jobs.cancel, args=(job,), help="Stops after the current step.")
 
-    try:
-        result = pipe.generate(image, request, on_step=on_step, on_stage=on_stage)
-    except (LoraError, GenerationError, InvalidImageError, InvalidRequestError) as exc:
-        for status in (s for name, s in statuses.items() if name != "bar"):
-            status.update(state="error")
-        st.error(str(exc))
+
+def collect_finished_job() -> None:
+    """Move this session's ended job into the page's state: results and history, or a one-time notice."""
+    job = st.session_state.get("job")
+    if job is None or job.active:
         return
-    timings = result.timings
-    for stage, key in (("detect", "detect_s"), ("control", "control_s"), ("generate", "generate_s")):
-        statuses[stage].update(label=f"{labels[stage]}: {timings[key]:.2f} s", state="complete", expanded=False)
-    st.session_state.result, st.session_state.input_image = result, image
-    history = st.session_state.setdefault("history", [])
-    thumbs = [img.copy() for img in result.images]
-    for thumb in thumbs:
-        thumb.thumbnail((160, 160))
-    history.insert(0, {"request": result.run_card["request"], "seed": result.seed, "thumbs": thumbs})
-    del history[HISTORY_LENGTH:]
+    st.session_state.job = None
+    if job.state == DONE:
+        result = job.result
+        st.session_state.result, st.session_state.input_image = result, job.image
+        st.session_state.result_time = time.strftime("%H:%M:%S", time.localtime(job.finished))
+        thumbs = [img.copy() for img in result.images]
+        for thumb in thumbs:
+            thumb.thumbnail((160, 160))
+        history = st.session_state.setdefault("history", [])
+        history.insert(0, {"request": result.run_card["request"], "seed": result.seed, "thumbs": thumbs})
+        del history[HISTORY_LENGTH:]
+    elif job.state == CANCELLED:
+        steps = job.result.run_card["steps_done"] if job.result else 0
+        st.session_state.notice = ("warning", f"Cancelled after step {steps}." if steps else
+                                   "Cancelled before it started.")
+    else:
+        st.session_state.notice = ("error", job.message)
 
 
 def detections_csv(detections: list) -> str:
@@ -266,45 +325,54 @@ def detections_csv(detections: list) -> str:
 
 
 def results_panel() -> None:
+    notice = st.session_state.pop("notice", None)
+    if notice is not None:
+        (st.warning if notice[0] == "warning" else st.error)(notice[1])
     result = st.session_state.get("result")
     if result is None:
+        st.caption("Results appear here.")
         return
     st.subheader(f"Results (seed {result.seed})")
+    timings = result.timings
+    st.caption(f"Finished at {st.session_state.result_time}: detection {timings['detect_s']:.2f} s, control image "
+               f"{timings['control_s']:.2f} s, denoising {timings['generate_s']:.2f} s.")
     for warning in (w for w in result.warnings if "safety checker" not in w):
         st.warning(warning)
-    columns = st.columns(max(1, len(result.images)))
-    for i, (column, image) in enumerate(zip(columns, result.images)):
+    for i, image in enumerate(result.images):
         if result.flagged[i]:
-            column.info(f"Image {i + 1} (seed {result.seeds[i]}) was flagged by the safety checker, so it is not "
-                        "shown.")
+            st.info(f"Image {i + 1} (seed {result.seeds[i]}) was flagged by the safety checker, so it is not shown.")
             continue
         fidelity = result.fidelity[i]
-        column.image(image, caption=f"seed {result.seeds[i]} · edge fidelity F1 {fidelity['f1']:.2f} "
-                                    f"(precision {fidelity['precision']:.2f}, recall {fidelity['recall']:.2f})")
-        column.download_button("Download PNG", png_with_run_card(image, result.run_card),
-                               f"result-{result.seeds[i]}.png", "image/png", key=f"download-{i}", on_click="ignore")
-    left, middle, right = st.columns(3)
-    left.image(draw_detections(st.session_state.input_image, result.detections), caption="Detections")
-    middle.image(result.control_image, caption="Control image")
-    middle.download_button("Download control image", png_with_run_card(result.control_image, result.run_card),
-                           "control.png", "image/png", on_click="ignore")
-    right.dataframe([d.as_row() for d in result.detections], hide_index=True)
-    right.download_button("Detections (CSV)", detections_csv(result.detections), "detections.csv", "text/csv",
-                          on_click="ignore")
-    right.download_button("Run card (JSON)", json.dumps(result.run_card, indent=2), "run_card.json",
-                          "application/json", on_click="ignore")
+        st.image(image, width="stretch",
+                 caption=f"seed {result.seeds[i]} · edge fidelity F1 {fidelity['f1']:.2f} "
+                         f"(precision {fidelity['precision']:.2f}, recall {fidelity['recall']:.2f})")
+        st.download_button("Download PNG", png_with_run_card(image, result.run_card), f"result-{result.seeds[i]}.png",
+                           "image/png", key=f"download-{i}", on_click="ignore")
+    with st.expander("Control image, detections and run card"):
+        left, right = st.columns(2)
+        left.image(result.control_image, caption="Control image")
+        left.download_button("Download control image", png_with_run_card(result.control_image, result.run_card),
+                             "control.png", "image/png", on_click="ignore")
+        right.image(draw_detections(st.session_state.input_image, result.detections), caption="Detections")
+        st.dataframe([d.as_row() for d in result.detections], hide_index=True)
+        left, right = st.columns(2)
+        left.download_button("Detections (CSV)", detections_csv(result.detections), "detections.csv", "text/csv",
+                             on_click="ignore")
+        right.download_button("Run card (JSON)", json.dumps(result.run_card, indent=2), "run_card.json",
+                              "application/json", on_click="ignore")
 
 
 def reuse(request: dict, names: dict[int, str]) -> None:
     """Put a history entry's settings back into the widgets (runs before the page is drawn again)."""
     state = st.session_state
-    for key in DEFAULTS:
-        if key in request and key not in ("detect_classes", "control_classes", "lora", "seed"):
-            state[key] = request[key]
+    for key in REQUEST_WIDGETS + ("prompt",):
+        state[key] = request[key]
     state.lora = request["lora"] or ""
     state.seed, state.randomize_seed = request["seed"], False
     state.control_range = (request["control_start"], request["control_end"])
     state.set_size = request["width"] is not None
+    if state.set_size:
+        state.width, state.height = request["width"], request["height"]
     state.own_control = request["control_source"] == "edge_map"
     for key in ("detect_classes", "control_classes"):
         state[key] = [names[i] for i in request[key] or () if i in names]
@@ -324,34 +392,41 @@ def history_panel(names: dict[int, str]) -> None:
 
 
 def main() -> None:
-    for key, value in DEFAULTS.items():
+    for key, value in widget_defaults().items():
         st.session_state.setdefault(key, value)
+    st.session_state.setdefault("owner", uuid.uuid4().hex)
     st.title("YOLO ControlNet Studio")
     st.caption("Detect objects in a photo, keep the structure you choose as a Canny control image, and paint "
                "something new on it with Stable Diffusion 1.5 + ControlNet.")
     if not password_gate():
         return
-    pipe = load_pipeline()
-    if pipe is None:
+    jobs = load_jobs()
+    if jobs is None:
         return
-    system_panel(pipe)
-    names = {int(k): str(v) for k, v in pipe.detector.names.items()}
-    settings_column, output_column = st.columns([2, 3])
-    with settings_column:
-        image = input_panel()
+    previews = get_previews(server_choices()["models"])
+    collect_finished_job()
+    system_panel(jobs)
+    names = {int(k): str(v) for k, v in jobs.pipelines[0].detector.names.items()}
+    input_column, control_column, output_column = st.columns([1, 1, 1.2], gap="medium")
+    with input_column:
+        image, key = input_panel(previews)
         prompt_panel()
-        generation_panel()
-        detection_panel(list(names.values()))
-        control_panel(sorted(set(st.session_state.get("detected_labels", [])) |
-                             set(st.session_state.control_classes)))
-    request = request_from_state(names)
-    with output_column:
+        try:
+            request = request_from_state(names)
+        except InvalidRequestError as exc:
+            st.error(str(exc))
+            request = None
+        generate_panel(jobs, previews, image, key, request)
         if image is not None and request is not None:
-            st.session_state.detected_labels = preview_panel(pipe, image, request)
-        if st.button("Generate", type="primary", disabled=image is None or request is None):
-            run(pipe, image, request)
-        elif st.session_state.get("cancel"):
-            st.warning(f"Cancelled after step {st.session_state.get('last_step', 0)}.")
+            detections = previews.detections(image, key, request)
+            st.session_state.detected_labels = sorted({d.label for d in detections})
+            st.image(draw_detections(image, detections), caption=f"{len(detections)} detections",
+                     width="stretch")
+        generation_panel()
+    with control_column:
+        control_panel(previews, image, key, names)
+        detection_panel(list(names.values()))
+    with output_column:
         results_panel()
         history_panel(names)
 

@@ -9,6 +9,7 @@ The attention backend is chosen (and broken packages quarantined) before diffuse
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import threading
@@ -29,6 +30,8 @@ from generation_request import (NEGATIVE_PROMPT, SCHEDULERS, SEED_MAX, ControlPr
 from image_io import InvalidImageError, load_image
 from run_card import library_versions
 from settings import Settings
+
+log = logging.getLogger(__name__)
 
 __all__ = ["NEGATIVE_PROMPT", "SCHEDULERS", "ControlPreview", "GenerationError", "GenerationRequest",
            "GenerationResult", "InferencePipeline", "InvalidImageError", "InvalidRequestError", "LoraError",
@@ -244,6 +247,8 @@ class InferencePipeline:
             self.detector_runs += 1
             result = self.detector.predict(image, conf=conf, iou=iou, classes=list(classes) if classes else None,
                                            device=self.device, half=self.device != "cpu", verbose=False)[0]
+        height, width = result.orig_shape
+        log.info("detector ran on %s (%dx%d): %d objects", self.device, width, height, len(result.boxes))
         names = result.names
         found = [Detection(str(names[int(cls)]), int(cls), float(score), tuple(float(v) for v in box))
                  for box, score, cls in zip(result.boxes.xyxy.tolist(), result.boxes.conf.tolist(),

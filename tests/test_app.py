@@ -1,6 +1,11 @@
-"""The Streamlit page, headless through AppTest, with the tiny models and the fixture detector."""
+"""The Streamlit page, headless through AppTest, with the tiny models and the fixture detector.
+
+AppTest runs the script but not the fragment timers: after Generate the tests wait for the job themselves and
+run the page again, as the job view's poll would."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -19,16 +24,27 @@ def app(model_cache, monkeypatch) -> AppTest:
     return app
 
 
+def wait_for_the_job(app: AppTest) -> AppTest:
+    job = app.session_state["job"]
+    deadline = time.monotonic() + 180
+    while job is not None and job.active:
+        assert time.monotonic() < deadline, "the job did not end"
+        time.sleep(0.05)
+    return app.run()
+
+
 def generate(app: AppTest) -> AppTest:
     app.slider(key="steps").set_value(2)
     app.slider(key="resolution").set_value(256)
-    return next(b for b in app.button if b.label == "Generate").click().run()
+    next(b for b in app.button if b.label == "Generate").click().run()
+    return wait_for_the_job(app)
 
 
 def test_page_renders_with_the_system_panel_and_a_preview(app):
     assert app.title[0].value == "YOLO ControlNet Studio"
     sidebar = " ".join(m.value for m in app.sidebar.markdown)
     assert "Attention:** `sdpa`" in sidebar and "Fast path:** off: CUDA graphs need a CUDA GPU" in sidebar
+    assert "Device:** cpu, float32" in sidebar and "Queue:** 0 running, 0 waiting, 1 worker" in sidebar
     assert any("Offline smoke models" in w.value for w in app.sidebar.warning)
     assert app.selectbox(key="control_mode").options[0] == "Whole image"
     assert app.session_state["detected_labels"] == ["circle", "square", "triangle"]
@@ -106,7 +122,10 @@ def test_the_password_gate_blocks_the_page_until_the_password_is_given(model_cac
 def test_without_reachable_weights_the_page_explains_and_offers_the_smoke_models(model_cache, monkeypatch):
     from huggingface_hub import constants
 
+    import streamlit as st
+
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # no hub here, deterministically
+    st.cache_resource.clear()  # a fresh server: the model set is chosen once per server
     monkeypatch.setenv("MODELS", "sd15")
     monkeypatch.setenv("DEVICE", "cpu")
     monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
@@ -117,3 +136,5 @@ def test_without_reachable_weights_the_page_explains_and_offers_the_smoke_models
     assert "MODELS=tiny" in message and len(app.file_uploader) == 0
     next(b for b in app.button if b.label == "Use the offline smoke models instead").click().run()
     assert not app.exception and len(app.file_uploader) == 1 and not app.error
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()  # another visitor, same server
+    assert not again.error and len(again.file_uploader) == 1, "the server remembers the switch"

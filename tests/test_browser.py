@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -14,35 +16,54 @@ from run_card import read_run_card
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
+RUNNING = re.compile(r"Denoising step \d+ of 150")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  # two visitors are two pages of one browser: keep the one behind polling its job
+                  "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                  "--disable-backgrounding-occluded-windows"]
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not shutil.which("chromium"),
                                 reason="needs Debian's chromium (make test installs it)")
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch, model_cache):
+def launched(tmp_path, monkeypatch, model_cache):
+    """A real server (`streamlit run app.py` through launch.py) with the tiny models; yields its state folder,
+    which holds its log."""
     monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
     monkeypatch.setenv("DEVICE", "cpu")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     state = tmp_path / "launch"
-    launched = launch.start(port, "none", "tiny", state_dir=state, quiet=True)
-    yield launched.local_url
+    started = launch.start(port, "none", "tiny", state_dir=state, quiet=True)
+    yield started.local_url, state
     launch.stop(state)
 
 
 @pytest.fixture
-def page():
+def server(launched) -> str:
+    return launched[0]
+
+
+@pytest.fixture
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
-        yield context.new_page()
+        yield browser
         browser.close()
+
+
+def new_page(browser):
+    return browser.new_context(viewport={"width": 1400, "height": 1800}, accept_downloads=True).new_page()
+
+
+@pytest.fixture
+def page(browser):
+    return new_page(browser)
 
 
 def wait_until_idle(page) -> None:
@@ -96,22 +117,123 @@ def test_upload_prompt_generate_download_and_a_friendly_error(server, page, tmp_
     page.screenshot(path=str(ARTIFACTS / "app-bad-upload.png"), full_page=True)
 
 
-def test_cancel_stops_a_long_run_and_the_next_run_works(server, page):
-    page.goto(server)
-    page.get_by_text("2 detections").or_(page.get_by_text("4 detections")).first.wait_for(timeout=120_000)
-    steps = page.locator("[data-testid='stSlider']").filter(has_text="Steps").get_by_role("slider")
-    steps.focus()
-    steps.press("End")  # 100 steps: long enough to cancel on the CPU
-    page.get_by_text("100", exact=True).first.wait_for(timeout=30_000)
+def slider(page, label: str):
+    return page.locator("[data-testid='stSlider']").filter(has_text=label).get_by_role("slider")
+
+
+def press(page, label: str, *keys: str) -> None:
+    handle = slider(page, label)
+    handle.focus()
+    for key in keys:
+        handle.press(key)
     wait_until_idle(page)
+
+
+def prepare_a_long_run(page) -> None:
+    """150 steps at 256 px: long enough on the CPU to act while it runs."""
+    page.get_by_text("Control image preview").wait_for(timeout=120_000)
+    press(page, "Resolution", "ArrowLeft", "ArrowLeft", "ArrowLeft", "ArrowLeft")
+    press(page, "Steps", "End")
+    assert slider(page, "Steps").input_value() == "150"
+    assert slider(page, "Resolution").input_value() == "256"
+
+
+def results_seed(page, other_than: str | None = None, timeout: int = 240_000) -> str:
+    """The seed in the results heading, once it shows one (other than `other_than`)."""
+    pattern = re.compile(r"Results \(seed (\d+)\)")
+    heading = page.get_by_text(pattern)
+    deadline = time.monotonic() + timeout / 1000
+    while True:
+        if heading.count():
+            seed = pattern.search(heading.first.inner_text()).group(1)
+            if seed != other_than:
+                return seed
+        assert time.monotonic() < deadline, "no new results"
+        page.wait_for_timeout(250)
+
+
+def downloaded_card(page, tmp_path, name: str) -> dict:
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download PNG").first.click()
+    saved = tmp_path / name
+    download.value.save_as(saved)
+    return read_run_card(saved.read_bytes())
+
+
+def detector_runs(state: Path) -> int:
+    return (state / "streamlit.log").read_text().count("detector ran on")
+
+
+def test_moving_sliders_during_a_run_neither_kills_it_nor_changes_it(server, page, tmp_path):
+    page.goto(server)
+    prepare_a_long_run(page)
     page.get_by_role("button", name="Generate").click()
-    page.get_by_text("Denoising step 2 of 100").wait_for(state="attached", timeout=120_000)
+    page.get_by_text(RUNNING).wait_for(timeout=120_000)
+    press(page, "Guidance scale", "ArrowRight")  # 7.5 -> 8.0
+    press(page, "Canny low", "ArrowRight")  # 100 -> 101
+    assert page.get_by_text("Denoising step").count() == 1, "the run goes on after the page reran"
+    first = results_seed(page)
+    card = downloaded_card(page, tmp_path, "first.png")
+    assert card["request"]["guidance_scale"] == 7.5 and card["request"]["canny_low"] == 100
+    assert card["steps_done"] == 150
+    press(page, "Steps", "Home")  # a quick second run
+    page.get_by_role("button", name="Generate").click()
+    results_seed(page, other_than=first)
+    card = downloaded_card(page, tmp_path, "second.png")
+    assert card["request"]["guidance_scale"] == 8.0 and card["request"]["canny_low"] == 101
+
+
+def test_cancel_says_so_once_and_the_page_is_ready_at_once(server, page):
+    page.goto(server)
+    prepare_a_long_run(page)
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text(RUNNING).wait_for(timeout=120_000)
     page.get_by_role("button", name="Cancel").click()
     page.get_by_text("Cancelled after step").wait_for(timeout=60_000)
     wait_until_idle(page)
-    assert page.get_by_text("Results (seed").count() == 0
-    steps.focus()
-    steps.press("Home")  # 1 step
-    wait_until_idle(page)
+    assert page.get_by_text("Cancelled after step").count() == 1
+    assert page.get_by_role("button", name="Cancel").count() == 0
+    assert page.get_by_text("Control image preview").is_visible()
+    assert page.get_by_text(re.compile(r"^\d+ detections$")).is_visible()
+    assert page.get_by_text("Results (seed").count() == 0 and page.get_by_text("Another").count() == 0
+    press(page, "Steps", "Home")  # 1 step
     page.get_by_role("button", name="Generate").click()
-    page.get_by_text("Results (seed").wait_for(timeout=120_000)
+    results_seed(page)
+    assert page.get_by_text("Cancelled after step").count() == 0, "the notice is shown once"
+
+
+def test_two_visitors_generate_at_once_and_the_second_sees_its_place(server, browser, tmp_path):
+    first, second = new_page(browser), new_page(browser)
+    for page in (first, second):
+        page.goto(server)
+    prepare_a_long_run(first)
+    second.get_by_text("Control image preview").wait_for(timeout=120_000)
+    press(second, "Resolution", "ArrowLeft", "ArrowLeft", "ArrowLeft", "ArrowLeft")
+    first.get_by_role("button", name="Generate").click()
+    first.get_by_text(RUNNING).wait_for(timeout=120_000)
+    second.get_by_role("button", name="Generate").click()
+    second.get_by_text(re.compile(r"your run is number 1 in the queue; it starts in about \d+ s")).wait_for(
+        timeout=30_000)
+    seeds = [results_seed(page) for page in (first, second)]
+    assert seeds[0] != seeds[1]
+    cards = [downloaded_card(page, tmp_path, f"{i}.png") for i, page in enumerate((first, second))]
+    assert [str(card["seed"]) for card in cards] == seeds
+    assert [card["steps_done"] for card in cards] == [150, 20]
+
+
+def test_a_canny_slider_rebuilds_the_control_preview_without_the_detector(launched, page):
+    url, state = launched
+    page.goto(url)
+    preview = page.locator("[data-testid='stImage']").filter(has_text="Control image preview").locator("img")
+    preview.wait_for(timeout=120_000)
+    wait_until_idle(page)
+    before, runs = preview.get_attribute("src"), detector_runs(state)
+    assert runs >= 1
+    press(page, "Canny high", "Home")  # 200 -> 1: many more edges
+    page.wait_for_function("([el, old]) => el.getAttribute('src') !== old", arg=[preview.element_handle(), before],
+                           timeout=30_000)
+    press(page, "Canny low", "End")
+    assert detector_runs(state) == runs, "only the control image was rebuilt"
+    page.get_by_text("Detection", exact=True).click()  # open its expander
+    press(page, "Confidence", "ArrowRight")  # a detection setting: the detector must run again
+    assert detector_runs(state) == runs + 1

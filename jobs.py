@@ -1,0 +1,270 @@
+"""Generation as jobs: a first-come-first-served queue, served by one worker per GPU.
+
+A Streamlit page reruns its script on every widget event; a run that lived inside the script died with
+it. Here a job lives in the server process: the page submits it and renders it, and no rerun can touch it.
+
+    queue = JobQueue.for_settings(Settings.from_env())      # one worker (and pipeline) per GPU, or the CPU
+    job = queue.submit(image, GenerationRequest(prompt="a fox"), owner=session_id)
+    queue.position(job), queue.eta_s(job)                     # while it waits
+    job.state, job.stage, job.step, job.total                 # while it runs
+    job.cancel()                                              # queued: at once; running: at the next step
+    job.result or job.message                                 # when it ended
+
+Each worker owns its own `InferencePipeline` on its own device and runs one job at a time on it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from detections import Detection
+from generation_request import GenerationRequest, GenerationResult, InvalidRequestError
+from image_io import InvalidImageError
+from inference_pipeline import GenerationError, InferencePipeline, LoraError
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+ACTIVE = (QUEUED, RUNNING)
+# Errors whose message is written for the person who asked; anything else is logged with its traceback.
+EXPECTED_ERRORS = (LoraError, GenerationError, InvalidImageError, InvalidRequestError)
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation: what was asked, by whom, and how far it got. Read from any thread; written by the
+    queue and its worker only."""
+
+    request: GenerationRequest
+    image: Any
+    owner: str
+    detections: list[Detection] | None = None  # the preview's, for this image and the request's detection settings
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    state: str = QUEUED
+    stage: str | None = None  # "detect", "control", "generate" while running
+    step: int = 0
+    total: int = 0
+    submitted: float = field(default_factory=time.time)
+    started: float | None = None
+    denoising_since: float | None = None
+    finished: float | None = None
+    worker: str | None = None  # the device that ran it
+    result: GenerationResult | None = None
+    message: str | None = None  # why it failed
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self.total = self.request.steps
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    def seconds_per_step(self) -> float | None:
+        """This job's own denoising speed so far, while it runs."""
+        if self.denoising_since is None or self.step == 0:
+            return None
+        return (time.time() - self.denoising_since) / self.step
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Ask the job to stop: a queued job never starts, a running one stops after its current step."""
+        self._cancel.set()
+
+
+def estimate_start(remaining_s: list[float], ahead_s: list[float]) -> float:
+    """Seconds until a job can start: every worker first finishes what it runs (`remaining_s`, one entry per
+    worker, 0 when idle), then the jobs ahead in the queue (`ahead_s`) go, in order, to the worker free first."""
+    free_at = sorted(remaining_s)
+    heapq.heapify(free_at)
+    for cost in ahead_s:
+        heapq.heappush(free_at, heapq.heappop(free_at) + cost)
+    return free_at[0]
+
+
+class Worker:
+    """One pipeline, one thread, one job at a time; measures its seconds per step for the queue's estimates."""
+
+    def __init__(self, pipeline: InferencePipeline, queue: JobQueue) -> None:
+        self.pipeline, self.queue = pipeline, queue
+        self.name = pipeline.device
+        self.job: Job | None = None
+        self.seconds_per_step: float | None = None  # a whole run (detection and decoding too) per step
+        self.thread = threading.Thread(target=self._serve, name=f"worker-{self.name}", daemon=True)
+
+    def _serve(self) -> None:
+        while True:
+            job = self.queue._next(self)
+            if job is None:
+                return
+            self.queue._finished(self, job, self._run(job))
+
+    def _run(self, job: Job) -> str:
+        """Run one job; returns the state it ended in (the result or the message is set first)."""
+        if job.cancel_requested:
+            return CANCELLED
+
+        def on_stage(stage: str) -> None:
+            job.stage = stage
+            if stage == "generate":
+                job.denoising_since = time.time()
+
+        def on_step(step: int, total: int) -> None:
+            job.step, job.total = step, total
+
+        try:
+            result = self.pipeline.generate(job.image, job.request, on_step=on_step, should_cancel=job._cancel.is_set,
+                                            on_stage=on_stage, detections=job.detections)
+        except EXPECTED_ERRORS as exc:
+            job.message = str(exc)
+            return FAILED
+        except Exception as exc:  # a bug or a broken model: the worker must live on and serve the next job
+            log.exception("job %s failed on %s", job.id, self.name)
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            job.message = (f"The run failed unexpectedly ({type(exc).__name__}: {first_line}). It was logged; the "
+                           "next run may work.")
+            return FAILED
+        job.result = result
+        steps_done = result.run_card["steps_done"]
+        if steps_done:
+            per_step = result.timings["total_s"] / steps_done
+            self.seconds_per_step = per_step if self.seconds_per_step is None else \
+                0.5 * self.seconds_per_step + 0.5 * per_step
+        return CANCELLED if result.cancelled else DONE
+
+
+class JobQueue:
+    """First come, first served, over one worker per pipeline."""
+
+    def __init__(self, pipelines: list[InferencePipeline]) -> None:
+        if not pipelines:
+            raise ValueError("a job queue needs at least one pipeline")
+        self.pipelines = pipelines
+        self._cond = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._stopping = False
+        self.workers = [Worker(pipe, self) for pipe in pipelines]
+        for worker in self.workers:
+            worker.thread.start()
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> JobQueue:
+        """One pipeline per GPU (`settings.gpus`, default every visible one), loaded side by side; one on the
+        CPU when there is no GPU; exactly one when `settings.device` names a device."""
+        devices = worker_devices(settings)
+        # The first loads alone (it builds or downloads what the others then find cached), the rest side by side.
+        first = InferencePipeline(settings=replace(settings, device=devices[0]))
+        with ThreadPoolExecutor(max(1, len(devices) - 1)) as pool:
+            others = list(pool.map(lambda d: InferencePipeline(settings=replace(settings, device=d)), devices[1:]))
+        return cls([first, *others])
+
+    # -- what the page calls ---------------------------------------------------------------------------
+
+    def submit(self, image: Any, request: GenerationRequest, owner: str,
+               detections: list[Detection] | None = None) -> Job:
+        job = Job(request, image, owner, detections)
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the job queue has been shut down")
+            self._waiting.append(job)
+            self._cond.notify()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Cancel a job: a queued one leaves the queue at once, a running one stops after its current step."""
+        job.cancel()
+        with self._cond:
+            if job in self._waiting:
+                self._waiting.remove(job)
+                job.state, job.finished = CANCELLED, time.time()
+
+    def position(self, job: Job) -> int | None:
+        """1 for the next job to start, 2 for the one after it, …; None once it runs or ended."""
+        with self._cond:
+            return self._waiting.index(job) + 1 if job in self._waiting else None
+
+    def eta_s(self, job: Job) -> float | None:
+        """Seconds until a queued job starts, from the workers' measured seconds per step (or, before any run
+        has ended, the running jobs' speed so far); None when nothing was measured yet, or once the job runs."""
+        with self._cond:
+            if job not in self._waiting:
+                return None
+            speeds = [w.seconds_per_step for w in self.workers if w.seconds_per_step] or \
+                [w.job.seconds_per_step() for w in self.workers if w.job and w.job.seconds_per_step()]
+            if not speeds:
+                return None
+            per_step = sum(speeds) / len(speeds)
+            ahead = [waiting.total * per_step for waiting in list(self._waiting)[:self._waiting.index(job)]]
+            remaining = [max(w.job.total - w.job.step, 0) * per_step if w.job else 0.0 for w in self.workers]
+        return estimate_start(remaining, ahead)
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return sum(worker.job is not None for worker in self.workers)
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Cancel everything, let the workers finish their current step and end."""
+        with self._cond:
+            self._stopping = True
+            for job in self._waiting:
+                job.cancel()
+                job.state, job.finished = CANCELLED, time.time()
+            self._waiting.clear()
+            for worker in self.workers:
+                if worker.job is not None:
+                    worker.job.cancel()
+            self._cond.notify_all()
+        for worker in self.workers:
+            worker.thread.join(timeout_s)
+
+    # -- what the workers call -------------------------------------------------------------------------
+
+    def _next(self, worker: Worker) -> Job | None:
+        with self._cond:
+            while not self._waiting and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            job = self._waiting.popleft()
+            job.state, job.started, job.worker = RUNNING, time.time(), worker.name
+            worker.job = job
+            return job
+
+    def _finished(self, worker: Worker, job: Job, state: str) -> None:
+        with self._cond:
+            job.finished, job.state = time.time(), state
+            worker.job = None
+
+
+def worker_devices(settings: Settings) -> list[str]:
+    """The devices to serve on: `settings.device` alone when set, else each GPU of `settings.gpus` (default
+    every visible one), else the CPU."""
+    if settings.device:
+        return [settings.device]
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return ["cpu"]
+    gpus = settings.gpus if settings.gpus is not None else tuple(range(count))
+    missing = [gpu for gpu in gpus if gpu >= count]
+    if missing:
+        raise ValueError(f"GPUS names GPU {missing[0]}, but this machine has {count} (0 to {count - 1})")
+    return [f"cuda:{gpu}" for gpu in gpus]

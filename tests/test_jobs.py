@@ -1,0 +1,193 @@
+"""The job layer with the tiny models on the CPU: order of service, cancelling, failures, two workers, estimates."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from inference_pipeline import GenerationRequest, InferencePipeline
+from jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobQueue, estimate_start, worker_devices
+from settings import Settings
+
+QUICK = GenerationRequest(prompt="a red box", steps=2, resolution=64, seed=4)
+
+
+def wait_for(condition, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@contextmanager
+def held(*pipelines: InferencePipeline):
+    """Hold the pipelines' GPU locks: their workers take a job and then wait, so queue states are exact."""
+    for pipe in pipelines:
+        pipe._lock.acquire()
+    try:
+        yield
+    finally:
+        for pipe in pipelines:
+            pipe._lock.release()
+
+
+@pytest.fixture(scope="module")
+def second_pipeline(model_cache) -> InferencePipeline:
+    return InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cpu"))
+
+
+@pytest.fixture
+def queue(tiny_pipeline):
+    jobs = JobQueue([tiny_pipeline])
+    yield jobs
+    jobs.shutdown()
+
+
+@pytest.fixture
+def two_workers(tiny_pipeline, second_pipeline):
+    jobs = JobQueue([tiny_pipeline, second_pipeline])
+    yield jobs
+    jobs.shutdown()
+
+
+def test_jobs_are_served_first_come_first_served(queue, tiny_pipeline, photo):
+    with held(tiny_pipeline):
+        jobs = [queue.submit(photo, GenerationRequest(steps=1, resolution=64, seed=seed), owner="a")
+                for seed in (1, 2, 3)]
+        wait_for(lambda: jobs[0].state == RUNNING)
+        assert [job.state for job in jobs] == [RUNNING, QUEUED, QUEUED]
+        assert [queue.position(job) for job in jobs] == [None, 1, 2]
+    wait_for(lambda: all(job.state == DONE for job in jobs))
+    assert [job.started for job in jobs] == sorted(job.started for job in jobs)
+    assert [job.result.seed for job in jobs] == [1, 2, 3]
+    assert all(job.worker == "cpu" and job.finished >= job.started for job in jobs)
+
+
+def test_cancel_while_queued_never_starts_the_job(queue, tiny_pipeline, photo):
+    with held(tiny_pipeline):
+        first = queue.submit(photo, QUICK, owner="a")
+        second = queue.submit(photo, QUICK, owner="b")
+        wait_for(lambda: first.state == RUNNING)
+        queue.cancel(second)
+        assert second.state == CANCELLED and queue.position(second) is None and queue.waiting == 0
+    wait_for(lambda: first.state == DONE)
+    assert second.started is None and second.result is None and second.step == 0
+
+
+def test_cancel_while_running_stops_at_the_next_step(queue, photo):
+    job = queue.submit(photo, GenerationRequest(steps=150, resolution=64, seed=1), owner="a")
+    wait_for(lambda: job.step >= 2)
+    queue.cancel(job)
+    wait_for(lambda: not job.active)
+    assert job.state == CANCELLED
+    assert job.result.cancelled and job.result.images == []
+    assert 2 <= job.result.run_card["steps_done"] < 150
+    after = queue.submit(photo, QUICK, owner="a")  # the worker serves on at once
+    wait_for(lambda: not after.active)
+    assert after.state == DONE and after.result.images
+
+
+def test_a_failing_job_reports_its_message_and_the_worker_serves_the_next(queue, photo, tmp_path):
+    missing_lora = queue.submit(photo, GenerationRequest(steps=1, resolution=64, lora=str(tmp_path / "nope.bin")),
+                                owner="a")
+    broken = queue.submit(photo, QUICK, owner="a", detections=["not a detection"])  # a bug, not a person's error
+    fine = queue.submit(photo, QUICK, owner="a")
+    wait_for(lambda: not fine.active)
+    assert missing_lora.state == FAILED and "LoRA" in missing_lora.message and "nope.bin" in missing_lora.message
+    assert broken.state == FAILED and broken.message.startswith("The run failed unexpectedly (AttributeError")
+    assert fine.state == DONE and fine.result.images and fine.message is None
+
+
+def test_two_workers_serve_two_jobs_at_once(two_workers, tiny_pipeline, second_pipeline, photo):
+    with held(tiny_pipeline, second_pipeline):
+        first = two_workers.submit(photo, GenerationRequest(steps=2, resolution=64, seed=10), owner="a")
+        second = two_workers.submit(photo, GenerationRequest(steps=2, resolution=64, seed=20), owner="b")
+        wait_for(lambda: first.state == RUNNING and second.state == RUNNING)
+        assert two_workers.running == 2 and two_workers.waiting == 0
+    wait_for(lambda: first.state == DONE and second.state == DONE)
+    assert (first.result.seed, second.result.seed) == (10, 20)
+    assert not np.array_equal(np.asarray(first.result.images[0]), np.asarray(second.result.images[0]))
+
+
+def test_given_detections_are_used_instead_of_detecting_again(queue, tiny_pipeline, photo):
+    detections = tiny_pipeline.detect(photo)
+    runs = tiny_pipeline.detector_runs
+    job = queue.submit(photo, QUICK, owner="a", detections=detections)
+    wait_for(lambda: not job.active)
+    assert job.state == DONE and job.result.detections == detections
+    assert tiny_pipeline.detector_runs == runs
+
+
+def test_queue_positions_and_estimated_start_from_measured_speed(queue, tiny_pipeline, photo):
+    warm = queue.submit(photo, QUICK, owner="a")
+    wait_for(lambda: not warm.active)
+    per_step = queue.workers[0].seconds_per_step
+    assert per_step and per_step > 0
+    with held(tiny_pipeline):
+        running = queue.submit(photo, GenerationRequest(steps=10, resolution=64), owner="a")
+        wait_for(lambda: running.state == RUNNING)
+        waiting = [queue.submit(photo, GenerationRequest(steps=4, resolution=64), owner=o) for o in "bc"]
+        assert [queue.position(job) for job in waiting] == [1, 2]
+        first, second = (queue.eta_s(job) for job in waiting)
+        assert first == pytest.approx(10 * per_step) and second == pytest.approx(14 * per_step)
+        assert queue.eta_s(running) is None
+    wait_for(lambda: not waiting[-1].active)
+
+
+def test_before_any_run_ended_the_estimate_comes_from_the_running_job(tiny_pipeline, photo):
+    queue = JobQueue([tiny_pipeline])
+    try:
+        with held(tiny_pipeline):
+            running = queue.submit(photo, GenerationRequest(steps=150, resolution=64), owner="a")
+            waiting = queue.submit(photo, QUICK, owner="b")
+            wait_for(lambda: running.state == RUNNING)
+            assert queue.eta_s(waiting) is None, "nothing measured yet"
+        wait_for(lambda: running.step >= 3)
+        eta = queue.eta_s(waiting)
+        assert eta is not None and 0 < eta <= 150 * running.seconds_per_step() * 1.5
+        queue.cancel(running)
+    finally:
+        queue.shutdown()
+
+
+@pytest.mark.parametrize("remaining, ahead, expected", [
+    ([0.0], [], 0.0), ([5.0], [], 5.0), ([5.0], [3.0, 2.0], 10.0), ([5.0, 1.0], [], 1.0),
+    ([5.0, 1.0], [4.0], 5.0), ([5.0, 1.0], [4.0, 4.0], 5.0), ([5.0, 1.0], [4.0, 4.0, 1.0], 6.0)])
+def test_estimated_start_hands_each_waiting_job_to_the_first_free_worker(remaining, ahead, expected):
+    assert estimate_start(remaining, ahead) == expected
+
+
+def test_shutdown_cancels_what_waits_and_ends_the_workers(tiny_pipeline, photo):
+    queue = JobQueue([tiny_pipeline])
+    with held(tiny_pipeline):
+        running = queue.submit(photo, QUICK, owner="a")
+        wait_for(lambda: running.state == RUNNING)
+        waiting = queue.submit(photo, QUICK, owner="b")
+        stopping = threading.Thread(target=queue.shutdown)
+        stopping.start()
+        wait_for(lambda: waiting.state == CANCELLED)
+    stopping.join(60)
+    assert not queue.workers[0].thread.is_alive()
+    with pytest.raises(RuntimeError, match="shut down"):
+        queue.submit(photo, QUICK, owner="a")
+
+
+def test_worker_devices():
+    assert worker_devices(Settings(device="cpu")) == ["cpu"]
+    assert worker_devices(Settings(device="cuda:1")) == ["cuda:1"]
+    assert worker_devices(Settings()) == ["cpu"]  # no GPU on this machine
+
+
+def test_a_queue_from_settings_serves_on_the_cpu(model_cache, photo):
+    queue = JobQueue.for_settings(Settings(models="tiny", cache_dir=model_cache, device="cpu"))
+    try:
+        assert [worker.name for worker in queue.workers] == ["cpu"]
+        job = queue.submit(photo, QUICK, owner="a")
+        wait_for(lambda: not job.active)
+        assert job.state == DONE
+    finally:
+        queue.shutdown()
