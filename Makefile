@@ -8,7 +8,11 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # The attention tests use it, from its own folder, never from .venv's site-packages.
 BROKEN_XFORMERS := xformers==0.0.35
 
-.PHONY: run test clean
+# The gpu-marked tests need CUDA and no browser or Streamlit: .venv's Python where there is one, else the
+# machine's own (a GPU box with torch, diffusers and ultralytics installed).
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+.PHONY: run test test-gpu clean
 
 $(VENV)/.app-installed: requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +33,9 @@ run: $(VENV)/.app-installed
 
 test: $(VENV)/.test-installed
 	$(PY) -m pytest
+
+test-gpu:
+	$(GPU_PYTHON) -m pytest -m gpu -p no:cacheprovider -rA tests/test_gpu.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

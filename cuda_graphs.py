@@ -12,6 +12,7 @@ Any capture failure switches that module back to eager execution and records why
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 MAX_GRAPHS_PER_MODULE = 4
 WARMUP_CALLS = 2
+# PyTorch allows one capture at a time per process, and `torch.cuda.empty_cache()` frees memory on every GPU,
+# which would break another GPU's capture: with one pipeline per GPU in its own thread, both take this lock.
+CAPTURE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -112,8 +116,10 @@ class GraphedForward:
                     self.eager(*args, **kwargs)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            # thread_local: another pipeline's thread (another GPU) may allocate while this one captures
-            with torch.cuda.graph(graph, pool=self.pools.get(shape), capture_error_mode="thread_local"):
+            # Our own stream: torch.cuda.graph's default capture stream is made once per process, on whichever
+            # GPU captured first. thread_local: other threads (other GPUs, previews) may allocate meanwhile.
+            with CAPTURE_LOCK, torch.cuda.graph(graph, pool=self.pools.get(shape), stream=side,
+                                                capture_error_mode="thread_local"):
                 output = self.eager(*args, **kwargs)
         except Exception as exc:  # e.g. an op that synchronises with the host cannot be captured
             torch.cuda.synchronize()

@@ -57,7 +57,8 @@ def short_error(exc: BaseException) -> str:
 def free_gpu_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        with cuda_graphs.CAPTURE_LOCK:  # empty_cache touches every GPU, another may be capturing
+            torch.cuda.empty_cache()
 
 
 class Denoiser:

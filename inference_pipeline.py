@@ -37,6 +37,10 @@ __all__ = ["NEGATIVE_PROMPT", "SCHEDULERS", "ControlPreview", "GenerationError",
            "GenerationResult", "InferencePipeline", "InvalidImageError", "InvalidRequestError", "LoraError",
            "ModelLoadError", "load_image"]
 
+# Torch's intra-op threads on the CPU. Ultralytics sets the calling thread's count to cores - 1 at its first CPU
+# prediction (1 on two cores), and a worker thread inherits no setting: each run sets it back to this.
+CPU_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
 # Ultralytics: no pip auto-install, no analytics, no DNS probe at import (it can hang on a closed network).
 os.environ["YOLO_AUTOINSTALL"] = "False"
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -90,6 +94,12 @@ class InferencePipeline:
             self.pipe = self._load_diffusion()
             self._scheduler_config = self.pipe.scheduler.config  # every scheduler is built from the model's own
             self.detector = self._load_detector()
+            if self.device.startswith("cuda"):
+                # Ultralytics warms its model up with CUDA random numbers at the first prediction; done here,
+                # never while another thread captures a CUDA graph on this GPU (that would break the capture).
+                import numpy as np
+
+                self.detect(np.zeros((64, 64, 3), np.uint8))
             attention_backend.apply(self.pipe, self.attention.chosen)
             self.denoiser = Denoiser(self.pipe, self.device, self.attention.chosen, self._fast_path_wanted(),
                                      self.settings.compile)
@@ -114,13 +124,14 @@ class InferencePipeline:
     @contextlib.contextmanager
     def on_device(self) -> Iterator[None]:
         """Make this pipeline's GPU the current one for the calling thread (CUDA streams, graphs and
-        Ultralytics follow the current device); nothing to do on the CPU."""
-        if self.device.startswith("cuda"):
-            import torch
+        Ultralytics follow the current device); on the CPU, give the calling thread every core."""
+        import torch
 
+        if self.device.startswith("cuda"):
             with torch.cuda.device(self.device):
                 yield
         else:
+            torch.set_num_threads(CPU_THREADS)
             yield
 
     # -- loading ---------------------------------------------------------------------------------------
@@ -247,6 +258,10 @@ class InferencePipeline:
             self.detector_runs += 1
             result = self.detector.predict(image, conf=conf, iou=iou, classes=list(classes) if classes else None,
                                            device=self.device, half=self.device != "cpu", verbose=False)[0]
+            if self.device == "cpu":
+                import torch
+
+                torch.set_num_threads(CPU_THREADS)
         height, width = result.orig_shape
         log.info("detector ran on %s (%dx%d): %d objects", self.device, width, height, len(result.boxes))
         names = result.names

@@ -191,3 +191,38 @@ def test_a_queue_from_settings_serves_on_the_cpu(model_cache, photo):
         assert job.state == DONE
     finally:
         queue.shutdown()
+
+
+def test_jobs_benchmark_script_writes_both_rows(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "jobs.json"
+    proc = subprocess.run([sys.executable, "benchmarks/bench_jobs.py", "--quick", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["workers"] == ["cpu", "cpu"] and result["steps"] == 2
+    assert [row["config"] for row in result["rows"]] == ["one-job", "two-jobs"]
+    assert all(row["seconds"] > 0 for row in result["rows"])
+    assert result["two_jobs_over_one_job"] == round(result["rows"][1]["seconds"] / result["rows"][0]["seconds"], 3)
+    assert "| two-jobs |" in proc.stdout
+
+
+def test_a_job_gives_the_pixels_of_a_direct_call_in_any_thread(queue, photo, tiny_pipeline):
+    """Ultralytics lowers the calling thread's torch threads at its first CPU prediction; each run sets them
+    back, so a worker thread, the main thread and any other thread compute the same pixels."""
+    request = GenerationRequest(steps=2, resolution=64, seed=11)
+    job = queue.submit(photo, request, owner="a")
+    wait_for(lambda: not job.active)
+    main = np.asarray(tiny_pipeline.generate(photo, request).images[0])
+    other: dict[str, np.ndarray] = {}
+    thread = threading.Thread(target=lambda: other.update(
+        pixels=np.asarray(tiny_pipeline.generate(photo, request).images[0])))
+    thread.start()
+    thread.join(120)
+    assert np.array_equal(np.asarray(job.result.images[0]), main)
+    assert np.array_equal(other["pixels"], main)
