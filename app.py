@@ -8,12 +8,12 @@ that it follows the Canny sliders without rerunning the page.
 
 from __future__ import annotations
 
-import csv
 import hmac
-import io
+import importlib.util
 import json
 import logging
 import os
+import random
 import time
 import uuid
 from pathlib import Path
@@ -23,18 +23,44 @@ import streamlit as st
 
 from control_image import CONTROL_MODES, RESIZE_MODES
 from detections import draw_detections
-from generation_request import LIMITS, SCHEDULERS, GenerationRequest, InvalidRequestError
+from downloads import detections_csv, file_name, result_files, zip_of
+from generation_request import LIMITS, SCHEDULERS, SEED_MAX, GenerationRequest, InvalidRequestError
 from image_io import InvalidImageError
 from inference_pipeline import ModelLoadError
 from jobs import CANCELLED, DONE, QUEUED, JobQueue
 from previews import Previews
-from run_card import png_with_run_card
+from run_card import a1111_parameters
 from settings import Settings
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 ASSETS = Path(__file__).parent / "assets"
-SAMPLES = {"Shapes scene": ASSETS / "sample_scene.png"}
+
+
+def find_samples() -> dict[str, Path]:
+    """The bundled scene, and the two photos that ship inside the Ultralytics package."""
+    samples = {"Shapes scene": ASSETS / "sample_scene.png"}
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is not None and spec.submodule_search_locations:
+        photos = Path(spec.submodule_search_locations[0]) / "assets"
+        samples.update({name: photos / file for name, file in (("Bus (photo)", "bus.jpg"),
+                                                                ("Two people (photo)", "zidane.jpg"))
+                        if (photos / file).exists()})
+    return samples
+
+
+SAMPLES = find_samples()
+# One click fills the page: a picture, a prompt and the settings that suit it.
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "Watercolor cottage": {"sample": "Shapes scene", "prompt": "a cozy cottage in a watercolor painting",
+                           "control_mode": "full"},
+    "Toy bus": {"sample": "Bus (photo)", "prompt": "a red toy bus on a wooden table, studio photo",
+                "control_mode": "objects", "control_padding": 0.05, "canny_low": 80, "canny_high": 160},
+    "Snowy street": {"sample": "Bus (photo)", "prompt": "a snowy street at night, warm shop lights",
+                     "control_mode": "background", "background_weight": 0.3},
+    "Oil portrait": {"sample": "Two people (photo)", "prompt": "an oil painting of two men in suits, museum light",
+                     "control_mode": "full", "guidance_scale": 6.0},
+}
 HISTORY_LENGTH = 8
 POLL_S = 0.5
 STAGES = {"detect": "Detecting objects", "control": "Building the control image", "generate": "Denoising"}
@@ -47,6 +73,7 @@ PAGE_DEFAULTS: dict[str, Any] = {
     "prompt": "a cozy cottage in a watercolor painting", "randomize_seed": True, "seed": 1, "set_size": False,
     "width": 512, "height": 512, "lora": "", "own_control": False, "detect_classes": [], "control_classes": [],
     "control_range": (GenerationRequest.control_start, GenerationRequest.control_end),
+    "sample": "Shapes scene", "upload_key": 0, "use_camera": False,
 }
 
 st.set_page_config(page_title="YOLO ControlNet Studio", page_icon="🎨", layout="wide")
@@ -138,8 +165,9 @@ def system_panel(jobs: JobQueue) -> None:
         st.markdown(f"**Queue:** {jobs.running} running, {jobs.waiting} waiting, {len(jobs.workers)} "
                     f"worker{'s' if len(jobs.workers) > 1 else ''}")
         if pipe.settings.models == "tiny":
-            st.warning("Offline smoke models: random weights, so the pictures are noise. Set MODELS=sd15 for "
-                       "the real ones.")
+            st.warning("Offline smoke models: random weights, so the pictures are noise, and the smoke detector "
+                       "knows only circles, squares and triangles (on a real photo it sees shapes, not objects). "
+                       "Set MODELS=sd15 for the real models.")
         st.markdown(f"**Attention:** `{pipe.attention_in_use}`. {pipe.attention.why}")
         if pipe.attention_fallback:
             st.warning(pipe.attention_fallback)
@@ -151,12 +179,33 @@ def system_panel(jobs: JobQueue) -> None:
             st.json({"models": pipe.model_ids, "versions": pipe.versions, "environment": pipe.attention.environment})
 
 
+def use_example(name: str) -> None:
+    """Fill the page from an example (runs before the widgets are drawn again)."""
+    state = st.session_state
+    for key, value in {**widget_defaults(), **EXAMPLES[name]}.items():
+        if key not in ("seed", "randomize_seed"):
+            state[key] = value
+    state.upload_key += 1  # a new, empty uploader: the example's picture is used
+    state.use_camera = False
+
+
+def examples_panel() -> None:
+    available = [name for name, example in EXAMPLES.items() if example["sample"] in SAMPLES]
+    for column, name in zip(st.columns(len(available)), available):
+        column.button(name, key=f"example-{name}", on_click=use_example, args=(name,), width="stretch")
+
+
 def input_panel(previews: Previews) -> tuple[Any, str] | tuple[None, None]:
-    upload = st.file_uploader("Photo (PNG, JPEG or WebP)", type=["png", "jpg", "jpeg", "webp"])
+    upload = st.file_uploader("Photo (PNG, JPEG or WebP)", type=["png", "jpg", "jpeg", "webp"],
+                              key=f"upload-{st.session_state.upload_key}")
+    st.toggle("Use the camera", key="use_camera")
+    photo = st.camera_input("Take a photo") if st.session_state.use_camera else None
     try:
         if upload is not None:
             return previews.image(upload.getvalue())
-        sample = st.selectbox("…or a sample image", list(SAMPLES))
+        if photo is not None:
+            return previews.image(photo.getvalue())
+        sample = st.selectbox("…or a sample image", list(SAMPLES), key="sample")
         return previews.image(SAMPLES[sample])
     except InvalidImageError as exc:
         st.error(str(exc))
@@ -177,7 +226,12 @@ def generation_panel() -> None:
         slider(left, "Images per run", "num_images", 1)
         right.selectbox("Scheduler", list(SCHEDULERS), format_func=SCHEDULERS.get, key="scheduler")
         left.toggle("Random seed", key="randomize_seed")
-        right.number_input("Seed", *LIMITS["seed"], key="seed", disabled=st.session_state.randomize_seed)
+        seed, dice, recycle = right.columns([3, 1, 1], vertical_alignment="bottom")
+        seed.number_input("Seed", *LIMITS["seed"], key="seed", disabled=st.session_state.randomize_seed,
+                          help="With a random seed, this shows the seed the last run used.")
+        dice.button("🎲", key="new_seed", on_click=new_seed, help="A new random seed, kept for the next runs")
+        recycle.button("♻️", key="last_seed", on_click=last_seed, disabled="result" not in st.session_state,
+                       help="The seed of the last result")
         slider(st, "Resolution (short side)", "resolution", 64, disabled=st.session_state.set_size)
         st.toggle("Set width and height", key="set_size")
         left, middle, right = st.columns(3)
@@ -194,6 +248,14 @@ def generation_panel() -> None:
     with st.expander("Style LoRA"):
         st.text_input("Hub id or local .safetensors file (empty: none)", key="lora")
         slider(st, "LoRA weight", "lora_weight", 0.05)
+
+
+def new_seed() -> None:
+    st.session_state.seed, st.session_state.randomize_seed = random.randint(0, SEED_MAX), False
+
+
+def last_seed() -> None:
+    st.session_state.seed, st.session_state.randomize_seed = st.session_state.result.seed, False
 
 
 def detection_panel(class_names: list[str]) -> None:
@@ -300,6 +362,7 @@ def collect_finished_job() -> None:
     if job.state == DONE:
         result = job.result
         st.session_state.result, st.session_state.input_image = result, job.image
+        st.session_state.seed = result.seed  # the seed field shows the seed actually used
         st.session_state.result_time = time.strftime("%H:%M:%S", time.localtime(job.finished))
         thumbs = [img.copy() for img in result.images]
         for thumb in thumbs:
@@ -315,15 +378,6 @@ def collect_finished_job() -> None:
         st.session_state.notice = ("error", job.message)
 
 
-def detections_csv(detections: list) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["label", "class_id", "confidence", "x1", "y1", "x2", "y2"])
-    for det in detections:
-        writer.writerow([det.label, det.class_id, f"{det.confidence:.4f}", *(f"{v:.1f}" for v in det.box)])
-    return buffer.getvalue()
-
-
 def results_panel() -> None:
     notice = st.session_state.pop("notice", None)
     if notice is not None:
@@ -332,34 +386,53 @@ def results_panel() -> None:
     if result is None:
         st.caption("Results appear here.")
         return
+    card = result.run_card
     st.subheader(f"Results (seed {result.seed})")
     timings = result.timings
     st.caption(f"Finished at {st.session_state.result_time}: detection {timings['detect_s']:.2f} s, control image "
                f"{timings['control_s']:.2f} s, denoising {timings['generate_s']:.2f} s.")
     for warning in (w for w in result.warnings if "safety checker" not in w):
         st.warning(warning)
+    files = result_files(result)
+    st.download_button("Download all (zip)", zip_of(files), file_name("yolo-controlnet", result.seed, card, "zip"),
+                       "application/zip", key="download-all", on_click="ignore", type="primary")
     for i, image in enumerate(result.images):
         if result.flagged[i]:
             st.info(f"Image {i + 1} (seed {result.seeds[i]}) was flagged by the safety checker, so it is not shown.")
             continue
         fidelity = result.fidelity[i]
         st.image(image, width="stretch",
-                 caption=f"seed {result.seeds[i]} · edge fidelity F1 {fidelity['f1']:.2f} "
-                         f"(precision {fidelity['precision']:.2f}, recall {fidelity['recall']:.2f})")
-        st.download_button("Download PNG", png_with_run_card(image, result.run_card), f"result-{result.seeds[i]}.png",
-                           "image/png", key=f"download-{i}", on_click="ignore")
+                 caption=f"seed {result.seeds[i]} · edge fidelity {fidelity['score']:.2f} (0: no better than "
+                         f"chance, 1: every control edge; F1 {fidelity['f1']:.2f})")
+        name = file_name("result", result.seeds[i], card, "png")
+        st.download_button("Download PNG", files[name], name, "image/png", key=f"download-{i}", on_click="ignore")
+        st.code(a1111_parameters(card, i), language=None, wrap_lines=True)
     with st.expander("Control image, detections and run card"):
         left, right = st.columns(2)
         left.image(result.control_image, caption="Control image")
-        left.download_button("Download control image", png_with_run_card(result.control_image, result.run_card),
-                             "control.png", "image/png", on_click="ignore")
+        name = file_name("control", result.seed, card, "png")
+        left.download_button("Download control image", files[name], name, "image/png", on_click="ignore")
         right.image(draw_detections(st.session_state.input_image, result.detections), caption="Detections")
         st.dataframe([d.as_row() for d in result.detections], hide_index=True)
         left, right = st.columns(2)
-        left.download_button("Detections (CSV)", detections_csv(result.detections), "detections.csv", "text/csv",
-                             on_click="ignore")
-        right.download_button("Run card (JSON)", json.dumps(result.run_card, indent=2), "run_card.json",
+        left.download_button("Detections (CSV)", detections_csv(result.detections),
+                             file_name("detections", result.seed, card, "csv"), "text/csv", on_click="ignore")
+        right.download_button("Run card (JSON)", json.dumps(card, indent=2), file_name("run_card", result.seed, card,
+                                                                                       "json"),
                               "application/json", on_click="ignore")
+
+
+def side_by_side_panel() -> None:
+    """The input, the control image and the first output at the same size in one row."""
+    result = st.session_state.get("result")
+    if result is None or not result.images:
+        return
+    st.subheader("Side by side")
+    size = result.images[0].size
+    for column, image, caption in zip(st.columns(3), (st.session_state.input_image.resize(size),
+                                                      result.control_image.resize(size), result.images[0]),
+                                      ("Input", "Control image", f"Output (seed {result.seeds[0]})")):
+        column.image(image, caption=caption, width="stretch")
 
 
 def reuse(request: dict, names: dict[int, str]) -> None:
@@ -406,6 +479,7 @@ def main() -> None:
     previews = get_previews(server_choices()["models"])
     collect_finished_job()
     system_panel(jobs)
+    examples_panel()
     names = {int(k): str(v) for k, v in jobs.pipelines[0].detector.names.items()}
     input_column, control_column, output_column = st.columns([1, 1, 1.2], gap="medium")
     with input_column:
@@ -429,6 +503,7 @@ def main() -> None:
     with output_column:
         results_panel()
         history_panel(names)
+    side_by_side_panel()
 
 
 main()

@@ -146,6 +146,12 @@ def edge_fidelity(generated: Image.Image, control: Image.Image, tolerance_px: in
 
     precision: share of the output's edges within `tolerance_px` of a control edge; recall: share of the
     control edges within `tolerance_px` of an output edge; f1: their harmonic mean. All in 0..1.
+
+    F1 alone misleads: an output full of edges (noise, say) lands near some control edge by chance, the more
+    so the denser the control. `score` corrects for chance: an edge map unrelated to the control, of the
+    output's density, would reach precision = the share of the picture near a control edge and recall = the
+    share near an output edge; `score` = (f1 - that chance f1) / (1 - chance f1). About 0 for anything unrelated
+    to the control (noise, another photo), 1 for the control itself, negative when edges avoid the control.
     """
     if generated.size != control.size:
         generated = generated.resize(control.size, Image.Resampling.LANCZOS)
@@ -156,5 +162,12 @@ def edge_fidelity(generated: Image.Image, control: Image.Image, tolerance_px: in
     near_made = cv2.dilate(made.astype(np.uint8), kernel) > 0
     precision = float((made & near_wanted).sum() / made.sum()) if made.any() else 0.0
     recall = float((wanted & near_made).sum() / wanted.sum()) if wanted.any() else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)}
+    f1 = _harmonic_mean(precision, recall)
+    chance = _harmonic_mean(float(near_wanted.mean()), float(near_made.mean())) if made.any() else 0.0
+    score = (f1 - chance) / (1.0 - chance) if chance < 1.0 else 0.0
+    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
+            "score": round(max(score, -1.0), 4)}
+
+
+def _harmonic_mean(a: float, b: float) -> float:
+    return 2 * a * b / (a + b) if a + b else 0.0

@@ -90,6 +90,7 @@ class InferencePipeline:
         self._detector_lock = threading.Lock()
         self.detector_runs = 0  # how often the detector ran: the page's caches are judged by it
         self.model_ids = self._model_sources()
+        self._check_models_can_be_had()
         with self.on_device():
             self.pipe = self._load_diffusion()
             self._scheduler_config = self.pipe.scheduler.config  # every scheduler is built from the model's own
@@ -143,6 +144,38 @@ class InferencePipeline:
                     "yolo": str(paths.yolo)}
         return {"set": "sd15", "sd15": self.settings.sd15_model, "controlnet": self.settings.controlnet_model,
                 "yolo": self.settings.yolo_model}
+
+    def _check_models_can_be_had(self) -> None:
+        """Without the Hub, name every model that is neither a local file or folder nor in the caches, at once
+        (loading stops at the first)."""
+        if self.model_ids["set"] == "tiny" or _hub_reachable(self.settings.hub_timeout_s):
+            return
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.errors import HFValidationError
+
+        missing = []
+        for what, key, env_var, probe in (("Stable Diffusion 1.5 model", "sd15", "SD15_MODEL", "model_index.json"),
+                                          ("ControlNet", "controlnet", "CONTROLNET_MODEL", "config.json")):
+            source = self.model_ids[key]
+            if Path(source).expanduser().is_dir():
+                continue
+            try:
+                cached = try_to_load_from_cache(source, probe)
+            except HFValidationError:
+                cached = None
+            if not isinstance(cached, str):
+                missing.append(f"the {what} '{source}' ({env_var})")
+        yolo = self.model_ids["yolo"]
+        if not Path(yolo).expanduser().is_file():
+            from ultralytics import settings as yolo_settings
+
+            if not (Path(yolo_settings["weights_dir"]) / yolo).is_file():
+                missing.append(f"the detector '{yolo}' (YOLO_MODEL)")
+        if missing:
+            raise ModelLoadError(
+                f"The Hugging Face Hub cannot be reached from here, and these models are neither local files or "
+                f"folders nor in the caches: {'; '.join(missing)}. Ways out: set those variables to local copies, "
+                f"give this machine internet access, or start with MODELS=tiny to use the offline smoke models.")
 
     def _from_pretrained(self, cls: Any, source: str, what: str, env_var: str, **kwargs: Any) -> Any:
         """`cls.from_pretrained` for a local folder or a Hub id, failing fast with a message a person can act on."""

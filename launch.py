@@ -13,6 +13,7 @@ In a notebook, `launch.start(...)` does the same and returns, leaving the tunnel
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -186,6 +187,11 @@ def start(port: int = 8501, tunnel: str = "none", models: str | None = None, aut
           quiet: bool = False) -> Launched:
     """Start (or restart) the app; with `tunnel="ngrok"` also open the tunnel. Raises LaunchError."""
     say = (lambda *_: None) if quiet else print
+    missing = [name for name in ("streamlit", "diffusers", "ultralytics") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise LaunchError(f"This Python ({sys.executable}) lacks the app's requirements ({', '.join(missing)} "
+                          "missing). Use `make run`, or `.venv/bin/python launch.py …` once `make run` or `make test` "
+                          "has made .venv; on Kaggle, run the notebook's install cell first.")
     token = None
     if tunnel == "ngrok":
         token = resolve_token()

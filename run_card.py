@@ -1,14 +1,24 @@
-"""The run card: everything needed to repeat a run, carried inside every PNG the app hands out."""
+"""The run card: everything needed to repeat a run, carried inside every PNG the app hands out.
+
+Each PNG carries it twice: as JSON (`run_card`, read back by `read_run_card`) and as A1111's infotext
+(`parameters`): the prompt, a `Negative prompt:` line, then `key: value` pairs, which A1111's PNG Info, Civitai
+and most image browsers read.
+"""
 
 from __future__ import annotations
 
 import io
 import json
 from importlib import metadata
+from pathlib import PurePath
 
 from PIL import Image, PngImagePlugin
 
 RUN_CARD_KEY = "run_card"
+PARAMETERS_KEY = "parameters"
+# Our scheduler and resize names as A1111 (and its ControlNet extension) write them.
+A1111_SAMPLERS = {"unipc": "UniPC", "dpmpp_2m_karras": "DPM++ 2M Karras", "euler_a": "Euler a", "ddim": "DDIM"}
+A1111_RESIZE = {"resize": "Just Resize", "crop": "Crop and Resize", "fill": "Resize and Fill"}
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "ultralytics", "xformers", "flash-attn")
 
 
@@ -23,10 +33,40 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def png_with_run_card(image: Image.Image, card: dict) -> bytes:
-    """PNG bytes of `image` with the run card as a JSON text chunk."""
+def model_name(source: str) -> str:
+    """A Hub id's or a path's last part: no server path leaves the machine."""
+    return PurePath(source).name or source
+
+
+def a1111_parameters(card: dict, index: int = 0) -> str:
+    """The run of image `index` in A1111's infotext format."""
+    request = card["request"]
+    prompt = ", ".join(p for p in (request["prompt"].strip(), request["added_prompt"].strip()) if p)
+    if request.get("lora"):
+        prompt += f" <lora:{PurePath(request['lora']).stem}:{request['lora_weight']}>"
+    controlnet = ", ".join([
+        "Module: canny" if request["control_source"] == "canny" else "Module: none",
+        f"Model: {model_name(card['models']['controlnet'])}", f"Weight: {request['controlnet_scale']}",
+        f"Resize Mode: {A1111_RESIZE[request['resize_mode']]}", f"Processor Res: {min(card['size'])}",
+        f"Threshold A: {request['canny_low']}", f"Threshold B: {request['canny_high']}",
+        f"Guidance Start: {request['control_start']}", f"Guidance End: {request['control_end']}",
+        f"Control Mode: {'ControlNet is more important' if request['guess_mode'] else 'Balanced'}"])
+    settings = ", ".join([
+        f"Steps: {request['steps']}", f"Sampler: {A1111_SAMPLERS[request['scheduler']]}",
+        f"CFG scale: {request['guidance_scale']}", f"Seed: {card['seeds'][index]}",
+        f"Size: {card['size'][0]}x{card['size'][1]}", f"Model: {model_name(card['models']['sd15'])}",
+        f"ControlNet 0: {json.dumps(controlnet)}", "Version: yolo-controlnet-studio"])
+    lines = [prompt]
+    if request["negative_prompt"].strip():
+        lines.append(f"Negative prompt: {request['negative_prompt'].strip()}")
+    return "\n".join([*lines, settings])
+
+
+def png_with_run_card(image: Image.Image, card: dict, index: int = 0) -> bytes:
+    """PNG bytes of `image` with the run card as JSON and, for image `index` of the run, A1111's infotext."""
     info = PngImagePlugin.PngInfo()
     info.add_text(RUN_CARD_KEY, json.dumps(card, sort_keys=True))
+    info.add_text(PARAMETERS_KEY, a1111_parameters(card, index))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()

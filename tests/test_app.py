@@ -133,8 +133,78 @@ def test_without_reachable_weights_the_page_explains_and_offers_the_smoke_models
     assert not app.exception
     message = app.error[0].value
     assert "could not be loaded" in message and "lllyasviel/control_v11p_sd15_canny" in message
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in message and "yolo26n.pt" in message
     assert "MODELS=tiny" in message and len(app.file_uploader) == 0
     next(b for b in app.button if b.label == "Use the offline smoke models instead").click().run()
     assert not app.exception and len(app.file_uploader) == 1 and not app.error
     again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()  # another visitor, same server
     assert not again.error and len(again.file_uploader) == 1, "the server remembers the switch"
+
+
+@pytest.fixture
+def served_files(monkeypatch) -> dict[str, bytes]:
+    """Every file the page hands to the browser (downloads included), by file name."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    served: dict[str, bytes] = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def recording(self, path_or_data, mimetype, kind, filename=None):
+        if filename and isinstance(path_or_data, bytes):
+            served[filename] = path_or_data
+        return original(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", recording)
+    return served
+
+
+def test_the_seed_buttons_and_the_seed_field_show_the_seeds_used(app):
+    app.button(key="new_seed").click().run()
+    chosen = app.number_input(key="seed").value
+    assert app.toggle(key="randomize_seed").value is False and 0 <= chosen < 2**32
+    generate(app)
+    assert app.session_state["result"].seed == chosen
+    app.toggle(key="randomize_seed").set_value(True).run()
+    generate(app)
+    used = app.session_state["result"].seed
+    assert app.number_input(key="seed").value == used, "the field shows the random seed the run used"
+    app.button(key="new_seed").click().run()
+    assert app.number_input(key="seed").value != used
+    app.button(key="last_seed").click().run()
+    assert app.number_input(key="seed").value == used and app.toggle(key="randomize_seed").value is False
+
+
+@pytest.mark.parametrize("example", ["Toy bus", "Oil portrait"])
+def test_an_example_fills_the_prompt_the_settings_and_the_picture(app, example):
+    from app import EXAMPLES
+
+    app.text_area(key="prompt").set_value("something else").run()
+    next(b for b in app.button if b.label == example).click().run()
+    assert not app.exception
+    wanted = EXAMPLES[example]
+    assert app.text_area(key="prompt").value == wanted["prompt"]
+    assert app.selectbox(key="sample").value == wanted["sample"]
+    assert app.selectbox(key="control_mode").value == wanted["control_mode"]
+    generate(app)
+    width, height = app.session_state["input_image"].size
+    assert (width, height) == ((810, 1080) if "Bus" in wanted["sample"] else (1280, 720))  # Ultralytics' photos
+
+
+def test_download_all_zip_holds_every_file_of_the_run(app, served_files):
+    import io
+    import zipfile
+
+    from run_card import read_run_card
+
+    generate(app)
+    result = app.session_state["result"]
+    archives = [name for name in served_files if name.endswith(".zip")]
+    assert len(archives) == 1 and archives[0].startswith(f"yolo-controlnet-{result.seed}-")
+    with zipfile.ZipFile(io.BytesIO(served_files[archives[0]])) as archive:
+        names = sorted(archive.namelist())
+        stamp = archives[0].removeprefix(f"yolo-controlnet-{result.seed}-").removesuffix(".zip")
+        assert names == sorted(f"{kind}-{result.seed}-{stamp}.{ext}" for kind, ext in
+                               (("result", "png"), ("control", "png"), ("detections", "csv"), ("run_card", "json")))
+        assert read_run_card(archive.read(f"result-{result.seed}-{stamp}.png"))["seed"] == result.seed
+        assert archive.read(f"detections-{result.seed}-{stamp}.csv").decode().startswith("label,class_id")
+    assert f"result-{result.seed}-{stamp}.png" in served_files, "the single PNG download is named the same way"

@@ -144,7 +144,7 @@ def test_fidelity_of_a_map_with_itself_is_about_one_and_of_a_blank_image_zero(sc
     same = edge_fidelity(control, control)
     assert same["precision"] > 0.95 and same["recall"] > 0.95 and same["f1"] > 0.95
     blank = edge_fidelity(Image.new("RGB", scene.size, "gray"), control)
-    assert blank == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert blank == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "score": 0.0}
     shifted = edge_fidelity(Image.fromarray(np.roll(np.asarray(scene), 12, axis=1)), control)
     assert shifted["f1"] < 0.6
 
@@ -156,3 +156,47 @@ def test_thresholds_and_modes_out_of_range_are_refused(scene):
         build_control_image(scene, mode="sketch")
     with pytest.raises(ValueError, match="resize mode"):
         place_image(scene, (64, 64), "stretch")
+
+
+def _installed_photo(package: str, *parts: str):
+    import importlib.util
+    from pathlib import Path
+
+    return Path(importlib.util.find_spec(package).submodule_search_locations[0], *parts)
+
+
+# Real photos that ship inside installed packages (no download): a street, two people, a portrait.
+PHOTOS = {"bus": ("ultralytics", "assets", "bus.jpg"), "zidane": ("ultralytics", "assets", "zidane.jpg"),
+          "grace_hopper": ("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg")}
+
+
+def placed_photo(name: str) -> Image.Image:
+    image = Image.open(_installed_photo(*PHOTOS[name])).convert("RGB")
+    return place_image(image, fit_size(*image.size, 512))[0]
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_fidelity_score_is_about_zero_for_anything_unrelated_and_one_for_the_control(name):
+    photo = placed_photo(name)
+    control = build_control_image(photo)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (photo.height, photo.width, 3), np.uint8))
+    other = placed_photo(next(n for n in PHOTOS if n != name)).resize(photo.size)
+    scores = {kind: edge_fidelity(image, control)["score"]
+              for kind, image in (("noise", noise), ("other photo", other), ("control", control))}
+    assert abs(scores["noise"]) <= 0.1 and abs(scores["other photo"]) <= 0.1, scores
+    assert scores["control"] >= 0.95, scores
+    assert edge_fidelity(noise, control)["f1"] > scores["noise"] + 0.15, "plain F1 credits noise; the score does not"
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_fidelity_score_falls_with_every_step_of_blur_or_shift(name):
+    from PIL import ImageFilter
+
+    photo = placed_photo(name)
+    control = build_control_image(photo)
+    blurred = [photo] + [photo.filter(ImageFilter.GaussianBlur(radius)) for radius in (0.5, 1, 2, 4)]
+    shifted = [photo] + [Image.fromarray(np.roll(np.asarray(photo), (d, d), (0, 1))) for d in (1, 2, 3, 6, 12, 24)]
+    for copies in (blurred, shifted):
+        scores = [edge_fidelity(copy, control)["score"] for copy in copies]
+        assert scores[0] == 1.0
+        assert all(later < earlier for earlier, later in zip(scores, scores[1:])), scores

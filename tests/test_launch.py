@@ -114,6 +114,19 @@ def test_cli_stop_ends_a_running_app_then_finds_nothing(state_dir):
     assert (again.returncode, again.stdout.strip()) == (0, "Nothing to stop.")
 
 
+def test_a_python_without_the_requirements_is_told_what_to_use(tmp_path):
+    import subprocess
+
+    hide = ("import sys, runpy; sys.modules['streamlit'] = None; "
+            f"sys.argv = ['launch.py', '--tunnel', 'none', '--port', '{free_port()}']; "
+            "runpy.run_path('launch.py', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", hide], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "lacks the app's requirements (streamlit missing)" in proc.stderr
+    assert "make run" in proc.stderr and ".venv/bin/python launch.py" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 # -- the token and ngrok's errors ----------------------------------------------------------------------------
 
 class StandInSecrets:

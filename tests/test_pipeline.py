@@ -9,6 +9,7 @@ import pytest
 
 from inference_pipeline import (GenerationRequest, InferencePipeline, InvalidRequestError, ModelLoadError)
 from run_card import png_with_run_card, read_run_card
+import tiny_models
 from settings import Settings
 
 
@@ -106,6 +107,20 @@ def test_real_weights_without_a_hub_fail_fast_naming_the_id(model_id, tmp_path, 
     message = str(error.value)
     assert model_id in message
     assert "MODELS=tiny" in message and "CONTROLNET_MODEL" in message
+
+
+def test_without_a_hub_every_missing_model_is_named_at_once(tmp_path):
+    settings = Settings(models="sd15", cache_dir=tmp_path, device="cpu")  # the defaults; tests run offline
+    with pytest.raises(ModelLoadError) as error:
+        InferencePipeline(settings=settings)
+    message = str(error.value)
+    for source, variable in ((settings.sd15_model, "SD15_MODEL"), (settings.controlnet_model, "CONTROLNET_MODEL"),
+                             (settings.yolo_model, "YOLO_MODEL")):
+        assert f"'{source}' ({variable})" in message
+    local = Settings(models="sd15", cache_dir=tmp_path, device="cpu", yolo_model=str(tiny_models.SHAPES_DETECTOR))
+    with pytest.raises(ModelLoadError) as error:
+        InferencePipeline(settings=local)
+    assert "YOLO_MODEL" not in str(error.value), "a local detector file is not missing"
 
 
 def test_prompts_longer_than_clip_reads_are_cut_with_a_warning(tiny_pipeline, photo):
