@@ -24,7 +24,8 @@ import streamlit as st
 from control_image import CONTROL_MODES, RESIZE_MODES
 from detections import draw_detections
 from downloads import detections_csv, file_name, result_files, zip_of
-from generation_request import LIMITS, SCHEDULERS, SEED_MAX, GenerationRequest, InvalidRequestError
+from generation_request import (LIMITS, MAX_PROMPT_CHARS, SCHEDULERS, SEED_MAX, GenerationRequest,
+                                InvalidRequestError)
 from image_io import InvalidImageError
 from inference_pipeline import ModelLoadError
 from jobs import CANCELLED, DONE, QUEUED, JobQueue
@@ -33,6 +34,7 @@ from run_card import a1111_parameters
 from settings import Settings
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+log = logging.getLogger("app")
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -62,6 +64,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
                      "control_mode": "full", "guidance_scale": 6.0},
 }
 HISTORY_LENGTH = 8
+FREE_GUESSES = 5
 POLL_S = 0.5
 STAGES = {"detect": "Detecting objects", "control": "Building the control image", "generate": "Denoising"}
 # Widgets named after a GenerationRequest field take its default; these are the page's own.
@@ -133,16 +136,23 @@ def expected_password() -> str | None:
 
 
 def password_gate() -> bool:
-    """True once this browser session gave the password (or when none is set); compared in constant time."""
+    """True once this browser session gave the password (or when none is set); compared in constant time.
+    After FREE_GUESSES wrong ones, each further try waits twice as long as the one before (up to a minute),
+    and every failure is logged, without the guess."""
     expected = expected_password()
     if expected is None or st.session_state.get("authenticated"):
         return True
     with st.form("login"):
         given = st.text_input("Password", type="password")
         if st.form_submit_button("Enter"):
+            failures = st.session_state.get("password_failures", 0)
+            if failures >= FREE_GUESSES:
+                time.sleep(min(60.0, 2.0 ** (failures - FREE_GUESSES)))
             if hmac.compare_digest(given.encode(), expected.encode()):
                 st.session_state.authenticated = True
                 st.rerun()
+            st.session_state.password_failures = failures + 1
+            log.warning("wrong app password (failure %d of this browser session)", failures + 1)
             st.error("That password is not right.")
     return False
 
@@ -196,7 +206,7 @@ def examples_panel() -> None:
 
 
 def input_panel(previews: Previews) -> tuple[Any, str] | tuple[None, None]:
-    upload = st.file_uploader("Photo (PNG, JPEG or WebP)", type=["png", "jpg", "jpeg", "webp"],
+    upload = st.file_uploader("Photo (PNG, JPEG, WebP or GIF)", type=["png", "jpg", "jpeg", "webp", "gif"],
                               key=f"upload-{st.session_state.upload_key}")
     st.toggle("Use the camera", key="use_camera")
     photo = st.camera_input("Take a photo") if st.session_state.use_camera else None
@@ -213,9 +223,9 @@ def input_panel(previews: Previews) -> tuple[Any, str] | tuple[None, None]:
 
 
 def prompt_panel() -> None:
-    st.text_area("Prompt", key="prompt", height=80)
-    st.text_input("Added prompt", key="added_prompt")
-    st.text_input("Negative prompt", key="negative_prompt")
+    st.text_area("Prompt", key="prompt", height=80, max_chars=MAX_PROMPT_CHARS)
+    st.text_input("Added prompt", key="added_prompt", max_chars=MAX_PROMPT_CHARS)
+    st.text_input("Negative prompt", key="negative_prompt", max_chars=MAX_PROMPT_CHARS)
 
 
 def generation_panel() -> None:
@@ -225,8 +235,8 @@ def generation_panel() -> None:
         slider(right, "Guidance scale (CFG)", "guidance_scale", 0.5)
         slider(left, "Images per run", "num_images", 1)
         right.selectbox("Scheduler", list(SCHEDULERS), format_func=SCHEDULERS.get, key="scheduler")
-        left.toggle("Random seed", key="randomize_seed")
-        seed, dice, recycle = right.columns([3, 1, 1], vertical_alignment="bottom")
+        st.toggle("Random seed", key="randomize_seed")
+        seed, dice, recycle = st.columns([3, 1, 1], vertical_alignment="bottom")
         seed.number_input("Seed", *LIMITS["seed"], key="seed", disabled=st.session_state.randomize_seed,
                           help="With a random seed, this shows the seed the last run used.")
         dice.button("🎲", key="new_seed", on_click=new_seed, help="A new random seed, kept for the next runs")
@@ -506,4 +516,9 @@ def main() -> None:
     side_by_side_panel()
 
 
-main()
+
+try:
+    main()
+except Exception:  # a bug: the visitor gets a short message, the server's log the traceback
+    log.exception("the page failed")
+    st.error("Something went wrong on the server (it was logged). Reload the page to try again.")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any
 
 from control_image import CONTROL_MODES, RESIZE_MODES
@@ -25,6 +27,20 @@ LIMITS: dict[str, tuple[float, float]] = {
 }
 
 
+MAX_PROMPT_CHARS = 1000  # CLIP reads 75 tokens (a few hundred characters); more only costs time and memory
+
+# What kind of value each field takes; a wrong kind is refused with a message before any range is checked.
+WHOLE_NUMBERS = ("num_images", "steps", "seed", "resolution", "size_multiple", "width", "height", "canny_low",
+                 "canny_high", "control_feather")
+NUMBERS = ("guidance_scale", "controlnet_scale", "control_start", "control_end", "lora_weight", "control_padding",
+           "background_weight", "detect_conf", "detect_iou")
+TEXTS = ("prompt", "added_prompt", "negative_prompt", "resize_mode", "scheduler", "lora", "control_mode",
+         "control_source")
+SWITCHES = ("guess_mode", "invert_edge_map")
+CLASS_LISTS = ("control_classes", "detect_classes")
+OPTIONAL = ("seed", "width", "height", "lora", "control_classes", "detect_classes")
+
+
 class InvalidRequestError(ValueError):
     """A generation setting is out of range; the message names the setting and its range."""
 
@@ -33,6 +49,29 @@ def _check_range(name: str, value: float) -> None:
     low, high = LIMITS[name]
     if not low <= value <= high:
         raise InvalidRequestError(f"{name} must lie between {low} and {high}, got {value}")
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _check_kind(name: str, value: Any) -> None:
+    if value is None and name in OPTIONAL:
+        return
+    if name in WHOLE_NUMBERS:
+        ok, kind = _whole(value), "a whole number"
+    elif name in NUMBERS:
+        ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+        kind = "a finite number"
+    elif name in TEXTS:
+        ok, kind = isinstance(value, str), "text"
+    elif name in SWITCHES:
+        ok, kind = isinstance(value, bool), "true or false"
+    else:
+        ok = isinstance(value, (tuple, list)) and all(_whole(c) and c >= 0 for c in value)
+        kind = "a list of class ids (whole numbers)"
+    if not ok:
+        raise InvalidRequestError(f"{name} must be {kind}, got {type(value).__name__} {repr(value)[:40]}")
 
 
 def _choice(name: str, value: str, choices: dict[str, str] | tuple[str, ...]) -> None:
@@ -77,6 +116,12 @@ class GenerationRequest:
     detect_classes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        for name in (*WHOLE_NUMBERS, *NUMBERS, *TEXTS, *SWITCHES, *CLASS_LISTS):
+            _check_kind(name, getattr(self, name))
+        for name in ("prompt", "added_prompt", "negative_prompt"):
+            if len(getattr(self, name)) > MAX_PROMPT_CHARS:
+                raise InvalidRequestError(f"The {name.replace('_', ' ')} is {len(getattr(self, name)):,} characters "
+                                          f"long; at most {MAX_PROMPT_CHARS:,} are allowed.")
         for name in LIMITS:
             if getattr(self, name) is not None:
                 _check_range(name, getattr(self, name))

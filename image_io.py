@@ -12,6 +12,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MIN_SIDE = 16
 DEFAULT_MAX_PIXELS = 40_000_000
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# Only what the uploader offers: Pillow would decode dozens of formats (TIFF, ICO, EPS through Ghostscript, …),
+# each an attack surface that a photo upload never needs.
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+UNREADABLE = "This file is not an image that can be read (PNG, JPEG, WebP or GIF)."
 
 
 class InvalidImageError(ValueError):
@@ -33,12 +37,12 @@ def load_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAU
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data))
+                image = Image.open(io.BytesIO(data), formats=FORMATS)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InvalidImageError("The image is far too large to open safely; please downscale it.") from None
         # Ultralytics patches Image.open to load a HEIF plugin on unknown files; without it, ImportError.
         except (UnidentifiedImageError, ImportError):
-            raise InvalidImageError("This file is not an image that can be read (PNG, JPEG or WebP).") from None
+            raise InvalidImageError(UNREADABLE) from None
         except (OSError, SyntaxError, ValueError) as exc:  # a header cut short
             raise InvalidImageError(f"The image file is damaged or truncated ({exc}).") from None
     width, height = image.size

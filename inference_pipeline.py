@@ -383,8 +383,9 @@ class InferencePipeline:
             ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
             if len(ids) > limit:
                 dropped = tokenizer.decode(ids[limit:]).strip()
+                quoted = dropped if len(dropped) <= 100 else dropped[:100].rstrip() + "…"
                 found.append(f"The {label} is {len(ids)} tokens long and CLIP reads {limit}, so its end was "
-                             f"ignored: \"{dropped}\".")
+                             f"ignored: \"{quoted}\".")
         return found
 
     def _run_card(self, request: GenerationRequest, seeds: list[int], size: tuple[int, int],

@@ -91,7 +91,14 @@ def stop(state_dir: Path = STATE_DIR) -> bool:
     state_file = state_dir / "state.json"
     if not state_file.exists():
         return False
-    state = json.loads(state_file.read_text())
+    try:
+        state = json.loads(state_file.read_text())
+        int(state["pid"]), str(state["app"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # empty, cut short or hand-edited
+        print(f"Warning: {state_file} is unreadable ({type(exc).__name__}); treating it as stale and removing it.",
+              file=sys.stderr)
+        state_file.unlink(missing_ok=True)
+        return False
     stopped = False
     if "pyngrok" in sys.modules:  # a tunnel opened by this same kernel
         from pyngrok import ngrok
@@ -105,6 +112,13 @@ def stop(state_dir: Path = STATE_DIR) -> bool:
         stopped = True
     state_file.unlink()
     return stopped
+
+
+def _write_state(state_dir: Path, state: dict) -> None:
+    """Atomically: a crash mid-write leaves the old file or the new one, never half of one."""
+    temporary = state_dir / "state.json.tmp"
+    temporary.write_text(json.dumps(state))
+    os.replace(temporary, state_dir / "state.json")
 
 
 def _port_in_use(port: int) -> bool:
@@ -222,7 +236,7 @@ def start(port: int = 8501, tunnel: str = "none", models: str | None = None, aut
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     state = {"pid": proc.pid, "port": port, "app": str(app)}
-    (state_dir / "state.json").write_text(json.dumps(state))
+    _write_state(state_dir, state)
     _wait_until_healthy(proc, port, log, timeout_s)
     launched = Launched(local_url=f"http://127.0.0.1:{port}", public_url=None, pid=proc.pid)
     say(f"The app is ready at {launched.local_url} (log: {log}).")
@@ -234,7 +248,7 @@ def start(port: int = 8501, tunnel: str = "none", models: str | None = None, aut
         except LaunchError:
             stop(state_dir)
             raise
-        (state_dir / "state.json").write_text(json.dumps(state))
+        _write_state(state_dir, state)
         say(f"Public URL: {launched.public_url}")
         if credentials:
             launched.username, launched.password = credentials

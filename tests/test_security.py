@@ -1,0 +1,175 @@
+"""Sharing the URL: what a stranger can send is bounded and refused with a message, never a traceback.
+
+One test per item of the security review that this part covers (issue 14's numbers in the names)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+import launch
+from conftest import ROOT
+from generation_request import MAX_PROMPT_CHARS, GenerationRequest, InvalidRequestError
+from image_io import InvalidImageError, load_image
+
+
+def encoded(fmt: str, size: tuple[int, int] = (32, 32), **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 40, 40)).save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def app_env(model_cache, monkeypatch):
+    monkeypatch.setenv("MODELS", "tiny")
+    monkeypatch.setenv("DEVICE", "cpu")
+    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
+
+
+# 6. prompt length ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field", ["prompt", "added_prompt", "negative_prompt"])
+def test_06_prompts_longer_than_the_limit_are_refused(field):
+    GenerationRequest(**{field: "x" * MAX_PROMPT_CHARS})
+    with pytest.raises(InvalidRequestError, match=f"at most {MAX_PROMPT_CHARS:,} are allowed"):
+        GenerationRequest(**{field: "x" * 4_000_000})
+
+
+def test_06_the_truncation_warning_quotes_at_most_about_a_hundred_characters(tiny_pipeline, photo):
+    prompt = " ".join(["a red box"] * 100)  # 300 tiny-tokenizer tokens, 225 of them dropped
+    result = tiny_pipeline.generate(photo, GenerationRequest(prompt=prompt, steps=1, resolution=64, seed=1))
+    quoted = result.warnings[0].split('ignored: "', 1)[1].rstrip('".')
+    assert quoted.endswith("…") and len(quoted) <= 101
+
+
+def test_06_the_page_limits_what_can_be_typed(app_env):
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    assert app.text_area(key="prompt").proto.max_chars == MAX_PROMPT_CHARS
+    assert app.text_input(key="negative_prompt").proto.max_chars == MAX_PROMPT_CHARS
+
+
+# 9. state.json ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content", ["", "{", '{"port": 8501}', '{"pid": "x", "app": 3}', "[1, 2]"])
+def test_09_an_unreadable_state_file_is_stale_not_a_crash(tmp_path, content, capsys):
+    (tmp_path / "state.json").write_text(content)
+    assert launch.stop(tmp_path) is False
+    assert not (tmp_path / "state.json").exists()
+    assert "treating it as stale" in capsys.readouterr().err
+
+
+def test_09_the_state_file_is_replaced_whole(tmp_path):
+    launch._write_state(tmp_path, {"pid": 1, "app": "app.py"})
+    launch._write_state(tmp_path, {"pid": 2, "app": "app.py"})
+    assert json.loads((tmp_path / "state.json").read_text())["pid"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+# 10. and 11. messages, not tracebacks ------------------------------------------------------------------------------
+
+def test_10_the_pixel_limit_applies_to_uploads(app_env, monkeypatch):
+    import streamlit as st
+
+    monkeypatch.setenv("MAX_PIXELS", "1000")
+    st.cache_resource.clear()  # a server started with this setting
+    try:
+        app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+        app.file_uploader[0].set_value(("big.png", encoded("PNG", (64, 64)), "image/png")).run()
+        assert not app.exception
+        assert any("more than the 1,000 allowed" in e.value for e in app.error)
+    finally:
+        st.cache_resource.clear()
+
+
+def test_11_visitors_get_no_tracebacks_and_the_log_gets_the_failure(app_env, monkeypatch, caplog):
+    import tomllib
+
+    import streamlit as st
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["showErrorDetails"] == "none"
+    monkeypatch.setenv("GPUS", "not-a-list")  # a broken setting: an unexpected error while loading
+    st.cache_resource.clear()
+    try:
+        with caplog.at_level(logging.ERROR):
+            app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    finally:
+        st.cache_resource.clear()
+    assert not app.exception
+    assert [e.value for e in app.error] == ["Something went wrong on the server (it was logged). Reload the page "
+                                            "to try again."]
+    assert "the page failed" in caplog.text and "GPUS must be" in caplog.text
+
+
+# 12. only the formats the uploader offers --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["TIFF", "BMP", "ICO", "PCX", "TGA"])
+def test_12_other_pillow_formats_are_refused(fmt):
+    with pytest.raises(InvalidImageError, match="PNG, JPEG, WebP or GIF"):
+        load_image(encoded(fmt))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
+def test_12_the_offered_formats_are_read(fmt):
+    assert load_image(encoded(fmt)).size == (32, 32)
+
+
+def test_12_the_uploader_accepts_gif(app_env):
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    assert "gif" in app.file_uploader[0].proto.type or ".gif" in app.file_uploader[0].proto.type
+
+
+# 13. guessing the password ----------------------------------------------------------------------------------------
+
+def test_13_wrong_passwords_slow_down_after_five_and_are_logged_without_the_guess(app_env, monkeypatch, caplog):
+    monkeypatch.setenv("APP_PASSWORD", "the right one")
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    took = []
+    with caplog.at_level(logging.WARNING, logger="app"):
+        for attempt in range(7):
+            app.text_input[0].set_value(f"guess number {attempt}")
+            started = time.monotonic()
+            app.button[0].click().run()
+            took.append(time.monotonic() - started)
+    assert all(t < 1.0 for t in took[:5]), took
+    assert took[5] >= 1.0 and took[6] >= 2.0, took  # 1 s, then 2 s, doubling
+    failures = [r.getMessage() for r in caplog.records if "wrong app password" in r.getMessage()]
+    assert len(failures) == 7 and failures[-1].endswith("(failure 7 of this browser session)")
+    assert "guess number" not in caplog.text
+    assert len(app.file_uploader) == 0
+
+
+# 15. types, not only ranges ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    (dict(steps=True), "steps must be a whole number, got bool"),
+    (dict(steps=2.5), "steps must be a whole number, got float"),
+    (dict(num_images="2"), "num_images must be a whole number, got str"),
+    (dict(guidance_scale="7"), "guidance_scale must be a finite number, got str"),
+    (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number, got float nan"),
+    (dict(controlnet_scale=None), "controlnet_scale must be a finite number, got NoneType"),
+    (dict(prompt=None), "prompt must be text, got NoneType"),
+    (dict(scheduler=["unipc"]), "scheduler must be text, got list"),
+    (dict(guess_mode=1), "guess_mode must be true or false, got int"),
+    (dict(lora=3), "lora must be text, got int"),
+    (dict(detect_classes=[0, "car"]), "detect_classes must be a list of class ids"),
+    (dict(control_classes=(-1,)), "control_classes must be a list of class ids"),
+    (dict(width=512.0, height=512), "width must be a whole number, got float"),
+])
+def test_15_wrong_kinds_of_values_are_refused_with_a_message(change, message):
+    with pytest.raises(InvalidRequestError) as error:
+        GenerationRequest(**change)
+    assert str(error.value).startswith(message)
+
+
+def test_15_numpy_numbers_are_numbers():
+    import numpy as np
+
+    request = GenerationRequest(steps=np.int64(5), guidance_scale=np.float32(2.5), detect_classes=(np.int64(2),))
+    assert request.steps == 5 and request.guidance_scale == 2.5
