@@ -16,6 +16,7 @@ import os
 import random
 import time
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -378,7 +379,8 @@ def collect_finished_job() -> None:
         for thumb in thumbs:
             thumb.thumbnail((160, 160))
         history = st.session_state.setdefault("history", [])
-        history.insert(0, {"request": result.run_card["request"], "seed": result.seed, "thumbs": thumbs})
+        request = {**asdict(job.request), "seed": result.seed}  # the card names files only; reuse needs paths
+        history.insert(0, {"request": request, "seed": result.seed, "thumbs": thumbs})
         del history[HISTORY_LENGTH:]
     elif job.state == CANCELLED:
         steps = job.result.run_card["steps_done"] if job.result else 0

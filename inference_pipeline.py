@@ -28,7 +28,7 @@ from detections import Detection
 from generation_request import (NEGATIVE_PROMPT, SCHEDULERS, SEED_MAX, ControlPreview, GenerationRequest,
                                 GenerationResult, InvalidRequestError)
 from image_io import InvalidImageError, load_image
-from run_card import library_versions
+from run_card import library_versions, public_source
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -395,11 +395,11 @@ class InferencePipeline:
         device = self.device if self.device == "cpu" else f"{self.device} ({torch.cuda.get_device_name(self.device)})"
         graphs = self.denoiser.graph_stats
         return {
-            "request": asdict(request),
+            "request": {**asdict(request), "lora": public_source(request.lora)},
             "seed": request.seed,
             "seeds": seeds,
             "size": list(size),
-            "models": dict(self.model_ids),
+            "models": {key: public_source(source) for key, source in self.model_ids.items()},
             "scheduler": type(self._scheduler(request.scheduler)).__name__,
             "device": device,
             "dtype": str(self.dtype).removeprefix("torch."),

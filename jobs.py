@@ -15,11 +15,13 @@ Each worker owns its own `InferencePipeline` on its own device and runs one job 
 
 from __future__ import annotations
 
+import atexit
 import heapq
 import logging
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -145,6 +147,17 @@ class Worker:
         return CANCELLED if result.cancelled else DONE
 
 
+_LIVE_QUEUES: weakref.WeakSet[JobQueue] = weakref.WeakSet()
+
+
+@atexit.register
+def _shut_down_live_queues() -> None:
+    """At interpreter exit, stop the workers first: a daemon thread left inside a torch kernel aborts the
+    process ("terminate called without an active exception")."""
+    for queue in list(_LIVE_QUEUES):
+        queue.shutdown()
+
+
 class JobQueue:
     """First come, first served, over one worker per pipeline."""
 
@@ -158,6 +171,7 @@ class JobQueue:
         self.workers = [Worker(pipe, self) for pipe in pipelines]
         for worker in self.workers:
             worker.thread.start()
+        _LIVE_QUEUES.add(self)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> JobQueue:

@@ -56,13 +56,19 @@ class Launched:
     password: str | None = None
 
 
-def _runs(pid: int, marker: str) -> bool:
-    """The pid still runs what this launcher started (`marker` is in its command line; pids get reused)."""
+def _started_at(pid: int) -> int | None:
+    """When the process started (clock ticks after boot, /proc/<pid>/stat field 22); None when it is gone."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return marker in cmdline
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _runs(pid: int, started: int | None) -> bool:
+    """The pid still is the process this launcher started: same pid and same start time (pids get reused,
+    and a process that merely mentions ngrok or app.py is none of ours)."""
+    return started is not None and _started_at(pid) == started
 
 
 def _terminate(pid: int, group: bool = True, timeout_s: float = 10.0) -> None:
@@ -104,10 +110,10 @@ def stop(state_dir: Path = STATE_DIR) -> bool:
         from pyngrok import ngrok
 
         ngrok.kill()
-    if state.get("ngrok_pid") and _runs(state["ngrok_pid"], "ngrok"):
+    if state.get("ngrok_pid") and _runs(state["ngrok_pid"], state.get("ngrok_started")):
         _terminate(state["ngrok_pid"], group=False)
         stopped = True
-    if _runs(state["pid"], state["app"]):
+    if _runs(state["pid"], state.get("started")):
         _terminate(state["pid"])
         stopped = True
     state_file.unlink()
@@ -235,7 +241,7 @@ def start(port: int = 8501, tunnel: str = "none", models: str | None = None, aut
     with open(log, "w") as log_file:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-    state = {"pid": proc.pid, "port": port, "app": str(app)}
+    state = {"pid": proc.pid, "started": _started_at(proc.pid), "port": port, "app": str(app)}
     _write_state(state_dir, state)
     _wait_until_healthy(proc, port, log, timeout_s)
     launched = Launched(local_url=f"http://127.0.0.1:{port}", public_url=None, pid=proc.pid)
@@ -245,6 +251,7 @@ def start(port: int = 8501, tunnel: str = "none", models: str | None = None, aut
             say("WARNING: the public URL has no password: anyone who has it can use this GPU.")
         try:
             launched.public_url, state["ngrok_pid"] = _open_tunnel(port, token, credentials)
+            state["ngrok_started"] = _started_at(state["ngrok_pid"]) if state["ngrok_pid"] else None
         except LaunchError:
             stop(state_dir)
             raise

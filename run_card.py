@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 from importlib import metadata
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from PIL import Image, PngImagePlugin
 
@@ -31,6 +31,15 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def public_source(source: str | None) -> str | None:
+    """What a run card may say of a model or file: a Hub id as it is, a local path by its name alone (a card
+    travels inside every PNG, and a server's folders are nobody's business)."""
+    if source is None:
+        return None
+    path = Path(source).expanduser()
+    return path.name if path.is_absolute() or source.startswith((".", "~")) or path.exists() else source
 
 
 def model_name(source: str) -> str:

@@ -173,3 +173,81 @@ def test_15_numpy_numbers_are_numbers():
 
     request = GenerationRequest(steps=np.int64(5), guidance_scale=np.float32(2.5), detect_classes=(np.int64(2),))
     assert request.steps == 5 and request.guidance_scale == 2.5
+
+
+# 14. no server paths in what leaves the server -------------------------------------------------------------------
+
+def test_14_run_cards_and_pngs_carry_names_not_server_paths(tiny_pipeline, photo, tmp_path, model_cache):
+    from test_pipeline_options import make_lora
+
+    from downloads import result_files
+
+    lora = make_lora(tiny_pipeline.model_ids["sd15"] + "/unet", tmp_path)
+    result = tiny_pipeline.generate(photo, GenerationRequest(steps=1, resolution=64, seed=2, lora=str(lora)))
+    tiny_pipeline.generate(photo, GenerationRequest(steps=1, resolution=64, seed=2))  # back to no LoRA
+    card = json.dumps(result.run_card)
+    for private in (str(tmp_path), str(model_cache), str(ROOT)):
+        assert private not in card
+    assert result.run_card["models"]["sd15"] == "sd15" and result.run_card["request"]["lora"] == lora.name
+    for name, data in result_files(result).items():
+        assert str(model_cache).encode() not in data and str(tmp_path).encode() not in data, name
+    assert GenerationRequest().lora is None and json.loads(card)["models"]["set"] == "tiny"
+
+
+# 8. --stop ends only what the launcher started ---------------------------------------------------------------------
+
+def test_08_stop_never_ends_a_process_that_only_mentions_the_app_or_ngrok(tmp_path):
+    import subprocess
+    import sys
+
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(ROOT / "app.py"), "ngrok"])
+    try:
+        # a stale state file after a restart: the pid now belongs to someone else, whose command line matches
+        (tmp_path / "state.json").write_text(json.dumps({"pid": bystander.pid, "started": 1, "app": str(ROOT / "app.py"),
+                                                         "ngrok_pid": bystander.pid, "ngrok_started": 1}))
+        assert launch.stop(tmp_path) is False
+        assert bystander.poll() is None, "the bystander still runs"
+        (tmp_path / "state.json").write_text(json.dumps({"pid": bystander.pid, "app": "app.py"}))  # old format
+        assert launch.stop(tmp_path) is False and bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_08_stop_ends_the_process_it_started(tmp_path):
+    import subprocess
+    import sys
+
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        launch._write_state(tmp_path, {"pid": ours.pid, "started": launch._started_at(ours.pid), "app": "app.py"})
+        assert launch.stop(tmp_path) is True
+        assert ours.wait(timeout=15) is not None
+    finally:
+        if ours.poll() is None:
+            ours.kill()
+
+
+# 16. no "another user is generating" for a preview ------------------------------------------------------------------
+
+def test_16_a_second_visitor_sees_a_live_preview_and_a_queue_place_not_a_busy_notice(app_env):
+    first = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    first.slider(key="steps").set_value(150)
+    next(b for b in first.button if b.label == "Generate").click().run()
+    running = first.session_state["job"]
+    second = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    try:
+        assert running.active, "the first visitor's run is still going"
+        shown = " ".join(str(getattr(e, "value", "")) for e in [*second.main, *second.sidebar])
+        assert "Another" not in shown and "preview appears when" not in shown
+        assert second.session_state["detected_labels"], "the preview's detections are there during the run"
+        next(b for b in second.button if b.label == "Generate").click().run()
+        assert any("your run is number 1 in the queue" in i.value for i in second.info)
+    finally:
+        jobs = [running, second.session_state["job"]]
+        for job in jobs:
+            if job is not None:
+                job.cancel()
+        deadline = time.monotonic() + 60
+        while any(job is not None and job.active for job in jobs) and time.monotonic() < deadline:
+            time.sleep(0.05)
