@@ -29,7 +29,7 @@ $(VENV)/.test-installed: $(VENV)/.app-installed requirements-test.txt
 	touch $@
 
 run: $(VENV)/.app-installed
-	$(PY) -m streamlit run app.py
+	$(PY) -m streamlit run app.py --server.maxUploadSize $${MAX_UPLOAD_MB:-20}
 
 test: $(VENV)/.test-installed
 	$(PY) -m pytest

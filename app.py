@@ -8,12 +8,14 @@ that it follows the Canny sliders without rerunning the page.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import importlib.util
 import json
 import logging
 import os
 import random
+import secrets
 import time
 import uuid
 from dataclasses import asdict
@@ -66,6 +68,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 HISTORY_LENGTH = 8
 FREE_GUESSES = 5
+TOKEN_PARAM, TOKEN_HOURS = "access", 12
 POLL_S = 0.5
 STAGES = {"detect": "Detecting objects", "control": "Building the control image", "generate": "Denoising"}
 # Widgets named after a GenerationRequest field take its default; these are the page's own.
@@ -136,12 +139,31 @@ def expected_password() -> str | None:
         return None
 
 
+@st.cache_resource
+def signing_key() -> bytes:
+    """A secret of this server process: tokens it signed stop working when it restarts."""
+    return secrets.token_bytes(32)
+
+
+def sign(expires: int) -> str:
+    return f"{expires}.{hmac.new(signing_key(), str(expires).encode(), hashlib.sha256).hexdigest()}"
+
+
+def holds_valid_token() -> bool:
+    """The browser tab carries a token this server signed, not yet expired. Checked on every run: Streamlit
+    lets a websocket reattach to an existing session by its id, so a flag in session state would let anyone
+    who learns that id in; the token lives in the tab's address, which a reattached socket does not have."""
+    token = st.query_params.get(TOKEN_PARAM, "")
+    expires, _, _ = token.partition(".")
+    return expires.isdigit() and int(expires) > time.time() and hmac.compare_digest(token, sign(int(expires)))
+
+
 def password_gate() -> bool:
-    """True once this browser session gave the password (or when none is set); compared in constant time.
-    After FREE_GUESSES wrong ones, each further try waits twice as long as the one before (up to a minute),
-    and every failure is logged, without the guess."""
+    """True when no password is set, or this tab holds a valid token (given for the password, compared in
+    constant time). After FREE_GUESSES wrong ones, each further try waits twice as long as the one before (up
+    to a minute), and every failure is logged, without the guess."""
     expected = expected_password()
-    if expected is None or st.session_state.get("authenticated"):
+    if expected is None or holds_valid_token():
         return True
     with st.form("login"):
         given = st.text_input("Password", type="password")
@@ -150,7 +172,7 @@ def password_gate() -> bool:
             if failures >= FREE_GUESSES:
                 time.sleep(min(60.0, 2.0 ** (failures - FREE_GUESSES)))
             if hmac.compare_digest(given.encode(), expected.encode()):
-                st.session_state.authenticated = True
+                st.query_params[TOKEN_PARAM] = sign(int(time.time()) + TOKEN_HOURS * 3600)
                 st.rerun()
             st.session_state.password_failures = failures + 1
             log.warning("wrong app password (failure %d of this browser session)", failures + 1)

@@ -67,14 +67,16 @@ def place_image(image: Image.Image, size: tuple[int, int], mode: str = "resize")
         placement = Placement(out_w / width, out_h / height, 0.0, 0.0, size)
         return image.resize(size, Image.Resampling.LANCZOS), placement
     scale = (max if mode == "crop" else min)(out_w / width, out_h / height)
+    if mode == "crop":  # crop first, in the input's pixels, so only the visible part is ever resampled
+        crop_w, crop_h = out_w / scale, out_h / scale
+        left, top = (width - crop_w) / 2, (height - crop_h) / 2
+        placed = image.resize(size, Image.Resampling.LANCZOS, box=(left, top, left + crop_w, top + crop_h))
+        return placed, Placement(scale, scale, -left * scale, -top * scale, size)
     inner = (max(1, round(width * scale)), max(1, round(height * scale)))
     resized = np.asarray(image.resize(inner, Image.Resampling.LANCZOS))
     left, top = (out_w - inner[0]) // 2, (out_h - inner[1]) // 2
-    if mode == "crop":
-        pixels = resized[-top:-top + out_h, -left:-left + out_w]
-    else:
-        pixels = cv2.copyMakeBorder(resized, top, out_h - inner[1] - top, left, out_w - inner[0] - left,
-                                    cv2.BORDER_REPLICATE)
+    pixels = cv2.copyMakeBorder(resized, top, out_h - inner[1] - top, left, out_w - inner[0] - left,
+                                cv2.BORDER_REPLICATE)
     return Image.fromarray(np.ascontiguousarray(pixels)), Placement(scale, scale, left, top, size)
 
 

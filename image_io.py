@@ -11,6 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 MIN_SIDE = 16
 DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_ASPECT = 8.0
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # Only what the uploader offers: Pillow would decode dozens of formats (TIFF, ICO, EPS through Ghostscript, …),
 # each an attack surface that a photo upload never needs.
@@ -22,11 +23,13 @@ class InvalidImageError(ValueError):
     """The input cannot be used as an image; the message is written for the person who gave it."""
 
 
-def load_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_aspect: float = DEFAULT_MAX_ASPECT) -> Image.Image:
     """An RGB image: EXIF orientation applied, transparency flattened on white, 16-bit scaled to 8-bit, the
     first frame of an animation.
 
-    The size is checked from the header before any pixel is decoded, so a decompression bomb costs nothing.
+    The size and the aspect ratio are checked from the header before any pixel is decoded, so a decompression
+    bomb or a 16x2,500,000 strip costs nothing.
     """
     if isinstance(source, Image.Image):
         image = source
@@ -51,6 +54,9 @@ def load_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAU
             f"The image is {width}x{height} pixels, more than the {max_pixels:,} allowed; please downscale it.")
     if min(width, height) < MIN_SIDE:
         raise InvalidImageError(f"The image is {width}x{height} pixels; it needs at least {MIN_SIDE} on each side.")
+    if max(width, height) > max_aspect * min(width, height):
+        raise InvalidImageError(f"The image is {width}x{height} pixels, {max(width, height) / min(width, height):.0f} "
+                                f"times longer than wide; at most {max_aspect:g}:1 is supported. Crop it first.")
     try:
         image.seek(0)
         image.load()

@@ -308,7 +308,7 @@ class InferencePipeline:
         """Detect and build the control image exactly as `generate` would, without denoising; `detections`,
         when given, stand for the detector's answer to this image and the request's detection settings."""
         request = request or GenerationRequest()
-        image = load_image(image, max_pixels=self.settings.max_pixels)
+        image = load_image(image, self.settings.max_pixels, self.settings.max_aspect)
         if detections is None:
             detections = self.detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
         control, warnings = self.control_image(image, detections, request)
@@ -320,6 +320,9 @@ class InferencePipeline:
         Pure image work (no model): the page rebuilds it live while Canny sliders move."""
         size = ((request.width, request.height) if request.width else
                 fit_size(*image.size, request.resolution, request.size_multiple))
+        if max(size) > self.settings.max_side:  # checked before anything is resized
+            raise InvalidRequestError(f"The output would be {size[0]}x{size[1]} pixels; its long side may be at most "
+                                      f"{self.settings.max_side}. Choose a lower resolution, or crop the photo.")
         placed, placement = place_image(image, size, request.resize_mode)
         if request.control_source == "edge_map":
             return edge_map_control(placed, request.invert_edge_map), []
@@ -346,7 +349,7 @@ class InferencePipeline:
         again."""
         stage = on_stage or (lambda name: None)
         request = request or GenerationRequest()
-        image = load_image(image, max_pixels=self.settings.max_pixels)
+        image = load_image(image, self.settings.max_pixels, self.settings.max_aspect)
         seed = request.seed if request.seed is not None else random.randint(0, SEED_MAX - request.num_images)
         seeds = [(seed + i) % (SEED_MAX + 1) for i in range(request.num_images)]
         with self._lock, self.on_device():

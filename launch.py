@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import os
 import re
 import secrets
@@ -120,6 +121,15 @@ def stop(state_dir: Path = STATE_DIR) -> bool:
     return stopped
 
 
+def max_upload_mb() -> int:
+    """MAX_UPLOAD_MB, the one upload limit: Streamlit's own (which refuses bigger uploads before the app sees
+    them) follows it."""
+    value = os.environ.get("MAX_UPLOAD_MB", "").strip() or "20"
+    if not value.isdigit() or int(value) < 1:
+        raise LaunchError(f"MAX_UPLOAD_MB must be a whole number of megabytes, not {value!r}")
+    return int(value)
+
+
 def _write_state(state_dir: Path, state: dict) -> None:
     """Atomically: a crash mid-write leaves the old file or the new one, never half of one."""
     temporary = state_dir / "state.json.tmp"
@@ -188,16 +198,53 @@ def ngrok_hint(exc: BaseException, token: str | None = None) -> str:
     return message.replace(token, "[token hidden]") if token else message
 
 
-def _open_tunnel(port: int, token: str, credentials: tuple[str, str] | None) -> tuple[str, int | None]:
+class _Redact(logging.Filter):
+    """Hides a secret in pyngrok's log records: the agent's error lines quote the authtoken."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.secret in message:
+            record.msg, record.args = message.replace(self.secret, "[ngrok token]"), None
+        return True
+
+
+PYNGROK_LOGGERS = ("pyngrok.process.ngrok", "pyngrok.process", "pyngrok.ngrok", "pyngrok.installer", "pyngrok.agent")
+
+
+def _private_ngrok_config(state_dir: Path, token: str) -> Path:
+    """The token in an agent config file only this user can read: on the agent's command line (what pyngrok
+    does with `auth_token`) every process of the machine could read it in /proc/<pid>/cmdline."""
+    path = state_dir / "ngrok.yml"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as config:
+        config.write(f'version: "2"\nauthtoken: {token}\n')
+    os.chmod(path, 0o600)
+    return path
+
+
+def _open_tunnel(port: int, token: str, credentials: tuple[str, str] | None, state_dir: Path
+                 ) -> tuple[str, int | None]:
     from pyngrok import conf, ngrok
     from pyngrok.exception import PyngrokError
 
-    config = conf.PyngrokConfig(auth_token=token)
+    redact = _Redact(token)
+    for name in PYNGROK_LOGGERS:
+        logging.getLogger(name).addFilter(redact)
     options = {"basic_auth": [f"{credentials[0]}:{credentials[1]}"]} if credentials else {}
+    # pyngrok puts NGROK_AUTHTOKEN from the environment on the agent's command line: hide it meanwhile.
+    hidden = os.environ.pop(TOKEN_NAME, None)
     try:
+        config = conf.PyngrokConfig(config_path=str(_private_ngrok_config(state_dir, token)))
         tunnel = ngrok.connect(str(port), "http", pyngrok_config=config, **options)
     except PyngrokError as exc:
         raise LaunchError(ngrok_hint(exc, token)) from None
+    finally:
+        if hidden is not None:
+            os.environ[TOKEN_NAME] = hidden
     process = ngrok.get_ngrok_process(config)
     return tunnel.public_url, getattr(process.proc, "pid", None)
 
@@ -237,7 +284,7 @@ def start(port: int = 8501, tunnel: str = "none", models: str | None = None, aut
     log = state_dir / "streamlit.log"
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
                "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-               "--browser.gatherUsageStats", "false"]
+               "--browser.gatherUsageStats", "false", "--server.maxUploadSize", str(max_upload_mb())]
     with open(log, "w") as log_file:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -250,7 +297,7 @@ def start(port: int = 8501, tunnel: str = "none", models: str | None = None, aut
         if no_auth:
             say("WARNING: the public URL has no password: anyone who has it can use this GPU.")
         try:
-            launched.public_url, state["ngrok_pid"] = _open_tunnel(port, token, credentials)
+            launched.public_url, state["ngrok_pid"] = _open_tunnel(port, token, credentials, state_dir)
             state["ngrok_started"] = _started_at(state["ngrok_pid"]) if state["ngrok_pid"] else None
         except LaunchError:
             stop(state_dir)

@@ -61,7 +61,8 @@ class Previews:
 
         def decode() -> Any:
             try:
-                return load_image(data, max_pixels=self.pipeline.settings.max_pixels)
+                settings = self.pipeline.settings
+                return load_image(data, max_pixels=settings.max_pixels, max_aspect=settings.max_aspect)
             except InvalidImageError as exc:
                 return exc
 

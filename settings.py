@@ -68,6 +68,8 @@ class Settings:
     safety_checker: bool = False
     max_upload_mb: int = 20
     max_pixels: int = 40_000_000
+    max_side: int = 2048
+    max_aspect: float = 8.0
     hub_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -94,6 +96,8 @@ class Settings:
             "safety_checker": parse_bool("SAFETY_CHECKER", _env("SAFETY_CHECKER", "0")),
             "max_upload_mb": int(_env("MAX_UPLOAD_MB", "20")),
             "max_pixels": int(_env("MAX_PIXELS", "40000000")),
+            "max_side": int(_env("MAX_SIDE", "2048")),
+            "max_aspect": float(_env("MAX_ASPECT", "8")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

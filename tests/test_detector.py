@@ -82,4 +82,5 @@ def test_fidelity_is_reported_per_image_and_in_the_run_card(tiny_pipeline, photo
     result = tiny_pipeline.generate(photo, GenerationRequest(steps=2, resolution=64, seed=2, num_images=2))
     assert len(result.fidelity) == 2 and result.run_card["fidelity"] == result.fidelity
     for scores in result.fidelity:
-        assert set(scores) == {"precision", "recall", "f1"} and all(0.0 <= v <= 1.0 for v in scores.values())
+        assert set(scores) == {"precision", "recall", "f1", "score"}
+        assert all(0.0 <= scores[k] <= 1.0 for k in ("precision", "recall", "f1")) and -1.0 <= scores["score"] <= 1.0

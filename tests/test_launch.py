@@ -187,14 +187,18 @@ def test_the_token_never_reaches_output_logs_or_the_app(state_dir, monkeypatch, 
     opened = {}
 
     def connect(addr, proto, pyngrok_config, **options):
-        opened.update(addr=addr, proto=proto, token=pyngrok_config.auth_token, **options)
+        config = Path(pyngrok_config.config_path)
+        opened.update(addr=addr, proto=proto, token=pyngrok_config.auth_token, config=config.read_text(),
+                      mode=config.stat().st_mode & 0o777, **options)
         return types.SimpleNamespace(public_url="https://example.ngrok.app")
 
     monkeypatch.setattr(ngrok, "connect", connect)
     monkeypatch.setattr(ngrok, "get_ngrok_process", lambda config: types.SimpleNamespace(proc=None))
     port = free_port()
     launched = launch.start(port, "ngrok", "tiny", state_dir=state_dir)
-    assert opened["token"] == TOKEN and opened["addr"] == str(port) and opened["proto"] == "http"
+    assert opened["token"] is None, "never on the agent's command line"
+    assert f"authtoken: {TOKEN}" in opened["config"] and opened["mode"] == 0o600
+    assert opened["addr"] == str(port) and opened["proto"] == "http"
     assert opened["basic_auth"] == [f"studio:{launched.password}"] and len(launched.password) >= 16
     app_environment = Path(f"/proc/{launched.pid}/environ").read_bytes()
     assert b"NGROK_AUTHTOKEN" not in app_environment and TOKEN.encode() not in app_environment

@@ -251,3 +251,202 @@ def test_16_a_second_visitor_sees_a_live_preview_and_a_queue_place_not_a_busy_no
         deadline = time.monotonic() + 60
         while any(job is not None and job.active for job in jobs) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+# 3. the password binds to the tab, not to a session that a socket can reattach to ------------------------------------
+
+def test_03_access_is_bound_to_a_signed_token_in_the_tab(app_env, monkeypatch):
+    monkeypatch.setenv("APP_PASSWORD", "the right one")
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    app.text_input[0].set_value("the right one")
+    app.button[0].click().run()
+    assert len(app.file_uploader) == 1
+    token = app.query_params["access"]
+    expires, signature = token[0].split(".") if isinstance(token, list) else token.split(".")
+    assert int(expires) > time.time() + 11 * 3600 and len(signature) == 64
+    app.query_params.pop("access")  # the same session, reached without the tab's token: a reattached socket
+    app.run()
+    assert len(app.file_uploader) == 0 and len(app.text_input) == 1
+    app.query_params["access"] = f"{int(expires) + 3600}.{signature}"  # a token stretched by hand
+    app.run()
+    assert len(app.file_uploader) == 0
+    other_tab = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    other_tab.query_params["access"] = f"{expires}.{signature}"  # the person's own link, in another tab
+    other_tab.run()
+    assert len(other_tab.file_uploader) == 1
+
+
+# 1. extreme aspect ratios and oversized outputs ----------------------------------------------------------------------
+
+STRIPS = """
+import io, resource, struct, sys, time, zlib
+from PIL import Image
+sys.path.insert(0, sys.argv[1])
+from image_io import InvalidImageError, load_image
+
+def header_only(width, height):  # what a 40-megapixel strip looks like before decoding: a few dozen bytes
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+def real(width, height):
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 90, 90)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+cases = {"16x2500000-at-MAX_PIXELS": header_only(16, 2_500_000), "2500000x16-at-MAX_PIXELS": header_only(2_500_000, 16),
+         "16x20000": real(16, 20_000), "20000x16": real(20_000, 16)}
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for name, data in cases.items():
+    started = time.monotonic()
+    try:
+        load_image(data, max_pixels=40_000_000)
+        print(name, "ACCEPTED")
+    except InvalidImageError as exc:
+        print(name, f"{time.monotonic() - started:.3f}", exc)
+print("peak-growth-mb", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def test_01_extreme_aspect_ratios_are_refused_from_the_header_in_bounded_memory_and_time():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", STRIPS, str(ROOT)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    for line in lines[:-1]:
+        name, seconds, message = line.split(" ", 2) if "ACCEPTED" not in line else (line, "", "ACCEPTED")
+        assert "times longer than wide; at most 8:1 is supported" in message, line
+        assert float(seconds) < 1.0, line
+    growth = float(lines[-1].split()[-1])
+    assert growth < 100, f"refusing the strips grew the process by {growth:.0f} MB"
+
+
+def test_01_an_output_larger_than_max_side_is_refused_before_any_resize(tiny_pipeline):
+    wide = Image.new("RGB", (1600, 900), "gray")
+    started = time.monotonic()
+    with pytest.raises(InvalidRequestError, match="its long side may be at most 2048"):
+        tiny_pipeline.preview(wide, GenerationRequest(resolution=2048))
+    with pytest.raises(InvalidRequestError, match="at most 2048"):
+        tiny_pipeline.generate(wide, GenerationRequest(resolution=1536, steps=1))
+    assert time.monotonic() - started < 5
+
+
+def test_01_the_page_says_so_for_a_strip(app_env):
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    app.file_uploader[0].set_value(("strip.png", encoded("PNG", (16, 20_000)), "image/png")).run()
+    assert not app.exception
+    assert any("times longer than wide" in e.value for e in app.error)
+
+
+# 2. the upload limit is the setting ---------------------------------------------------------------------------------
+
+def test_02_streamlits_upload_limit_follows_max_upload_mb(tmp_path, monkeypatch, model_cache):
+    import socket
+    from pathlib import Path
+
+    monkeypatch.setenv("MAX_UPLOAD_MB", "3")
+    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
+    monkeypatch.setenv("DEVICE", "cpu")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = launch.start(port, "none", "tiny", state_dir=tmp_path, quiet=True)
+    try:
+        command = Path(f"/proc/{started.pid}/cmdline").read_bytes().split(b"\0")
+        assert command[command.index(b"--server.maxUploadSize") + 1] == b"3"
+    finally:
+        launch.stop(tmp_path)
+    monkeypatch.setenv("MAX_UPLOAD_MB", "lots")
+    with pytest.raises(launch.LaunchError, match="MAX_UPLOAD_MB must be a whole number"):
+        launch.start(port, "none", "tiny", state_dir=tmp_path, quiet=True)
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--server.maxUploadSize $${MAX_UPLOAD_MB:-20}" in makefile
+
+
+# 7. the ngrok token: never on a command line, never printed ----------------------------------------------------------
+
+FAKE_NGROK = r'''#!{python}
+"""Stands in for the ngrok agent: records how it was started, serves pyngrok's API, and logs an error line
+that quotes the authtoken from its config file, as the real agent does on ERR_NGROK_105."""
+import http.server, json, re, sys, threading
+record = {{"argv": sys.argv}}
+config = sys.argv[sys.argv.index("--config") + 1] if "--config" in sys.argv else None
+token = re.search(r"authtoken: (\S+)", open(config).read()).group(1) if config else "none"
+
+class Api(http.server.BaseHTTPRequestHandler):
+    def _reply(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(201 if self.command == "POST" else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def do_GET(self):
+        self._reply({{"tunnels": []}})
+    def do_POST(self):
+        length = int(self.headers["Content-Length"])
+        options = json.loads(self.rfile.read(length))
+        record["options"] = options
+        open({out!r}, "w").write(json.dumps(record))
+        self._reply({{"name": options.get("name", "t"), "public_url": "https://fake.ngrok.app", "proto": "https",
+                     "config": {{"addr": options["upstream"]["url"]}}, "uri": "/api/tunnels/t"}})
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+print(f'lvl=warn msg="authentication failed: Your authtoken: {{token}}"', flush=True)
+print(f'lvl=info msg="starting web service" obj=web addr=127.0.0.1:{{server.server_address[1]}}', flush=True)
+print('lvl=info msg="tunnel session started" obj=tunnels.session', flush=True)
+print('lvl=info msg="client session established" obj=csess', flush=True)
+threading.Event().wait()
+'''
+
+
+def test_07_the_token_reaches_the_agent_by_a_private_file_and_is_never_printed(tmp_path, monkeypatch, model_cache,
+                                                                               caplog, capsys):
+    import os
+    import socket
+    import sys
+    from pathlib import Path
+
+    from pyngrok import ngrok
+
+    token = "2fakeTokenForTheTest_0123456789abcdefghijkLMNOP"
+    agent, out = tmp_path / "ngrok", tmp_path / "agent.json"
+    agent.write_text(FAKE_NGROK.format(python=sys.executable, out=str(out)))
+    agent.chmod(0o755)
+    monkeypatch.setenv("PYNGROK_NGROK_PATH", str(agent))
+    monkeypatch.setenv("NGROK_AUTHTOKEN", token)
+    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
+    monkeypatch.setenv("DEVICE", "cpu")
+    from pyngrok import conf
+
+    monkeypatch.setattr(conf.get_default(), "ngrok_path", str(agent))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    state = tmp_path / "state"
+    with caplog.at_level(logging.DEBUG, logger="pyngrok"):
+        launched = launch.start(port, "ngrok", "tiny", state_dir=state)
+    try:
+        assert launched.public_url == "https://fake.ngrok.app"
+        record = json.loads(out.read_text())
+        assert token not in " ".join(record["argv"]) and "--authtoken" not in record["argv"]
+        assert os.environ["NGROK_AUTHTOKEN"] == token, "the launcher's own environment is as it was"
+        config = Path(record["argv"][record["argv"].index("--config") + 1])
+        assert config.stat().st_mode & 0o777 == 0o600 and f"authtoken: {token}" in config.read_text()
+        for pid in filter(str.isdigit, os.listdir("/proc")):  # no process's command line holds it
+            try:
+                assert token.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes(), pid
+            except OSError:
+                continue
+        assert "Your authtoken: [ngrok token]" in caplog.text, "the agent's line was logged, redacted"
+        printed = capsys.readouterr()
+        assert token not in caplog.text and token not in printed.out + printed.err
+    finally:
+        launch.stop(state)
+        ngrok.kill()
