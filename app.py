@@ -32,6 +32,7 @@ from generation_request import (LIMITS, MAX_PROMPT_CHARS, SCHEDULERS, SEED_MAX, 
 from image_io import InvalidImageError
 from inference_pipeline import ModelLoadError
 from jobs import CANCELLED, DONE, QUEUED, JobQueue
+from loras import offered as offered_loras
 from previews import Previews
 from run_card import a1111_parameters
 from settings import Settings
@@ -251,7 +252,7 @@ def prompt_panel() -> None:
     st.text_input("Negative prompt", key="negative_prompt", max_chars=MAX_PROMPT_CHARS)
 
 
-def generation_panel() -> None:
+def generation_panel(settings: Settings) -> None:
     with st.expander("Generation settings", expanded=True):
         left, right = st.columns(2)
         slider(left, "Steps", "steps", 1)
@@ -279,7 +280,15 @@ def generation_panel() -> None:
         st.checkbox("Guess mode", key="guess_mode", help="Let ControlNet guess the content from the edges alone; "
                     "works best with a CFG of 3 to 5.")
     with st.expander("Style LoRA"):
-        st.text_input("Hub id or local .safetensors file (empty: none)", key="lora")
+        if settings.allow_any_lora:
+            st.text_input("Hub id or local .safetensors file (empty: none)", key="lora")
+        else:
+            choices = ["", *offered_loras(settings)]
+            if st.session_state.lora not in choices:
+                st.session_state.lora = ""
+            st.selectbox("Style LoRA", choices, key="lora", format_func=lambda name: name or "None",
+                         disabled=len(choices) == 1,
+                         help=None if len(choices) > 1 else "None offered on this server (LORA_DIR, LORA_HUB_IDS).")
         slider(st, "LoRA weight", "lora_weight", 0.05)
 
 
@@ -530,7 +539,7 @@ def main() -> None:
             st.session_state.detected_labels = sorted({d.label for d in detections})
             st.image(draw_detections(image, detections), caption=f"{len(detections)} detections",
                      width="stretch")
-        generation_panel()
+        generation_panel(jobs.pipelines[0].settings)
     with control_column:
         control_panel(previews, image, key, names)
         detection_panel(list(names.values()))

@@ -28,6 +28,7 @@ from detections import Detection
 from generation_request import (NEGATIVE_PROMPT, SCHEDULERS, SEED_MAX, ControlPreview, GenerationRequest,
                                 GenerationResult, InvalidRequestError)
 from image_io import InvalidImageError, load_image
+from loras import LoraError, resolve as resolve_lora
 from run_card import library_versions, public_source
 from settings import Settings
 
@@ -48,10 +49,6 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 
 class ModelLoadError(RuntimeError):
     """Weights could not be loaded; the message names the model and the ways out."""
-
-
-class LoraError(ValueError):
-    """A LoRA could not be used; the base model is unchanged and the message says why."""
 
 
 def _hub_reachable(timeout_s: float) -> bool:
@@ -264,7 +261,8 @@ class InferencePipeline:
             except Exception as exc:
                 self.pipe.unload_lora_weights()
                 self.denoiser.refresh_graphs()
-                raise LoraError(f"The LoRA '{source}' cannot be used with this SD1.5 model ({short_error(exc)}). "
+                raise LoraError(f"The LoRA '{public_source(source)}' cannot be used with this SD1.5 model "
+                                f"({short_error(exc).replace(str(Path(source).parent), '…')}). "
                                 "Generating without it works as before.") from exc
         if source:
             self.pipe.set_adapters(["style"], adapter_weights=[weight])
@@ -352,8 +350,9 @@ class InferencePipeline:
         image = load_image(image, self.settings.max_pixels, self.settings.max_aspect)
         seed = request.seed if request.seed is not None else random.randint(0, SEED_MAX - request.num_images)
         seeds = [(seed + i) % (SEED_MAX + 1) for i in range(request.num_images)]
+        lora = resolve_lora(request.lora, self.settings) if request.lora else None  # a download: before the GPU lock
         with self._lock, self.on_device():
-            self._use_lora(request.lora, request.lora_weight)
+            self._use_lora(lora, request.lora_weight)
             stage("detect")
             t0 = time.perf_counter()
             if detections is None:

@@ -67,6 +67,10 @@ class Settings:
     compile: bool = False
     safety_checker: bool = False
     max_upload_mb: int = 20
+    lora_dir: Path | None = None
+    lora_hub_ids: tuple[str, ...] = ()
+    allow_any_lora: bool = False
+    lora_max_mb: int = 400
     max_pixels: int = 40_000_000
     max_side: int = 2048
     max_aspect: float = 8.0
@@ -95,6 +99,10 @@ class Settings:
             "compile": parse_bool("COMPILE", _env("COMPILE", "0")),
             "safety_checker": parse_bool("SAFETY_CHECKER", _env("SAFETY_CHECKER", "0")),
             "max_upload_mb": int(_env("MAX_UPLOAD_MB", "20")),
+            "lora_dir": Path(_env("LORA_DIR", "")).expanduser() if _env("LORA_DIR", "") else None,
+            "lora_hub_ids": tuple(part.strip() for part in _env("LORA_HUB_IDS", "").split(",") if part.strip()),
+            "allow_any_lora": parse_bool("ALLOW_ANY_LORA", _env("ALLOW_ANY_LORA", "0")),
+            "lora_max_mb": int(_env("LORA_MAX_MB", "400")),
             "max_pixels": int(_env("MAX_PIXELS", "40000000")),
             "max_side": int(_env("MAX_SIDE", "2048")),
             "max_aspect": float(_env("MAX_ASPECT", "8")),

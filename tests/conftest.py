@@ -31,7 +31,9 @@ def tiny_pipeline(model_cache: Path):
     from inference_pipeline import InferencePipeline
     from settings import Settings
 
-    return InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cpu"))
+    # free LoRA paths: the LoRA tests load files they make; tests/test_security.py checks the offered list
+    return InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cpu",
+                                               allow_any_lora=True))
 
 
 @pytest.fixture

@@ -87,14 +87,40 @@ def test_guided_control_mode_with_chosen_objects_generates_without_warnings(app)
     assert list(result.run_card["request"]["control_classes"]) == [0]
 
 
-def test_a_lora_that_cannot_be_loaded_shows_an_error_and_keeps_the_page(app, tmp_path):
-    app.text_input(key="lora").set_value(str(tmp_path / "missing-style.safetensors")).run()
-    generate(app)
-    assert not app.exception
-    assert any("cannot be used with this SD1.5 model" in e.value for e in app.error)
-    app.text_input(key="lora").set_value("").run()
-    generate(app)
-    assert app.session_state["result"].images
+def test_loras_are_chosen_from_the_offered_list_and_one_that_does_not_fit_is_explained(model_cache, monkeypatch,
+                                                                                         tmp_path):
+    import streamlit as st
+    from test_pipeline_options import make_lora
+
+    import tiny_models
+
+    unet = str(tiny_models.ensure_tiny_models(model_cache).sd15 / "unet")
+    offered = tmp_path / "loras"
+    (offered / "styles").mkdir(parents=True)
+    make_lora(unet, tmp_path / "good").rename(offered / "styles" / "ink.safetensors")
+    make_lora(unet, tmp_path / "bad", cross_attention_dim=48).rename(offered / "wrong-model.safetensors")
+    (offered / "notes.txt").write_text("not a LoRA")
+    for name, value in (("MODELS", "tiny"), ("DEVICE", "cpu"), ("APP_CACHE_DIR", str(model_cache)),
+                        ("LORA_DIR", str(offered))):
+        monkeypatch.setenv(name, value)
+    st.cache_resource.clear()  # a server started with LORA_DIR
+    try:
+        app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+        assert app.selectbox(key="lora").options == ["None", "styles/ink.safetensors", "wrong-model.safetensors"]
+        app.selectbox(key="lora").set_value("wrong-model.safetensors").run()
+        generate(app)
+        assert not app.exception
+        errors = [e.value for e in app.error]
+        assert any("'wrong-model.safetensors' cannot be used with this SD1.5 model" in e for e in errors), errors
+        assert not any(str(tmp_path) in e for e in errors), "no server path in the message"
+        app.selectbox(key="lora").set_value("styles/ink.safetensors").run()
+        generate(app)
+        assert app.session_state["result"].run_card["request"]["lora"] == "styles/ink.safetensors"  # the offered name
+        app.selectbox(key="lora").set_value("").run()
+        generate(app)
+        assert app.session_state["result"].images and app.session_state["result"].run_card["request"]["lora"] is None
+    finally:
+        st.cache_resource.clear()
 
 
 def test_the_password_gate_blocks_the_page_until_the_password_is_given(model_cache, monkeypatch, caplog, capsys):

@@ -38,7 +38,7 @@ def scene() -> Image.Image:
 
 def pipeline(model_cache, graphs: bool = True, device: str = "cuda:0") -> InferencePipeline:
     return InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device=device,
-                                               cuda_graphs=graphs))
+                                               cuda_graphs=graphs, allow_any_lora=True))
 
 
 @pytest.fixture(scope="module")

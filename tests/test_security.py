@@ -450,3 +450,100 @@ def test_07_the_token_reaches_the_agent_by_a_private_file_and_is_never_printed(t
     finally:
         launch.stop(state)
         ngrok.kill()
+
+
+# 4. and 5. LoRAs from the operator's list only; a Hub LoRA's size checked, outside the GPU lock ---------------------
+
+@pytest.fixture
+def lora_dir(tmp_path):
+    from test_pipeline_options import make_lora
+
+    import tiny_models
+
+    root = tmp_path / "offered"
+    root.mkdir()
+    unet = tiny_models.ensure_tiny_models(tmp_path / "models").sd15 / "unet"
+    make_lora(str(unet), tmp_path / "made").rename(root / "ink.safetensors")
+    (root / "folder.safetensors").mkdir()
+    (tmp_path / "outside.safetensors").write_bytes((root / "ink.safetensors").read_bytes())
+    return root
+
+
+def test_04_only_offered_loras_resolve_and_every_refusal_reads_the_same(lora_dir, tmp_path):
+    from loras import REFUSED, LoraError, offered, resolve
+    from settings import Settings
+
+    settings = Settings(lora_dir=lora_dir, lora_hub_ids=("org/listed-lora",))
+    assert offered(settings) == ["ink.safetensors", "org/listed-lora"]
+    assert resolve("ink.safetensors", settings) == str(lora_dir / "ink.safetensors")
+    refusals = set()
+    for probe in ("../outside.safetensors", str(tmp_path / "outside.safetensors"), "folder.safetensors",
+                  "missing.safetensors", str(lora_dir), "/etc/passwd", "stable-diffusion-v1-5/stable-diffusion-v1-5"):
+        with pytest.raises(LoraError) as error:
+            resolve(probe, settings)
+        refusals.add(str(error.value))
+    assert refusals == {REFUSED}, "a file, a folder and nothing must not answer differently"
+    assert resolve("anything/at-all", Settings(allow_any_lora=True)) == "anything/at-all"
+
+
+class _FakeHub:
+    """The Hub's model-info API on loopback: a listed LoRA whose file is far too big."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            requests: list[str] = []
+
+            def do_GET(self) -> None:  # noqa: N802
+                Handler.requests.append(self.path)
+                body = json.dumps({"id": "org/huge-lora", "sha": "0" * 40, "siblings": [
+                    {"rfilename": "README.md", "size": 10},
+                    {"rfilename": "pytorch_lora_weights.safetensors", "size": 7_700 * 2**20}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.handler = Handler
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def test_05_a_listed_hub_lora_is_refused_by_its_size_before_any_download_and_outside_the_gpu_lock(
+        tiny_pipeline, photo, monkeypatch):
+    import threading
+    from dataclasses import replace
+
+    from huggingface_hub import constants
+
+    from loras import LoraError
+
+    hub = _FakeHub()
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(tiny_pipeline, "settings", replace(tiny_pipeline.settings, allow_any_lora=False,
+                                                           lora_hub_ids=("org/huge-lora",), lora_max_mb=400))
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            tiny_pipeline.generate(photo, GenerationRequest(steps=1, resolution=64, lora="org/huge-lora"))
+        except LoraError as exc:
+            outcome["error"] = exc
+
+    with tiny_pipeline._lock:  # a run holds the GPU: the LoRA is looked up without waiting for it
+        caller = threading.Thread(target=run)
+        caller.start()
+        caller.join(30)
+        assert not caller.is_alive(), "the lookup waited for the GPU lock"
+    hub.server.shutdown()
+    message = str(outcome["error"])
+    assert "'org/huge-lora' (pytorch_lora_weights.safetensors, 7,700 MB) is larger than the 400 MB allowed" in message
+    assert all(path.startswith("/api/models/org/huge-lora") for path in hub.handler.requests), "no file download"
