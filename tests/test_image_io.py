@@ -62,6 +62,16 @@ REJECTED = {
     "decompression bomb": (png_header_only(100_000, 100_000), "far too large"),
     "huge dimensions": (png_header_only(9_000, 9_000), "more than the 40,000,000 allowed"),
     "1x1 image": (encode(Image.new("RGB", (1, 1))), "at least 16"),
+    # extreme aspect ratios, both ways, at the pixel limit (header only) and under it (real pixels)
+    "16x2500000 strip, at MAX_PIXELS": (png_header_only(16, 2_500_000), "times longer than wide"),
+    "2500000x16 strip, at MAX_PIXELS": (png_header_only(2_500_000, 16), "times longer than wide"),
+    "16x20000 strip": (encode(Image.new("RGB", (16, 20_000))), "times longer than wide"),
+    "20000x16 strip": (encode(Image.new("RGB", (20_000, 16))), "times longer than wide"),
+    # formats Pillow could decode but the uploader does not offer, renamed as if they were
+    "tiff renamed .png": (encode(Image.new("RGB", (32, 32)), "TIFF"), "PNG, JPEG, WebP or GIF"),
+    "ico renamed .png": (encode(Image.new("RGB", (32, 32)), "ICO"), "PNG, JPEG, WebP or GIF"),
+    "bmp renamed .jpg": (encode(Image.new("RGB", (32, 32)), "BMP"), "PNG, JPEG, WebP or GIF"),
+    "tga renamed .webp": (encode(Image.new("RGB", (32, 32)), "TGA"), "PNG, JPEG, WebP or GIF"),
 }
 
 ACCEPTED = {
