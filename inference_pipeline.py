@@ -87,6 +87,8 @@ class InferencePipeline:
         self._detector_lock = threading.Lock()
         self.detector_runs = 0  # how often the detector ran: the page's caches are judged by it
         self.model_ids = self._model_sources()
+        # asked once: every model below loads from the Hub or only from local copies by this answer
+        self._online = self.model_ids["set"] != "tiny" and _hub_reachable(self.settings.hub_timeout_s)
         self._check_models_can_be_had()
         with self.on_device():
             self.pipe = self._load_diffusion()
@@ -145,7 +147,7 @@ class InferencePipeline:
     def _check_models_can_be_had(self) -> None:
         """Without the Hub, name every model that is neither a local file or folder nor in the caches, at once
         (loading stops at the first)."""
-        if self.model_ids["set"] == "tiny" or _hub_reachable(self.settings.hub_timeout_s):
+        if self.model_ids["set"] == "tiny" or self._online:
             return
         from huggingface_hub import try_to_load_from_cache
         from huggingface_hub.errors import HFValidationError
@@ -181,7 +183,7 @@ class InferencePipeline:
             variant = self.settings.variant if any(f".{self.settings.variant}." in p.name for p in
                                                    local.rglob("*")) else None
             return cls.from_pretrained(local, variant=variant, dtype=self.dtype, **kwargs)
-        online = _hub_reachable(self.settings.hub_timeout_s)
+        online = self._online
         try:
             try:
                 return cls.from_pretrained(source, variant=self.settings.variant, dtype=self.dtype,
@@ -301,14 +303,11 @@ class InferencePipeline:
                                             result.boxes.cls.tolist())]
         return sorted(found, key=lambda d: -d.confidence)
 
-    def preview(self, image: Any, request: GenerationRequest | None = None,
-                detections: list[Detection] | None = None) -> ControlPreview:
-        """Detect and build the control image exactly as `generate` would, without denoising; `detections`,
-        when given, stand for the detector's answer to this image and the request's detection settings."""
+    def preview(self, image: Any, request: GenerationRequest | None = None) -> ControlPreview:
+        """Detect and build the control image exactly as `generate` would, without denoising."""
         request = request or GenerationRequest()
         image = load_image(image, self.settings.max_pixels, self.settings.max_aspect)
-        if detections is None:
-            detections = self.detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
+        detections = self.detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
         control, warnings = self.control_image(image, detections, request)
         return ControlPreview(control, detections, warnings)
 

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from denoise import short_error
 from detections import Detection
 from generation_request import GenerationRequest, GenerationResult, InvalidRequestError
 from image_io import InvalidImageError
@@ -89,7 +90,7 @@ class Job:
 def estimate_start(remaining_s: list[float], ahead_s: list[float]) -> float:
     """Seconds until a job can start: every worker first finishes what it runs (`remaining_s`, one entry per
     worker, 0 when idle), then the jobs ahead in the queue (`ahead_s`) go, in order, to the worker free first."""
-    free_at = sorted(remaining_s)
+    free_at = list(remaining_s)
     heapq.heapify(free_at)
     for cost in ahead_s:
         heapq.heappush(free_at, heapq.heappop(free_at) + cost)
@@ -134,9 +135,7 @@ class Worker:
             return FAILED
         except Exception as exc:  # a bug or a broken model: the worker must live on and serve the next job
             log.exception("job %s failed on %s", job.id, self.name)
-            first_line = str(exc).splitlines()[0] if str(exc) else ""
-            job.message = (f"The run failed unexpectedly ({type(exc).__name__}: {first_line}). It was logged; the "
-                           "next run may work.")
+            job.message = f"The run failed unexpectedly ({short_error(exc)}). It was logged; the next run may work."
             return FAILED
         job.result = result
         steps_done = result.run_card["steps_done"]
