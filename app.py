@@ -33,6 +33,7 @@ from image_io import InvalidImageError
 from inference_pipeline import ModelLoadError
 from jobs import CANCELLED, DONE, QUEUED, JobQueue
 from loras import offered as offered_loras
+from presets import PRESETS
 from previews import Previews
 from run_card import a1111_parameters
 from settings import Settings
@@ -73,7 +74,8 @@ TOKEN_PARAM, TOKEN_HOURS = "access", 12
 POLL_S = 0.5
 STAGES = {"detect": "Detecting objects", "control": "Building the control image", "generate": "Denoising"}
 # Widgets named after a GenerationRequest field take its default; these are the page's own.
-REQUEST_WIDGETS = ("added_prompt", "negative_prompt", "num_images", "steps", "guidance_scale", "resolution",
+REQUEST_WIDGETS = ("added_prompt", "negative_prompt", "preset", "fast_decode", "num_images", "steps",
+                   "guidance_scale", "resolution",
                    "resize_mode", "controlnet_scale", "guess_mode", "scheduler", "lora_weight", "canny_low",
                    "canny_high", "control_mode", "control_padding", "control_feather", "background_weight",
                    "invert_edge_map", "detect_conf", "detect_iou")
@@ -252,8 +254,25 @@ def prompt_panel() -> None:
     st.text_input("Negative prompt", key="negative_prompt", max_chars=MAX_PROMPT_CHARS)
 
 
-def generation_panel(settings: Settings) -> None:
+def use_preset() -> None:
+    """A preset sets scheduler, steps and CFG; the sliders stay free to change afterwards."""
+    preset = PRESETS[st.session_state.preset]
+    st.session_state.scheduler, st.session_state.steps = preset.scheduler, preset.steps
+    st.session_state.guidance_scale = preset.guidance_scale
+
+
+def preset_label(name: str, measured: dict[str, float]) -> str:
+    seconds = measured.get(name)
+    return PRESETS[name].label + (f" · {seconds:.1f} s/image here" if seconds is not None else "")
+
+
+def generation_panel(settings: Settings, jobs: JobQueue) -> None:
     with st.expander("Generation settings", expanded=True):
+        st.radio("Speed preset", list(PRESETS), key="preset", horizontal=True, on_change=use_preset,
+                 format_func=lambda name: preset_label(name, jobs.seconds_per_image),
+                 help=" ".join(f"**{p.label}**: {p.help}" for p in PRESETS.values()) +
+                 " Seconds per image appear once a preset has run on this server.")
+        st.checkbox("Decode with TAESD (fastest, slightly softer)", key="fast_decode")
         left, right = st.columns(2)
         slider(left, "Steps", "steps", 1)
         slider(right, "Guidance scale (CFG)", "guidance_scale", 0.5)
@@ -315,7 +334,7 @@ def request_from_state(names: dict[int, str]) -> GenerationRequest:
     start, end = state.control_range
     return GenerationRequest(
         prompt=state.prompt, added_prompt=state.added_prompt, negative_prompt=state.negative_prompt,
-        num_images=state.num_images, steps=state.steps, guidance_scale=state.guidance_scale,
+        preset=state.preset, fast_decode=state.fast_decode, num_images=state.num_images, steps=state.steps, guidance_scale=state.guidance_scale,
         seed=None if state.randomize_seed else int(state.seed), resolution=state.resolution, size_multiple=64,
         width=state.width if state.set_size else None, height=state.height if state.set_size else None,
         resize_mode=state.resize_mode, controlnet_scale=state.controlnet_scale, control_start=start,
@@ -368,8 +387,8 @@ def generate_panel(jobs: JobQueue, previews: Previews, image: Any, key: str | No
     if st.button("Generate", type="primary", width="stretch",
                  disabled=image is None or request is None or mine_active,
                  help="Your run is on its way; cancel it or wait for it." if mine_active else None):
-        detections = previews.detections(image, key, request)
-        st.session_state.job = jobs.submit(image, request, owner=st.session_state.owner, detections=detections)
+        st.session_state.job = jobs.submit(image, request, owner=st.session_state.owner,
+                                           preview=previews.preview(image, key, request))
         st.session_state.pop("notice", None)
     job = st.session_state.get("job")
     if job is not None and job.active:
@@ -390,6 +409,8 @@ def job_view(jobs: JobQueue) -> None:
             st.info(f"Waiting for the GPU: your run is number {position} in the queue{wait}.")
     elif job.stage == "generate":
         st.progress(min(job.step / max(job.total, 1), 1.0), text=f"Denoising step {job.step} of {job.total}")
+        if job.preview is not None:
+            st.image(job.preview, caption=f"Live preview after step {job.preview_step}", width=256)
     else:
         st.progress(0.0, text=STAGES.get(job.stage or "detect", "Starting") + "…")
     st.button("Cancel", key="cancel", on_click=jobs.cancel, args=(job,), help="Stops after the current step.")
@@ -539,7 +560,7 @@ def main() -> None:
             st.session_state.detected_labels = sorted({d.label for d in detections})
             st.image(draw_detections(image, detections), caption=f"{len(detections)} detections",
                      width="stretch")
-        generation_panel(jobs.pipelines[0].settings)
+        generation_panel(jobs.pipelines[0].settings, jobs)
     with control_column:
         control_panel(previews, image, key, names)
         detection_panel(list(names.values()))

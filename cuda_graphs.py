@@ -1,8 +1,8 @@
-"""Replay the UNet and ControlNet of a diffusers pipeline from CUDA graphs.
+"""Replay the UNet, the ControlNet and the VAE decode of a diffusers pipeline from CUDA graphs.
 
 At batch 1 the GPU spends most of a denoising step waiting for Python and kernel launches; a CUDA
 graph replays the whole forward pass with one launch. `enable(pipe)` wraps the `forward` of the UNet
-and the ControlNet: the first call with a new input signature (shapes, dtypes, flags) is captured, later
+and the ControlNet and the VAE's `decode` (a few-step run spends as long decoding as denoising): the first call with a new input signature (shapes, dtypes, flags) is captured, later
 calls copy their tensors into the captured inputs and replay. diffusers' own denoising loop is unchanged,
 so control start/end, guess mode and every scheduler work as before; the ControlNet's float
 `conditioning_scale` becomes a tensor so that changing it needs no new capture.
@@ -47,19 +47,21 @@ class _Captured:
 
 @dataclass
 class _Pools:
-    """One memory pool per latent shape, shared by the ControlNet and UNet graphs of that shape: they are
-    always replayed one after the other, and each output is consumed before the next replay."""
+    """One memory pool per latent height and width, shared by every graph of that size (ControlNet and UNet
+    with and without CFG, the VAE decode): they are replayed one after the other, never at once, and each
+    output is consumed before the next replay."""
 
     handles: dict[tuple, Any] = field(default_factory=dict)
 
-    def get(self, key: tuple) -> Any:
+    def get(self, shape: tuple) -> Any:
+        key = tuple(shape[-2:])
         if key not in self.handles:
             self.handles[key] = torch.cuda.graph_pool_handle()
         return self.handles[key]
 
 
 class GraphedForward:
-    """Stands in for `module.forward`: captures once per input signature, then replays."""
+    """Stands in for `module.forward` (or the VAE's `decode`): captures once per input signature, then replays."""
 
     def __init__(self, module: torch.nn.Module, forward: Callable[..., Any], pools: _Pools, stats: GraphStats,
                  scalar_kwargs: tuple[str, ...] = ()) -> None:
@@ -134,20 +136,31 @@ class GraphedForward:
         return captured
 
 
+# What is wrapped: (the pipeline's component, its method, the float keyword arguments turned into tensors).
+GRAPHED = (("controlnet", "forward", ("conditioning_scale",)), ("unet", "forward", ()), ("vae", "decode", ()))
+
+
+def eager(method: Callable[..., Any]) -> Callable[..., Any]:
+    """The plain method behind a graphed one (for calls that must not be captured)."""
+    return method.eager if isinstance(method, GraphedForward) else method
+
+
 def enable(pipe: Any, compile: bool = False) -> GraphStats:
-    """Wrap the UNet's and the ControlNet's forward; returns the shared statistics.
+    """Wrap the UNet's and the ControlNet's forward and the VAE's decode; returns the shared statistics.
 
     With `compile`, the captured forwards are torch.compile'd first (inductor's fused kernels, without
     its own CUDA graphs, whose reused outputs clash with the ControlNet feeding the UNet); the
     compilation runs during the first capture of each shape and takes minutes."""
     stats, pools = GraphStats(), _Pools()
-    for module, scalars in ((pipe.controlnet, ("conditioning_scale",)), (pipe.unet, ())):
-        forward = torch.compile(module.forward) if compile else module.forward
-        module.forward = GraphedForward(module, forward, pools, stats, scalars)
+    for name, method, scalars in GRAPHED:
+        module = getattr(pipe, name)
+        forward = getattr(module, method)
+        forward = torch.compile(forward) if compile else forward
+        setattr(module, method, GraphedForward(module, forward, pools, stats, scalars))
     return stats
 
 
 def disable(pipe: Any) -> None:
     """Back to plain eager forwards (drops every captured graph)."""
-    for module in (pipe.controlnet, pipe.unet):
-        module.__dict__.pop("forward", None)
+    for name, method, _ in GRAPHED:
+        getattr(pipe, name).__dict__.pop(method, None)

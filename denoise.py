@@ -6,11 +6,16 @@
 - Out of GPU memory: free it, then retry with attention slicing, VAE tiling, model CPU offload and a smaller
   size, each added to the previous; every remedy is undone afterwards.
 - An fp16 VAE can overflow into NaN (a black picture): the latents are decoded again in float32.
+
+Around the loop it keeps what a few-step run would otherwise pay every time: the prompt embeddings of an
+unchanged prompt are reused, and the final decode is one CUDA-graph replay (cuda_graphs.py) followed by one
+host synchronisation.
 """
 
 from __future__ import annotations
 
 import gc
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,10 +25,13 @@ from PIL import Image
 import attention_backend
 import cuda_graphs
 from generation_request import GenerationRequest
+from live_preview import decode_preview, preview_steps
+from presets import TCD_GAMMA
 
 # Tried in this order when the GPU runs out of memory; each one stays on for the retries after it.
 OOM_REMEDIES = ("attention slicing", "VAE tiling", "model CPU offload", "a smaller size")
 ATTENTION_PACKAGES = ("xformers", "flash_attn")
+PROMPT_CACHE_ENTRIES = 8
 
 
 class GenerationError(RuntimeError):
@@ -64,11 +72,18 @@ def free_gpu_memory() -> None:
 class Denoiser:
     """Owns the state the fallbacks change: the attention backend in use and the CUDA graphs."""
 
-    def __init__(self, pipe: Any, device: str, attention: str, graphs: bool, compile: bool = False) -> None:
-        self.pipe, self.device, self.compile = pipe, device, compile
+    def __init__(self, pipe: Any, device: str, attention: str, graphs: bool, compile: bool = False,
+                 taesd: Any | None = None) -> None:
+        self.pipe, self.device, self.compile, self.taesd = pipe, device, compile, taesd
         self.attention_in_use = attention
         self.attention_fallback: str | None = None
         self.graph_stats = cuda_graphs.enable(pipe, compile=compile) if graphs else None
+        self._prompts: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
+
+    def weights_changed(self) -> None:
+        """A LoRA was loaded, reweighted or dropped: cached prompt embeddings and captured graphs are stale."""
+        self._prompts.clear()
+        self.refresh_graphs()
 
     def refresh_graphs(self) -> None:
         """Graphs captured before a change of weights or attention processors are stale: recapture."""
@@ -78,9 +93,10 @@ class Denoiser:
 
     def run(self, control: Image.Image, request: GenerationRequest, seeds: list[int], scheduler: Any,
             on_step: Callable[[int, int], None] | None = None,
-            should_cancel: Callable[[], bool] | None = None) -> Denoised:
+            should_cancel: Callable[[], bool] | None = None,
+            on_preview: Callable[[int, Image.Image], None] | None = None) -> Denoised:
         def attempt(ctl: Image.Image) -> tuple[list[Image.Image], list[str]]:
-            return self._with_attention_fallback(ctl, request, seeds, scheduler, on_step, should_cancel)
+            return self._with_attention_fallback(ctl, request, seeds, scheduler, on_step, should_cancel, on_preview)
 
         try:
             try:
@@ -106,9 +122,11 @@ class Denoiser:
 
     def _with_attention_fallback(self, control: Image.Image, request: GenerationRequest, seeds: list[int],
                                  scheduler: Any, on_step: Callable[[int, int], None] | None,
-                                 should_cancel: Callable[[], bool] | None) -> tuple[list[Image.Image], list[str]]:
+                                 should_cancel: Callable[[], bool] | None,
+                                 on_preview: Callable[[int, Image.Image], None] | None
+                                 ) -> tuple[list[Image.Image], list[str]]:
         try:
-            return self._call_pipe(control, request, seeds, scheduler, on_step, should_cancel)
+            return self._call_pipe(control, request, seeds, scheduler, on_step, should_cancel, on_preview)
         except (RuntimeError, NotImplementedError, ValueError) as exc:
             if (self.attention_in_use == "sdpa" or isinstance(exc, torch.cuda.OutOfMemoryError)
                     or not self._raised_by_attention(exc)):
@@ -118,7 +136,7 @@ class Denoiser:
             attention_backend.apply(self.pipe, "sdpa")
             self.attention_in_use = "sdpa"
             self.refresh_graphs()
-            return self._call_pipe(control, request, seeds, scheduler, on_step, should_cancel)
+            return self._call_pipe(control, request, seeds, scheduler, on_step, should_cancel, on_preview)
 
     def _recover_from_oom(self, control: Image.Image, request: GenerationRequest,
                           attempt: Callable[[Image.Image], tuple[list[Image.Image], list[str]]]) -> Denoised:
@@ -162,8 +180,13 @@ class Denoiser:
 
     def _call_pipe(self, control: Image.Image, request: GenerationRequest, seeds: list[int], scheduler: Any,
                    on_step: Callable[[int, int], None] | None,
-                   should_cancel: Callable[[], bool] | None) -> tuple[list[Image.Image], list[str]]:
+                   should_cancel: Callable[[], bool] | None,
+                   on_preview: Callable[[int, Image.Image], None] | None) -> tuple[list[Image.Image], list[str]]:
+        previews = set(preview_steps(request.steps)) if on_preview is not None else set()
+
         def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if step + 1 in previews:
+                on_preview(step + 1, decode_preview(tensors["latents"], self.taesd, control.size))  # type: ignore[misc]
             if on_step is not None:
                 on_step(step + 1, request.steps)
             if should_cancel is not None and should_cancel():
@@ -173,25 +196,49 @@ class Denoiser:
         # One CPU generator per image: image i of seed s is image 0 of seed s+i (up to batch rounding).
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         self.pipe.scheduler = scheduler
-        output = self.pipe(prompt=request.full_prompt, negative_prompt=request.negative_prompt or None,
+        prompt_embeds, negative_embeds = self._prompt_embeddings(request)
+        output = self.pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
                            image=control, num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
                            num_images_per_prompt=request.num_images, generator=generators,
                            controlnet_conditioning_scale=request.controlnet_scale,
                            control_guidance_start=request.control_start, control_guidance_end=request.control_end,
                            guess_mode=request.guess_mode, height=control.height, width=control.width,
+                           eta=TCD_GAMMA if request.scheduler == "tcd" else 0.0,
                            callback_on_step_end=step_end, output_type="latent")
-        return self._decode(output.images)
+        return self._decode(output.images, request.fast_decode)
 
-    def _decode(self, latents: torch.Tensor) -> tuple[list[Image.Image], list[str]]:
-        """Latents to pictures; a NaN or all-black fp16 decode is decoded once more in float32."""
+    def _prompt_embeddings(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """CLIP's embeddings of the prompt (and of the negative prompt when CFG is on), computed once per text."""
+        guided = request.guidance_scale > 1
+        key = (request.full_prompt, request.negative_prompt, guided)
+        if key not in self._prompts:
+            with torch.no_grad():
+                self._prompts[key] = self.pipe.encode_prompt(request.full_prompt, self.pipe.device, 1, guided,
+                                                             request.negative_prompt or None)
+            while len(self._prompts) > PROMPT_CACHE_ENTRIES:
+                self._prompts.popitem(last=False)
+        self._prompts.move_to_end(key)
+        return self._prompts[key]
+
+    def _decode(self, latents: torch.Tensor, fast: bool = False) -> tuple[list[Image.Image], list[str]]:
+        """Latents to pictures (by TAESD when `fast` and it is loaded); a NaN or all-black fp16 decode is
+        decoded once more in float32."""
         vae, notes = self.pipe.vae, []
+        if fast and self.taesd is None:
+            notes.append("TAESD is not available here, so the full VAE decoded the picture.")
         with torch.no_grad():
-            pixels = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
-            if not torch.isfinite(pixels).all() or pixels.max() <= -0.99:
+            if fast and self.taesd is not None:
+                pixels = self.taesd.decode(latents.to(self.taesd.dtype), return_dict=False)[0]
+                broken = False
+            else:
+                pixels = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+                broken = bool(~torch.isfinite(pixels).all() | (pixels.max() <= -0.99))  # one host sync
+            if broken:
                 dtype = vae.dtype
                 vae.to(torch.float32)
-                try:
-                    pixels = vae.decode(latents.float() / vae.config.scaling_factor, return_dict=False)[0]
+                try:  # eager: a graph captured with the float32 weights would outlive them
+                    pixels = cuda_graphs.eager(vae.decode)(latents.float() / vae.config.scaling_factor,
+                                                           return_dict=False)[0]
                 finally:
                     vae.to(dtype)
                 notes.append("The VAE decode gave NaN or an all-black picture; it was decoded again in float32.")

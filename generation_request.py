@@ -9,9 +9,12 @@ from typing import Any
 
 from control_image import CONTROL_MODES, RESIZE_MODES
 from detections import Detection
+from presets import PRESETS
 
-# Each scheduler with the label the page shows; schedulers.py builds each of them.
-SCHEDULERS = {"unipc": "UniPC", "dpmpp_2m_karras": "DPM++ 2M Karras", "euler_a": "Euler ancestral", "ddim": "DDIM"}
+# Each scheduler with the label the page shows; schedulers.py builds each of them. LCM and TCD are for the
+# distillation LoRAs of the fast presets (presets.py).
+SCHEDULERS = {"unipc": "UniPC", "dpmpp_2m_karras": "DPM++ 2M Karras", "euler_a": "Euler ancestral", "ddim": "DDIM",
+              "lcm": "LCM", "tcd": "TCD"}
 NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, "
                    "worst quality, low quality")
 SEED_MAX = 2**32 - 1
@@ -34,9 +37,9 @@ WHOLE_NUMBERS = ("num_images", "steps", "seed", "resolution", "size_multiple", "
                  "canny_high", "control_feather")
 NUMBERS = ("guidance_scale", "controlnet_scale", "control_start", "control_end", "lora_weight", "control_padding",
            "background_weight", "detect_conf", "detect_iou")
-TEXTS = ("prompt", "added_prompt", "negative_prompt", "resize_mode", "scheduler", "lora", "control_mode",
+TEXTS = ("prompt", "added_prompt", "negative_prompt", "preset", "resize_mode", "scheduler", "lora", "control_mode",
          "control_source")
-SWITCHES = ("guess_mode", "invert_edge_map")
+SWITCHES = ("guess_mode", "invert_edge_map", "fast_decode")
 CLASS_LISTS = ("control_classes", "detect_classes")
 OPTIONAL = ("seed", "width", "height", "lora", "control_classes", "detect_classes")
 
@@ -81,14 +84,18 @@ def _choice(name: str, value: str, choices: dict[str, str] | tuple[str, ...]) ->
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """Every knob of one run, with the defaults of the ControlNet Canny demo."""
+    """Every knob of one run, with the defaults of the ControlNet Canny demo.
+
+    `preset` ("quality", "fast", "turbo": presets.py) fills `scheduler`, `steps` and `guidance_scale` where
+    they are left at None, and brings its distillation LoRA; a value given explicitly wins."""
 
     prompt: str = ""
     added_prompt: str = "best quality, extremely detailed"
     negative_prompt: str = NEGATIVE_PROMPT
+    preset: str = "quality"
     num_images: int = 1
-    steps: int = 20
-    guidance_scale: float = 7.5
+    steps: int = None  # type: ignore[assignment]  # None: the preset's; an int after construction
+    guidance_scale: float = None  # type: ignore[assignment]
     seed: int | None = None
     resolution: int = 512
     size_multiple: int = 8
@@ -99,7 +106,8 @@ class GenerationRequest:
     control_start: float = 0.0
     control_end: float = 1.0
     guess_mode: bool = False
-    scheduler: str = "unipc"
+    scheduler: str = None  # type: ignore[assignment]
+    fast_decode: bool = False  # decode the final latents with TAESD: fastest, slightly softer
     lora: str | None = None
     lora_weight: float = 0.8
     canny_low: int = 100
@@ -116,6 +124,12 @@ class GenerationRequest:
     detect_classes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        _check_kind("preset", self.preset)
+        _choice("preset", self.preset, PRESETS)
+        preset = PRESETS[self.preset]
+        for name in ("scheduler", "steps", "guidance_scale"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, getattr(preset, name))
         for name in (*WHOLE_NUMBERS, *NUMBERS, *TEXTS, *SWITCHES, *CLASS_LISTS):
             _check_kind(name, getattr(self, name))
         for name in ("prompt", "added_prompt", "negative_prompt"):

@@ -29,6 +29,7 @@ from generation_request import (NEGATIVE_PROMPT, SCHEDULERS, SEED_MAX, ControlPr
                                 GenerationResult, InvalidRequestError)
 from image_io import InvalidImageError, load_image
 from loras import LoraError, resolve as resolve_lora
+from presets import PRESETS
 from run_card import library_versions, public_source
 from settings import Settings
 
@@ -101,11 +102,12 @@ class InferencePipeline:
 
                 self.detect(np.zeros((64, 64, 3), np.uint8))
             attention_backend.apply(self.pipe, self.attention.chosen)
+            self.taesd = self._load_taesd()
             self.denoiser = Denoiser(self.pipe, self.device, self.attention.chosen, self._fast_path_wanted(),
-                                     self.settings.compile)
+                                     self.settings.compile, self.taesd)
         self._schedulers: dict[str, Any] = {}
         self.versions = library_versions()
-        self._lora: tuple[str, float] | None = None
+        self._loras: dict[str, tuple[str, float]] = {}  # adapter name ("style", "distill") -> (source, weight)
         self.load_seconds = time.perf_counter() - started
 
     @property
@@ -140,9 +142,13 @@ class InferencePipeline:
         if self.settings.models == "tiny":
             paths = tiny_models.ensure_tiny_models(self.settings.cache_dir)
             return {"set": "tiny", "sd15": str(paths.sd15), "controlnet": str(paths.controlnet),
-                    "yolo": str(paths.yolo)}
+                    "yolo": str(paths.yolo), "taesd": str(paths.taesd),
+                    **{f"lora_{name}": str(paths.distill_lora) for name, p in PRESETS.items() if p.lora}}
+        overrides = dict(self.settings.preset_loras)
         return {"set": "sd15", "sd15": self.settings.sd15_model, "controlnet": self.settings.controlnet_model,
-                "yolo": self.settings.yolo_model}
+                "yolo": self.settings.yolo_model, **({"taesd": self.settings.taesd_model} if self.settings.taesd_model
+                                                     else {}),
+                **{f"lora_{name}": overrides.get(name, p.lora) for name, p in PRESETS.items() if p.lora}}
 
     def _check_models_can_be_had(self) -> None:
         """Without the Hub, name every model that is neither a local file or folder nor in the caches, at once
@@ -224,6 +230,20 @@ class InferencePipeline:
                 f"Could not load the detector '{source}': {short_error(exc)}. Ways out: set YOLO_MODEL to a local "
                 f".pt file, give this machine internet access, or start with MODELS=tiny.") from exc
 
+    def _load_taesd(self) -> Any | None:
+        """TAESD for live previews and the fast decode; without it previews use a linear map (live_preview.py)."""
+        source = self.model_ids.get("taesd")
+        if source is None:
+            return None
+        from diffusers import AutoencoderTiny
+
+        try:
+            taesd = self._from_pretrained(AutoencoderTiny, source, "TAESD", "TAESD_MODEL")
+        except ModelLoadError as exc:
+            log.warning("%s Live previews use a linear approximation instead.", exc)
+            return None
+        return taesd.to(self.device)
+
     def _fast_path_wanted(self) -> bool:
         """channels_last on CUDA, and CUDA graphs unless turned off; `fast_path` says what is on and why."""
         if not self.device.startswith("cuda"):
@@ -249,38 +269,58 @@ class InferencePipeline:
             self._schedulers[name] = make_scheduler(name, self._scheduler_config)
         return self._schedulers[name]
 
-    def _use_lora(self, source: str | None, weight: float) -> None:
-        """Load, reweight or drop the style LoRA; unloading restores the base weights exactly."""
-        wanted = (source, weight) if source else None
-        if wanted == self._lora:
+    def _use_loras(self, wanted: dict[str, tuple[str, float]]) -> None:
+        """Make `wanted` ({adapter: (source, weight)}: "style" and "distill") the active LoRAs: load what is
+        new, drop what is no longer wanted (with none left, the base weights are restored exactly), set the
+        weights. On a failure every LoRA is dropped and LoraError says which one did not fit."""
+        if wanted == self._loras:
             return
-        if self._lora is not None and (source is None or source != self._lora[0]):
+        if not wanted:
             self.pipe.unload_lora_weights()
-            self._lora = None
-        if source and self._lora is None:
-            try:
-                self._load_lora(source)
-            except Exception as exc:
-                self.pipe.unload_lora_weights()
-                self.denoiser.refresh_graphs()
-                raise LoraError(f"The LoRA '{public_source(source)}' cannot be used with this SD1.5 model "
-                                f"({short_error(exc).replace(str(Path(source).parent), '…')}). "
-                                "Generating without it works as before.") from exc
-        if source:
-            self.pipe.set_adapters(["style"], adapter_weights=[weight])
-        self._lora = wanted
-        self.denoiser.refresh_graphs()
+        else:
+            stale = [name for name, (source, _) in self._loras.items() if wanted.get(name, (None,))[0] != source]
+            if stale:
+                self.pipe.delete_adapters(stale)
+            for name, (source, _) in wanted.items():
+                if name in self._loras and name not in stale:
+                    continue
+                try:
+                    self._load_lora(source, name)
+                except Exception as exc:
+                    self.pipe.unload_lora_weights()
+                    self._loras = {}
+                    self.denoiser.weights_changed()
+                    why = short_error(exc).replace(str(Path(source).parent), "…")
+                    if name == "distill":
+                        raise LoraError(f"The preset's distillation LoRA '{public_source(source)}' could not be "
+                                        f"loaded ({why}). Fetch it first (python launch.py --prefetch, or the "
+                                        "notebook's prefetch cell), or choose the Quality preset.") from exc
+                    raise LoraError(f"The LoRA '{public_source(source)}' cannot be used with this SD1.5 model "
+                                    f"({why}). Generating without it works as before.") from exc
+            self.pipe.set_adapters(list(wanted), adapter_weights=[weight for _, weight in wanted.values()])
+        self._loras = dict(wanted)
+        self.denoiser.weights_changed()
 
-    def _load_lora(self, source: str) -> None:
+    def _load_lora(self, source: str, adapter: str) -> None:
         path = Path(source).expanduser()
         if path.is_file():
             if path.suffix != ".safetensors":
                 raise ValueError("only .safetensors files are loaded (other formats can run code)")
-            self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="style")
+            self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
         else:
             local_only = not path.is_dir() and not _hub_reachable(self.settings.hub_timeout_s)
-            self.pipe.load_lora_weights(source, adapter_name="style", use_safetensors=True,
+            self.pipe.load_lora_weights(source, adapter_name=adapter, use_safetensors=True,
                                         local_files_only=local_only)
+
+    def loras_for(self, request: GenerationRequest, style: str | None) -> dict[str, tuple[str, float]]:
+        """The adapters a request runs with: its preset's distillation LoRA and the (resolved) style LoRA."""
+        wanted = {}
+        preset = PRESETS[request.preset]
+        if preset.lora:
+            wanted["distill"] = (self.model_ids[f"lora_{request.preset}"], preset.lora_weight)
+        if style:
+            wanted["style"] = (style, request.lora_weight)
+        return wanted
 
     # -- running ---------------------------------------------------------------------------------------
 
@@ -337,40 +377,48 @@ class InferencePipeline:
                  on_step: Callable[[int, int], None] | None = None,
                  should_cancel: Callable[[], bool] | None = None,
                  on_stage: Callable[[str], None] | None = None,
-                 detections: list[Detection] | None = None) -> GenerationResult:
+                 detections: list[Detection] | None = None,
+                 preview: ControlPreview | None = None,
+                 on_preview: Callable[[int, Any], None] | None = None) -> GenerationResult:
         """Detect, build the control image and denoise. Same seed, same pixels.
 
         `on_stage` hears "detect", "control" and "generate" as each stage starts; `on_step(step, total)`
-        after every denoising step; `should_cancel()` is asked after every step. `detections`, when given
-        (a preview's, for this image and the request's detection settings), are used instead of detecting
-        again."""
+        after every denoising step; `should_cancel()` is asked after every step; `on_preview(step, image)`
+        every few steps (live_preview.py). `detections`, or a whole `preview` (`preview()`'s answer for this
+        image and request), are used instead of computing them again."""
         stage = on_stage or (lambda name: None)
         request = request or GenerationRequest()
         image = load_image(image, self.settings.max_pixels, self.settings.max_aspect)
         seed = request.seed if request.seed is not None else random.randint(0, SEED_MAX - request.num_images)
         seeds = [(seed + i) % (SEED_MAX + 1) for i in range(request.num_images)]
-        lora = resolve_lora(request.lora, self.settings) if request.lora else None  # a download: before the GPU lock
+        style = resolve_lora(request.lora, self.settings) if request.lora else None  # a download: before the lock
+        loras = self.loras_for(request, style)
         with self._lock, self.on_device():
-            self._use_lora(lora, request.lora_weight)
+            self._use_loras(loras)
             stage("detect")
             t0 = time.perf_counter()
-            if detections is None:
+            if preview is not None:
+                detections = preview.detections
+            elif detections is None:
                 detections = self.detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
             t1 = time.perf_counter()
             stage("control")
-            control, warnings = self.control_image(image, detections, request)
+            if preview is not None:
+                control, warnings = preview.control_image, list(preview.warnings)
+            else:
+                control, warnings = self.control_image(image, detections, request)
             warnings += self._prompt_warnings(request)
             t2 = time.perf_counter()
             stage("generate")
             denoised = self.denoiser.run(control, request, seeds, self._scheduler(request.scheduler), on_step,
-                                         should_cancel)
+                                         should_cancel, on_preview)
             warnings += denoised.notes
             t3 = time.perf_counter()
         timings = {"detect_s": t1 - t0, "control_s": t2 - t1, "generate_s": t3 - t2, "total_s": t3 - t0}
         images, control, cancelled = denoised.images or [], denoised.control, denoised.images is None
         fidelity = [edge_fidelity(output, control) for output in images]
         card = self._run_card(replace(request, seed=seed), seeds, control.size, timings, cancelled,
-                              denoised.steps_done)
+                              denoised.steps_done, loras)
         flagged = [bool(image.info.get("flagged")) for image in images]
         card.update(fidelity=fidelity, warnings=warnings, flagged=flagged)
         return GenerationResult(images, control, detections, seed, timings, card, cancelled, seeds, fidelity,
@@ -390,7 +438,8 @@ class InferencePipeline:
         return found
 
     def _run_card(self, request: GenerationRequest, seeds: list[int], size: tuple[int, int],
-                  timings: dict[str, float], cancelled: bool, steps_done: int) -> dict[str, Any]:
+                  timings: dict[str, float], cancelled: bool, steps_done: int,
+                  loras: dict[str, tuple[str, float]]) -> dict[str, Any]:
         import torch
 
         device = self.device if self.device == "cpu" else f"{self.device} ({torch.cuda.get_device_name(self.device)})"
@@ -402,6 +451,10 @@ class InferencePipeline:
             "size": list(size),
             "models": {key: public_source(source) for key, source in self.model_ids.items()},
             "scheduler": type(self._scheduler(request.scheduler)).__name__,
+            "preset": request.preset,
+            "loras": [{"role": "distillation" if name == "distill" else name, "id": public_source(source),
+                       "weight": weight} for name, (source, weight) in loras.items()],
+            "decoder": "TAESD" if request.fast_decode and self.taesd is not None else "VAE",
             "device": device,
             "dtype": str(self.dtype).removeprefix("torch."),
             "attention": {"chosen": self.attention.chosen, "why": self.attention.why, "in_use": self.attention_in_use,

@@ -6,7 +6,7 @@ it. Here a job lives in the server process: the page submits it and renders it, 
     queue = JobQueue.for_settings(Settings.from_env())      # one worker (and pipeline) per GPU, or the CPU
     job = queue.submit(image, GenerationRequest(prompt="a fox"), owner=session_id)
     queue.position(job), queue.eta_s(job)                     # while it waits
-    job.state, job.stage, job.step, job.total                 # while it runs
+    job.state, job.stage, job.step, job.total, job.preview    # while it runs
     job.cancel()                                              # queued: at once; running: at the next step
     job.result or job.message                                 # when it ended
 
@@ -29,7 +29,7 @@ from typing import Any
 
 from denoise import short_error
 from detections import Detection
-from generation_request import GenerationRequest, GenerationResult, InvalidRequestError
+from generation_request import ControlPreview, GenerationRequest, GenerationResult, InvalidRequestError
 from image_io import InvalidImageError
 from inference_pipeline import GenerationError, InferencePipeline, LoraError
 from settings import Settings
@@ -51,6 +51,7 @@ class Job:
     image: Any
     owner: str
     detections: list[Detection] | None = None  # the preview's, for this image and the request's detection settings
+    preview_of_control: ControlPreview | None = None  # the page's preview for this image and request, if any
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     state: str = QUEUED
     stage: str | None = None  # "detect", "control", "generate" while running
@@ -63,6 +64,8 @@ class Job:
     worker: str | None = None  # the device that ran it
     result: GenerationResult | None = None
     message: str | None = None  # why it failed
+    preview: Any | None = None  # the latest live preview (a PIL image) while it denoises
+    preview_step: int = 0
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def __post_init__(self) -> None:
@@ -127,9 +130,13 @@ class Worker:
         def on_step(step: int, total: int) -> None:
             job.step, job.total = step, total
 
+        def on_preview(step: int, image: Any) -> None:
+            job.preview, job.preview_step = image, step
+
         try:
             result = self.pipeline.generate(job.image, job.request, on_step=on_step, should_cancel=job._cancel.is_set,
-                                            on_stage=on_stage, detections=job.detections)
+                                            on_stage=on_stage, detections=job.detections, preview=job.preview_of_control,
+                                            on_preview=on_preview)
         except EXPECTED_ERRORS as exc:
             job.message = str(exc)
             return FAILED
@@ -143,6 +150,8 @@ class Worker:
             per_step = result.timings["total_s"] / steps_done
             self.seconds_per_step = per_step if self.seconds_per_step is None else \
                 0.5 * self.seconds_per_step + 0.5 * per_step
+        if not result.cancelled:
+            self.queue.seconds_per_image[job.request.preset] = result.timings["total_s"] / max(1, len(result.images))
         return CANCELLED if result.cancelled else DONE
 
 
@@ -167,6 +176,7 @@ class JobQueue:
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._stopping = False
+        self.seconds_per_image: dict[str, float] = {}  # preset -> the last finished run's, measured here
         self.workers = [Worker(pipe, self) for pipe in pipelines]
         for worker in self.workers:
             worker.thread.start()
@@ -186,8 +196,8 @@ class JobQueue:
     # -- what the page calls ---------------------------------------------------------------------------
 
     def submit(self, image: Any, request: GenerationRequest, owner: str,
-               detections: list[Detection] | None = None) -> Job:
-        job = Job(request, image, owner, detections)
+               detections: list[Detection] | None = None, preview: ControlPreview | None = None) -> Job:
+        job = Job(request, image, owner, detections, preview)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the job queue has been shut down")

@@ -17,7 +17,8 @@ from PIL import Image, PngImagePlugin
 RUN_CARD_KEY = "run_card"
 PARAMETERS_KEY = "parameters"
 # Our scheduler and resize names as A1111 (and its ControlNet extension) write them.
-A1111_SAMPLERS = {"unipc": "UniPC", "dpmpp_2m_karras": "DPM++ 2M Karras", "euler_a": "Euler a", "ddim": "DDIM"}
+A1111_SAMPLERS = {"unipc": "UniPC", "dpmpp_2m_karras": "DPM++ 2M Karras", "euler_a": "Euler a", "ddim": "DDIM",
+                  "lcm": "LCM", "tcd": "TCD"}
 A1111_RESIZE = {"resize": "Just Resize", "crop": "Crop and Resize", "fill": "Resize and Fill"}
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "ultralytics", "xformers", "flash-attn")
 
@@ -51,8 +52,11 @@ def a1111_parameters(card: dict, index: int = 0) -> str:
     """The run of image `index` in A1111's infotext format."""
     request = card["request"]
     prompt = ", ".join(p for p in (request["prompt"].strip(), request["added_prompt"].strip()) if p)
-    if request.get("lora"):
-        prompt += f" <lora:{PurePath(request['lora']).stem}:{request['lora_weight']}>"
+    for lora in card.get("loras", []):  # the preset's distillation LoRA and the style LoRA, as A1111 writes them
+        name = PurePath(lora["id"]).stem
+        if name == "pytorch_lora_weights":  # diffusers' file name says nothing: name it by its repository
+            name = PurePath(lora["id"]).parent.name or name
+        prompt += f" <lora:{name}:{lora['weight']}>"
     controlnet = ", ".join([
         "Module: canny" if request["control_source"] == "canny" else "Module: none",
         f"Model: {model_name(card['models']['controlnet'])}", f"Weight: {request['controlnet_scale']}",
@@ -64,7 +68,8 @@ def a1111_parameters(card: dict, index: int = 0) -> str:
         f"Steps: {request['steps']}", f"Sampler: {A1111_SAMPLERS[request['scheduler']]}",
         f"CFG scale: {request['guidance_scale']}", f"Seed: {card['seeds'][index]}",
         f"Size: {card['size'][0]}x{card['size'][1]}", f"Model: {model_name(card['models']['sd15'])}",
-        f"ControlNet 0: {json.dumps(controlnet)}", "Version: yolo-controlnet-studio"])
+        f"ControlNet 0: {json.dumps(controlnet)}", f"Preset: {request.get('preset', 'quality')}",
+        "Version: yolo-controlnet-studio"])
     lines = [prompt]
     if request["negative_prompt"].strip():
         lines.append(f"Negative prompt: {request['negative_prompt'].strip()}")

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       UniPCMultistepScheduler)
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, LCMScheduler,
+                       TCDScheduler, UniPCMultistepScheduler)
 
 
 class AsyncUniPCMultistepScheduler(UniPCMultistepScheduler):
@@ -75,12 +75,34 @@ class AsyncUniPCMultistepScheduler(UniPCMultistepScheduler):
         return x_t.to(x.dtype)
 
 
+class _TablesOnDevice:
+    """For the consistency schedulers (LCM, TCD): their step indexes `alphas_cumprod`, a CPU table, with the
+    GPU timestep, which copies the index to the host every step; here the table lives beside the timesteps,
+    and the first step starts at the first timestep instead of searching for it."""
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any) -> None:
+        super().set_timesteps(num_inference_steps, device=device, **kwargs)  # type: ignore[misc]
+        self.alphas_cumprod = self.alphas_cumprod.to(self.timesteps.device)
+        self.final_alpha_cumprod = self.final_alpha_cumprod.to(self.timesteps.device)
+        self.set_begin_index(0)
+
+
+class AsyncLCMScheduler(_TablesOnDevice, LCMScheduler):
+    """LCMScheduler with its tables on the GPU; same arithmetic."""
+
+
+class AsyncTCDScheduler(_TablesOnDevice, TCDScheduler):
+    """TCDScheduler with its tables on the GPU; same arithmetic."""
+
+
 _BUILDERS = {
     "unipc": lambda config: AsyncUniPCMultistepScheduler.from_config(config),
     "dpmpp_2m_karras": lambda config: DPMSolverMultistepScheduler.from_config(
         config, algorithm_type="dpmsolver++", use_karras_sigmas=True),
     "euler_a": lambda config: EulerAncestralDiscreteScheduler.from_config(config),
     "ddim": lambda config: DDIMScheduler.from_config(config),
+    "lcm": lambda config: AsyncLCMScheduler.from_config(config),
+    "tcd": lambda config: AsyncTCDScheduler.from_config(config),
 }
 
 

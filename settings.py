@@ -14,6 +14,7 @@ from pathlib import Path
 DEFAULT_SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CONTROLNET = "lllyasviel/control_v11p_sd15_canny"
 DEFAULT_YOLO = "yolo26n.pt"
+DEFAULT_TAESD = "madebyollin/taesd"  # diffusers' AutoencoderTiny for SD1.5 latents: live previews, fast decode
 MODEL_SETS = ("tiny", "sd15")
 ATTENTION_CHOICES = ("auto", "flash-attn", "xformers", "sdpa", "sliced")
 
@@ -75,6 +76,8 @@ class Settings:
     max_side: int = 2048
     max_aspect: float = 8.0
     hub_timeout_s: float = 5.0
+    taesd_model: str | None = DEFAULT_TAESD
+    preset_loras: tuple[tuple[str, str], ...] = ()  # (preset, LoRA id or file) pairs that replace presets.py's
 
     def __post_init__(self) -> None:
         if self.models not in MODEL_SETS:
@@ -106,6 +109,10 @@ class Settings:
             "max_pixels": int(_env("MAX_PIXELS", "40000000")),
             "max_side": int(_env("MAX_SIDE", "2048")),
             "max_aspect": float(_env("MAX_ASPECT", "8")),
+            "taesd_model": None if _env("TAESD_MODEL", DEFAULT_TAESD).lower() == "none" else _env("TAESD_MODEL",
+                                                                                                   DEFAULT_TAESD),
+            "preset_loras": tuple((name, _env(f"PRESET_LORA_{name.upper()}", "")) for name in ("fast", "turbo")
+                                  if _env(f"PRESET_LORA_{name.upper()}", "")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

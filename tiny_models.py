@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-RECIPE_VERSION = "5"
+RECIPE_VERSION = "6"
 # The fixture detector: a tiny YOLOv8 trained on drawn circles, squares and triangles by
 # tools/train_shapes_detector.py, so that the smoke mode and the tests see real, non-empty detections.
 SHAPES_DETECTOR = Path(__file__).resolve().parent / "assets" / "shapes_detector.pt"
@@ -22,11 +22,15 @@ class TinyModelPaths:
     sd15: Path
     controlnet: Path
     yolo: Path
+    distill_lora: Path  # a distillation-LoRA stand-in: the fast presets load it where the real ones would go
+    taesd: Path  # an AutoencoderTiny with SD1.5's latent geometry: live previews and the fast decode
 
 
 def tiny_model_paths(folder: Path) -> TinyModelPaths:
     folder = Path(folder) / f"tiny-v{RECIPE_VERSION}"
-    return TinyModelPaths(sd15=folder / "sd15", controlnet=folder / "controlnet", yolo=SHAPES_DETECTOR)
+    return TinyModelPaths(sd15=folder / "sd15", controlnet=folder / "controlnet", yolo=SHAPES_DETECTOR,
+                          distill_lora=folder / "distill-lora" / "pytorch_lora_weights.safetensors",
+                          taesd=folder / "taesd")
 
 
 def ensure_tiny_models(folder: Path) -> TinyModelPaths:
@@ -82,6 +86,9 @@ TINY = {
     "controlnet": dict(conditioning_embedding_out_channels=(8, 8, 16, 16)),
     "vae": dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, sample_size=64),
     "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+    "taesd": dict(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                  num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1)),
+    "lora": dict(r=4, std=0.05),
 }
 SD15 = {
     "unet": dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
@@ -92,21 +99,28 @@ SD15 = {
     "vae": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32, sample_size=512),
     "text": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                  hidden_act="quick_gelu", vocab_size=49408),
+    "taesd": dict(),  # diffusers' defaults are TAESD's shapes
+    "lora": dict(r=64, std=0.02),  # LCM-LoRA SD1.5's rank
 }
+# The layers a distillation LoRA adapts: attention, feed-forward, projections and the ResNet convolutions, as
+# LCM-LoRA does (its 67M parameters at rank 64), so that the benchmarks pay what a real one costs.
+DISTILL_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+                   "conv2", "conv_shortcut", "time_emb_proj"]
 
 
-def build_diffusion_models(folder: Path, arch: str = "sd15", device: str = "cuda") -> tuple[Path, Path]:
-    """SD1.5-shaped ControlNet pipeline with random weights (`arch` "sd15": the real shapes, saved in fp16
-    like the Hub's variant; "tiny": the smoke shapes); returns the pipeline and the ControlNet folders."""
-    paths = TinyModelPaths(sd15=Path(folder) / arch / "sd15", controlnet=Path(folder) / arch / "controlnet",
-                           yolo=Path())
+def build_diffusion_models(folder: Path, arch: str = "sd15", device: str = "cuda") -> TinyModelPaths:
+    """SD1.5-shaped ControlNet pipeline, distillation LoRA and TAESD with random weights (`arch` "sd15": the
+    real shapes, saved in fp16 like the Hub's variant; "tiny": the smoke shapes)."""
+    root = Path(folder) / arch
+    paths = TinyModelPaths(sd15=root / "sd15", controlnet=root / "controlnet", yolo=Path(),
+                           distill_lora=root / "distill-lora" / "pytorch_lora_weights.safetensors", taesd=root / "taesd")
     _build_diffusion(paths, SD15 if arch == "sd15" else TINY, device=device, half=arch == "sd15")
-    return paths.sd15, paths.controlnet
+    return paths
 
 
 def _build_diffusion(paths: TinyModelPaths, arch: dict = TINY, device: str = "cpu", half: bool = False) -> None:
     import torch
-    from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel,
+    from diffusers import (AutoencoderKL, AutoencoderTiny, ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel,
                            UniPCMultistepScheduler)
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -132,6 +146,28 @@ def _build_diffusion(paths: TinyModelPaths, arch: dict = TINY, device: str = "cp
         pipe.to(torch.float16)
     pipe.save_pretrained(paths.sd15, variant=variant)
     controlnet.save_pretrained(paths.controlnet, variant=variant)
+    with torch.device(device):
+        taesd = AutoencoderTiny(**arch["taesd"])
+    (taesd.to(torch.float16) if half else taesd).save_pretrained(paths.taesd, variant=variant)
+    _save_distill_lora(unet, paths.distill_lora, **arch["lora"])
+
+
+def _save_distill_lora(unet, path: Path, r: int, std: float) -> None:
+    """A random LoRA over DISTILL_TARGETS (lora_B drawn with `std`, so that it changes the pictures), saved
+    in the diffusers format that `load_lora_weights` reads."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet.add_adapter(LoraConfig(r=r, lora_alpha=r, target_modules=DISTILL_TARGETS, init_lora_weights="gaussian"))
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, std)
+    StableDiffusionPipeline.save_lora_weights(path.parent, unet_lora_layers=get_peft_model_state_dict(unet),
+                                              weight_name=path.name, safe_serialization=True)
+    unet.delete_adapters("default")
 
 
 def make_control_matter(controlnet, embedding_gain: float = CONTROL_EMBEDDING_GAIN,

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     variant = None if args.tiny else "fp16"
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        sd15, cn = build_diffusion_models(Path(folder), "tiny" if args.tiny else "sd15", device)
+        built = build_diffusion_models(Path(folder), "tiny" if args.tiny else "sd15", device)
+        sd15, cn = built.sd15, built.controlnet
         controlnet = ControlNetModel.from_pretrained(cn, variant=variant, dtype=dtype)
         pipe = StableDiffusionControlNetPipeline.from_pretrained(sd15, controlnet=controlnet, variant=variant,
                                                                  dtype=dtype, safety_checker=None)

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             queue = JobQueue([InferencePipeline(settings=settings) for _ in range(2)])
             gpu = "cpu"
         else:
-            sd15, controlnet = tiny_models.build_diffusion_models(Path(folder), "sd15", "cuda")
+            built = tiny_models.build_diffusion_models(Path(folder), "sd15", "cuda")
+            sd15, controlnet = built.sd15, built.controlnet
             tiny_models.build_yolo(Path(folder) / "yolo.pt")
             queue = JobQueue.for_settings(Settings(models="sd15", sd15_model=str(sd15), controlnet_model=str(controlnet),
                                                    yolo_model=str(Path(folder) / "yolo.pt")))

@@ -1,10 +1,14 @@
-"""SD1.5 + ControlNet side by side: the seed's configuration, diffusers' default and this project's.
+"""SD1.5 + ControlNet side by side: the seed's configuration, diffusers' default and this project's presets.
 
-The models have SD1.5's real shapes (UNet 860M, ControlNet 361M, VAE 84M, CLIP text 123M parameters) with
-random weights, built on the spot (no download). Every row runs in this one process on a freshly loaded
-pipeline, after one warm-up call, and reports the median of --repeats calls, the peak GPU memory, the
-warm-up time (CUDA-graph capture included) and the largest pixel difference (floats in [0, 1]) against
-diffusers' default pipeline at the same size, seed and inputs.
+The models have SD1.5's real shapes (UNet 860M, ControlNet 361M, VAE 84M, CLIP text 123M parameters; a
+rank-64 distillation LoRA over LCM-LoRA's layers; TAESD) with random weights, built on the spot (no
+download). Every row runs in this one process on a freshly loaded pipeline, after one warm-up call, and
+reports the median of --repeats calls, the peak GPU memory, the warm-up time (CUDA-graph capture included)
+and the largest pixel difference (floats in [0, 1]) against diffusers' default pipeline at the same size,
+seed and inputs (rows of another preset run other steps: no difference is reported for them).
+
+Each call is what the page's Generate button costs: diffusers is handed the control image, and the project's
+pipeline the page's preview (detections and control image, computed before the click, as the page does).
 
     python benchmarks/bench_pipeline.py           # on a CUDA GPU; writes benchmarks/results/<date>-<gpu>.json
     python benchmarks/bench_pipeline.py --quick   # the same code on the tiny models on the CPU
@@ -31,16 +35,20 @@ import attention_backend  # noqa: E402  (must run before diffusers is imported)
 
 PROMPT = "a cozy cottage in a watercolor painting"
 SEED = 1234
-# (config, runner, short side, images per call)
+# (config, runner, short side, images per call, preset, TAESD final decode)
 ROWS = (
-    ("diffusers-default", "diffusers", 512, 1),
-    ("seed-sliced", "sliced", 512, 1),
-    ("project-eager", "project-eager", 512, 1),
-    ("project-default", "project", 512, 1),
-    ("diffusers-default-768", "diffusers", 768, 1),
-    ("project-default-768", "project", 768, 1),
-    ("project-default-batch4", "project", 512, 4),
-    ("project-compile", "project-compile", 512, 1),
+    ("diffusers-default", "diffusers", 512, 1, "quality", False),
+    ("seed-sliced", "sliced", 512, 1, "quality", False),
+    ("project-eager", "project-eager", 512, 1, "quality", False),
+    ("project-default", "project", 512, 1, "quality", False),
+    ("project-fast", "project", 512, 1, "fast", False),
+    ("project-turbo", "project", 512, 1, "turbo", False),
+    ("project-turbo-taesd", "project", 512, 1, "turbo", True),
+    ("project-fast-eager", "project-eager", 512, 1, "fast", False),
+    ("diffusers-default-768", "diffusers", 768, 1, "quality", False),
+    ("project-default-768", "project", 768, 1, "quality", False),
+    ("project-default-batch4", "project", 512, 4, "quality", False),
+    ("project-compile", "project-compile", 512, 1, "quality", False),
 )
 
 
@@ -61,10 +69,12 @@ class Bench:
         self.dtype = torch.float16 if device == "cuda" else torch.float32
         self.photo = square_photo()
 
-    def request(self, size: int, batch: int):
+    def request(self, size: int, batch: int, preset: str = "quality", fast_decode: bool = False):
         from inference_pipeline import GenerationRequest
 
-        return GenerationRequest(prompt=PROMPT, steps=self.steps, resolution=size, num_images=batch, seed=SEED)
+        steps = self.steps if preset == "quality" else None  # the preset's own
+        return GenerationRequest(prompt=PROMPT, preset=preset, steps=steps, resolution=size, num_images=batch,
+                                 seed=SEED, fast_decode=fast_decode)
 
     def diffusers_call(self, size: int, batch: int, sliced: bool) -> Callable[[], list[Any]]:
         from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UniPCMultistepScheduler
@@ -92,32 +102,40 @@ class Bench:
 
         return call
 
-    def project_call(self, size: int, batch: int, graphs: bool, compile: bool) -> Callable[[], list[Any]]:
+    def project_call(self, size: int, batch: int, graphs: bool, compile: bool, preset: str,
+                     fast_decode: bool) -> Callable[[], list[Any]]:
         from inference_pipeline import InferencePipeline
         from settings import Settings
 
+        lora = str(self.folders["distill_lora"])
         settings = Settings(models="sd15", sd15_model=str(self.folders["sd15"]),
                             controlnet_model=str(self.folders["controlnet"]), yolo_model=str(self.folders["yolo"]),
+                            taesd_model=str(self.folders["taesd"]), preset_loras=(("fast", lora), ("turbo", lora)),
                             device=self.device, cuda_graphs=graphs, compile=compile)
         pipe = InferencePipeline(settings=settings)
-        request = self.request(size, batch)
+        request = self.request(size, batch, preset, fast_decode)
+        preview = pipe.preview(self.photo, request)  # the page has it before Generate is clicked
 
         def call() -> list[Any]:
-            result = pipe.generate(self.photo, request)
-            self.fast_path = result.run_card["fast_path"]
+            result = pipe.generate(self.photo, request, preview=preview)
+            self.fast_path, self.steps_run = result.run_card["fast_path"], result.run_card["steps_done"]
+            self.timings = result.timings
             return result.images
 
         return call
 
-    def run(self, config: str, runner: str, size: int, batch: int) -> tuple[dict[str, Any], Any]:
+    def run(self, config: str, runner: str, size: int, batch: int, preset: str, fast_decode: bool
+            ) -> tuple[dict[str, Any], Any]:
         torch = self.torch
         gc.collect()
         if self.device == "cuda":
             torch.cuda.empty_cache()
+        self.steps_run = self.steps
         if runner in ("diffusers", "sliced"):
             call = self.diffusers_call(size, batch, sliced=runner == "sliced")
         else:
-            call = self.project_call(size, batch, graphs=runner != "project-eager", compile=runner == "project-compile")
+            call = self.project_call(size, batch, graphs=runner != "project-eager", compile=runner == "project-compile",
+                                     preset=preset, fast_decode=fast_decode)
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -132,12 +150,13 @@ class Bench:
                 torch.cuda.synchronize()
             seconds.append(time.perf_counter() - started)
         per_call = statistics.median(seconds)
-        row = {"config": config, "size": size, "batch": batch, "seconds_per_image": round(per_call / batch, 4),
-               "steps_per_second": round(self.steps / per_call, 2), "warmup_s": round(warmup, 2),
+        row = {"config": config, "size": size, "batch": batch, "preset": preset, "steps": self.steps_run,
+               "taesd_decode": fast_decode, "seconds_per_image": round(per_call / batch, 4),
+               "steps_per_second": round(self.steps_run / per_call, 2), "warmup_s": round(warmup, 2),
                "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if self.device == "cuda"
                else None}
         if runner.startswith("project"):
-            row["fast_path"] = self.fast_path
+            row["fast_path"], row["last_call_timings"] = self.fast_path, self.timings
         del call
         return row, images[0]
 
@@ -147,21 +166,24 @@ def build_folders(folder: Path, quick: bool) -> dict[str, Path]:
 
     if quick:
         paths = tiny_models.ensure_tiny_models(folder)
-        return {"sd15": paths.sd15, "controlnet": paths.controlnet, "yolo": paths.yolo}
-    sd15, controlnet = tiny_models.build_diffusion_models(folder, "sd15", "cuda")
-    tiny_models.build_yolo(folder / "yolo.pt")
-    return {"sd15": sd15, "controlnet": controlnet, "yolo": folder / "yolo.pt"}
+    else:
+        paths = tiny_models.build_diffusion_models(folder, "sd15", "cuda")
+        tiny_models.build_yolo(folder / "yolo.pt")
+    return {"sd15": paths.sd15, "controlnet": paths.controlnet, "yolo": paths.yolo if quick else folder / "yolo.pt",
+            "distill_lora": paths.distill_lora, "taesd": paths.taesd}
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"{result['device']}, torch {result['torch']}, diffusers {result['diffusers']}, {result['steps']} UniPC "
-             f"steps, CFG 7.5, median of {result['repeats']} after a warm-up, {result['date']}", "",
-             "| config | size | batch | s / image | steps / s | peak GiB | warm-up s | max abs diff vs default |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [f"{result['device']}, torch {result['torch']}, diffusers {result['diffusers']}, quality: {result['steps']} "
+             f"UniPC steps, CFG 7.5; fast: 6 LCM steps, turbo: 4 TCD steps, CFG 1; median of {result['repeats']} "
+             f"after a warm-up, {result['date']}", "",
+             "| config | size | batch | steps | s / image | steps / s | peak GiB | warm-up s | max abs diff vs default |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in result["rows"]:
-        lines.append(f"| {row['config']} | {row['size']} | {row['batch']} | {row['seconds_per_image']:.3f} | "
-                     f"{row['steps_per_second']:.1f} | {row['peak_vram_gib'] or '-'} | {row['warmup_s']:.1f} | "
-                     f"{row['max_abs_diff_vs_default']:.4f} |")
+        diff = row["max_abs_diff_vs_default"]
+        lines.append(f"| {row['config']} | {row['size']} | {row['batch']} | {row['steps']} | "
+                     f"{row['seconds_per_image']:.3f} | {row['steps_per_second']:.1f} | {row['peak_vram_gib'] or '-'} | "
+                     f"{row['warmup_s']:.1f} | {'-' if diff != diff else f'{diff:.4f}'} |")
     return "\n".join(lines)
 
 
@@ -193,13 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         bench = Bench(build_folders(Path(folder), args.quick), device, steps, repeats)
-        for config, runner, size, batch in rows_to_run:
+        for config, runner, size, batch, preset, fast_decode in rows_to_run:
             size = 64 if args.quick else size
-            row, image = bench.run(config, runner, size, batch)
+            row, image = bench.run(config, runner, size, batch, preset, fast_decode)
             pixels = np.asarray(image, dtype=np.float32) / 255.0
             if runner == "diffusers":
                 references[size] = pixels
-            reference = references.get(size)
+            reference = references.get(size) if preset == "quality" and not fast_decode else None
             row["max_abs_diff_vs_default"] = float(np.abs(pixels - reference).max()) if reference is not None \
                 else float("nan")
             print(json.dumps(row), flush=True)

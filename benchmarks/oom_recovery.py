@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     gib = 2**30
     photo = load_image(ROOT / "assets" / "sample_scene.png").crop((64, 0, 448, 384))
     with tempfile.TemporaryDirectory() as folder:
-        sd15, controlnet = tiny_models.build_diffusion_models(Path(folder), "sd15", "cuda")
+        built = tiny_models.build_diffusion_models(Path(folder), "sd15", "cuda")
+        sd15, controlnet = built.sd15, built.controlnet
         tiny_models.build_yolo(Path(folder) / "yolo.pt")
         pipe = InferencePipeline(settings=Settings(models="sd15", sd15_model=str(sd15), device="cuda",
                                                    controlnet_model=str(controlnet),

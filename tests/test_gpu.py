@@ -67,6 +67,24 @@ def assert_same(fast: InferencePipeline, eager: InferencePipeline, image, reques
     assert difference <= SAME, f"fast path and eager differ by {difference} levels"
 
 
+@pytest.mark.parametrize("preset", ["quality", "fast", "turbo"])
+@pytest.mark.parametrize("fast_decode", [False, True])
+def test_fast_path_matches_eager_for_every_preset(fast, eager, scene, preset, fast_decode):
+    """The distillation LoRA, the LCM / TCD schedulers, CFG off (a batch-1 UNet) and the TAESD decode."""
+    assert_same(fast, eager, scene, replace(BASE, preset=preset, steps=None, guidance_scale=None, scheduler=None,
+                                            fast_decode=fast_decode))
+
+
+def test_the_vae_decode_replays_a_graph_and_previews_arrive(fast, scene):
+    import cuda_graphs
+
+    seen = []
+    result = fast.generate(scene, replace(BASE, steps=7), on_preview=lambda step, image: seen.append((step, image)))
+    decode = fast.pipe.vae.decode
+    assert isinstance(decode, cuda_graphs.GraphedForward) and decode.graphs
+    assert [step for step, _ in seen] == [3, 6] and all(image.size == result.images[0].size for _, image in seen)
+
+
 @pytest.mark.parametrize("scheduler", ["unipc", "dpmpp_2m_karras", "euler_a", "ddim"])
 def test_fast_path_matches_eager_for_every_scheduler(fast, eager, scene, scheduler):
     assert_same(fast, eager, scene, replace(BASE, scheduler=scheduler))

@@ -42,7 +42,8 @@ def test_every_scheduler_generates_and_is_named_in_the_run_card(tiny_pipeline, p
     first, again = tiny_pipeline.generate(photo, request), tiny_pipeline.generate(photo, request)
     assert np.array_equal(pixels(first), pixels(again))
     expected = {"unipc": "AsyncUniPCMultistepScheduler", "dpmpp_2m_karras": "DPMSolverMultistepScheduler",
-                "euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler"}[scheduler]
+                "euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler", "lcm": "AsyncLCMScheduler",
+                "tcd": "AsyncTCDScheduler"}[scheduler]
     assert first.run_card["scheduler"] == expected and first.run_card["request"]["scheduler"] == scheduler
 
 

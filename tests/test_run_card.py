@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from generation_request import GenerationRequest
-from run_card import a1111_parameters, library_versions, png_with_run_card, read_run_card
+from presets import PRESETS
+from run_card import a1111_parameters, library_versions, png_with_run_card, public_source, read_run_card
 
 # A1111's reading of the settings line: `key: value` pairs separated by commas, a value either quoted (JSON
 # string escapes inside) or running to the next comma. The key may hold letters, digits, spaces.
@@ -44,10 +45,14 @@ def parse_like_a1111(text: str) -> dict[str, str]:
 def card_for(request: GenerationRequest, seeds: list[int], size: tuple[int, int]) -> dict:
     from dataclasses import asdict
 
+    loras = [{"role": "distillation", "id": PRESETS[request.preset].lora, "weight": 1.0}] \
+        if PRESETS[request.preset].lora else []
+    if request.lora:
+        loras.append({"role": "style", "id": public_source(request.lora), "weight": request.lora_weight})
     return {"request": asdict(request), "seed": seeds[0], "seeds": seeds, "size": list(size),
             "models": {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
                        "controlnet": "/home/me/models/control_v11p_sd15_canny"},
-            "created": "2026-11-26T15:35:44+00:00"}
+            "loras": loras, "created": "2026-11-26T15:35:44+00:00"}
 
 
 def test_a1111_reads_every_setting_of_the_run():
@@ -69,6 +74,14 @@ def test_a1111_reads_every_setting_of_the_run():
                           "Threshold B": "180", "Guidance Start": "0.1", "Guidance End": "0.9",
                           "Control Mode": "Balanced"}
     assert "/home/me" not in a1111_parameters(card)
+
+
+def test_a_preset_names_its_sampler_steps_cfg_and_both_loras_as_a1111_would():
+    request = GenerationRequest(prompt="a fox", preset="fast", lora="/loras/ink-style.safetensors", lora_weight=0.6,
+                                seed=7)
+    parsed = parse_like_a1111(a1111_parameters(card_for(request, [7], (512, 512))))
+    assert parsed["Prompt"].endswith("<lora:lcm-lora-sdv1-5:1.0> <lora:ink-style:0.6>")
+    assert (parsed["Steps"], parsed["Sampler"], parsed["CFG scale"], parsed["Preset"]) == ("6", "LCM", "1.0", "fast")
 
 
 def test_without_a_negative_prompt_there_is_no_such_line():

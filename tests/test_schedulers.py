@@ -6,17 +6,17 @@ import re
 
 import pytest
 import torch
-from diffusers import UniPCMultistepScheduler
+from diffusers import LCMScheduler, TCDScheduler, UniPCMultistepScheduler
 
 import schedulers
 from conftest import ROOT
 from generation_request import SCHEDULERS
-from schedulers import AsyncUniPCMultistepScheduler, make_scheduler
+from schedulers import AsyncLCMScheduler, AsyncTCDScheduler, AsyncUniPCMultistepScheduler, make_scheduler
 
 CONFIG = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
-def trajectory(scheduler, steps: int = 10) -> list[torch.Tensor]:
+def trajectory(scheduler, steps: int = 10, **step_kwargs) -> list[torch.Tensor]:
     """Every intermediate sample of a short denoising loop with a smooth stand-in for the UNet."""
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(2, 4, 8, 8, generator=generator)
@@ -24,7 +24,7 @@ def trajectory(scheduler, steps: int = 10) -> list[torch.Tensor]:
     samples = []
     for t in scheduler.timesteps:
         model_output = torch.tanh(sample) * 0.3 + 0.01 * t / 1000
-        sample = scheduler.step(model_output, t, sample).prev_sample
+        sample = scheduler.step(model_output, t, sample, **step_kwargs).prev_sample
         samples.append(sample)
     return samples
 
@@ -38,6 +38,20 @@ def test_async_unipc_matches_diffusers_unipc_at_every_step(overrides):
     assert len(got) == len(expected) == 10
     for step, (a, b) in enumerate(zip(got, expected)):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), f"step {step} differs by {(a - b).abs().max()}"
+
+
+@pytest.mark.parametrize("ours, theirs, kwargs", [(AsyncLCMScheduler, LCMScheduler, {}),
+                                                   (AsyncTCDScheduler, TCDScheduler, {"eta": 0.3})])
+@pytest.mark.parametrize("steps", [1, 4, 6])
+def test_consistency_schedulers_match_diffusers_at_every_step(ours, theirs, kwargs, steps):
+    """Their noise included: the same generator seed gives the same trajectory."""
+    expected = trajectory(theirs(**CONFIG), steps, generator=torch.Generator().manual_seed(5), **kwargs)
+    scheduler = ours(**CONFIG)
+    got = trajectory(scheduler, steps, generator=torch.Generator().manual_seed(5), **kwargs)
+    assert len(got) == len(expected) == steps
+    for step, (a, b) in enumerate(zip(got, expected)):
+        assert torch.equal(a, b), f"step {step} differs by {(a - b).abs().max()}"
+    assert scheduler.begin_index == 0  # no timestep search at the first step
 
 
 def test_the_corrector_leaves_torch_linalg_solve_alone():
@@ -67,7 +81,8 @@ def test_every_scheduler_the_request_accepts_is_built():
     config = UniPCMultistepScheduler(**CONFIG).config
     built = {name: type(make_scheduler(name, config)).__name__ for name in SCHEDULERS}
     assert built == {"unipc": "AsyncUniPCMultistepScheduler", "dpmpp_2m_karras": "DPMSolverMultistepScheduler",
-                     "euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler"}
+                     "euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler",
+                     "lcm": "AsyncLCMScheduler", "tcd": "AsyncTCDScheduler"}
     assert set(schedulers._BUILDERS) == set(SCHEDULERS)
     with pytest.raises(ValueError, match="unknown scheduler"):
         make_scheduler("lms", config)

@@ -1,0 +1,134 @@
+"""Speed presets on the tiny models: each generates with its scheduler, steps, CFG and distillation LoRA, beside a
+style LoRA; live previews arrive every PREVIEW_EVERY steps; TAESD decodes; prompt embeddings are reused."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from generation_request import GenerationRequest, InvalidRequestError
+from inference_pipeline import InferencePipeline, LoraError
+from live_preview import PREVIEW_EVERY, decode_preview, preview_steps
+from presets import PRESETS, evaluations
+from settings import Settings
+from test_pipeline_options import make_lora
+
+BASE = GenerationRequest(prompt="a red box", resolution=64, seed=21)
+
+
+def pixels(result) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.int16) for image in result.images])
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_generates_and_its_card_names_scheduler_steps_cfg_and_loras(tiny_pipeline, photo, name):
+    preset = PRESETS[name]
+    result = tiny_pipeline.generate(photo, replace(BASE, preset=name, steps=None, guidance_scale=None,
+                                                   scheduler=None))
+    assert len(result.images) == 1 and result.images[0].size == (64, 80)
+    card = result.run_card
+    assert card["preset"] == name and card["steps_done"] == preset.steps
+    assert (card["request"]["scheduler"], card["request"]["steps"], card["request"]["guidance_scale"]) == \
+        (preset.scheduler, preset.steps, preset.guidance_scale)
+    assert card["scheduler"] == {"unipc": "AsyncUniPCMultistepScheduler", "lcm": "AsyncLCMScheduler",
+                                 "tcd": "AsyncTCDScheduler"}[preset.scheduler]
+    expected = [{"role": "distillation", "id": "pytorch_lora_weights.safetensors", "weight": 1.0}] if preset.lora else []
+    assert card["loras"] == expected
+
+
+def test_a_preset_fills_only_what_the_request_leaves_open():
+    fast = GenerationRequest(preset="fast")
+    assert (fast.scheduler, fast.steps, fast.guidance_scale) == ("lcm", 6, 1.0)
+    assert evaluations(fast.steps, fast.guidance_scale) == 6  # CFG off: one UNet evaluation per step
+    mine = GenerationRequest(preset="fast", steps=8, guidance_scale=1.5)
+    assert (mine.scheduler, mine.steps, mine.guidance_scale) == ("lcm", 8, 1.5)
+    assert evaluations(GenerationRequest().steps, GenerationRequest().guidance_scale) == 40
+    with pytest.raises(InvalidRequestError, match="preset must be one of quality, fast, turbo"):
+        GenerationRequest(preset="ludicrous")
+
+
+def test_the_distillation_lora_changes_the_picture(tiny_pipeline, photo):
+    request = replace(BASE, scheduler="lcm", steps=4, guidance_scale=1.0)
+    without = pixels(tiny_pipeline.generate(photo, request))
+    with_lora = pixels(tiny_pipeline.generate(photo, replace(request, preset="fast")))
+    assert np.abs(without - with_lora).mean() > 1.0
+
+
+def test_a_preset_and_a_style_lora_keep_both_adapters_and_clearing_the_style_keeps_the_presets(
+        tiny_pipeline, photo, tmp_path):
+    style = str(make_lora(tiny_pipeline.model_ids["sd15"] + "/unet", tmp_path))
+    fast = replace(BASE, preset="fast", steps=None, guidance_scale=None, scheduler=None)
+    alone = pixels(tiny_pipeline.generate(photo, fast))
+    styled = tiny_pipeline.generate(photo, replace(fast, lora=style, lora_weight=1.0))
+    assert sorted(tiny_pipeline.pipe.get_active_adapters()) == ["distill", "style"]
+    assert [lora["role"] for lora in styled.run_card["loras"]] == ["distillation", "style"]
+    assert np.abs(pixels(styled) - alone).mean() > 1.0
+    again = pixels(tiny_pipeline.generate(photo, fast))
+    assert tiny_pipeline.pipe.get_active_adapters() == ["distill"]
+    assert np.array_equal(again, alone)
+    quality = pixels(tiny_pipeline.generate(photo, BASE))
+    assert tiny_pipeline.pipe.get_active_adapters() == []  # the quality preset runs on the base weights
+    assert np.array_equal(quality, pixels(tiny_pipeline.generate(photo, BASE)))
+
+
+def test_previews_arrive_every_few_steps_from_taesd(tiny_pipeline, photo):
+    seen = []
+    result = tiny_pipeline.generate(photo, replace(BASE, steps=10),
+                                    on_preview=lambda step, image: seen.append((step, image)))
+    assert [step for step, _ in seen] == preview_steps(10) == [3, 6, 9]
+    assert PREVIEW_EVERY == 3
+    assert all(image.size == result.images[0].size and image.mode == "RGB" for _, image in seen)
+    assert len({image.tobytes() for _, image in seen}) == 3  # each shows its own step
+
+
+def test_without_taesd_previews_use_the_linear_latent_map(tiny_pipeline):
+    import torch
+
+    latents = torch.zeros(1, 4, 8, 10)
+    latents[0, 0] = 2.0
+    cheap = np.asarray(decode_preview(latents, None, (80, 64)))
+    assert cheap.shape == (64, 80, 3)
+    # channel 0's factors (0.298, 0.207, 0.208) times 2, from [-1, 1] to 8 bits, everywhere
+    assert (cheap == cheap[0, 0]).all() and cheap[0, 0].tolist() == [203, 180, 181]
+    tiny = decode_preview(latents, tiny_pipeline.taesd, (80, 64))
+    assert tiny.size == (80, 64) and not np.array_equal(np.asarray(tiny), cheap)
+
+
+def test_a_taesd_final_decode_gives_a_picture_of_the_right_size(tiny_pipeline, photo):
+    full = tiny_pipeline.generate(photo, replace(BASE, preset="turbo", steps=None, guidance_scale=None,
+                                                 scheduler=None, num_images=2))
+    fast = tiny_pipeline.generate(photo, replace(BASE, preset="turbo", steps=None, guidance_scale=None,
+                                                 scheduler=None, num_images=2, fast_decode=True))
+    assert [image.size for image in fast.images] == [(64, 80), (64, 80)]
+    assert fast.run_card["decoder"] == "TAESD" and full.run_card["decoder"] == "VAE"
+    assert np.abs(pixels(fast) - pixels(full)).mean() > 1.0  # another decoder, another picture
+
+
+def test_prompt_embeddings_are_computed_once_per_prompt_and_again_after_a_lora_change(tiny_pipeline, photo,
+                                                                                     tmp_path):
+    calls = []
+    hook = tiny_pipeline.pipe.text_encoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        request = replace(BASE, prompt="a blue house", steps=2)
+        tiny_pipeline.generate(photo, request)
+        first = len(calls)
+        assert first == 2  # the prompt and the negative prompt
+        tiny_pipeline.generate(photo, replace(request, seed=5))
+        assert len(calls) == first
+        tiny_pipeline.generate(photo, replace(request, guidance_scale=1.0))  # no CFG: the prompt alone
+        assert len(calls) == first + 1
+        style = str(make_lora(tiny_pipeline.model_ids["sd15"] + "/unet", tmp_path))
+        tiny_pipeline.generate(photo, replace(request, lora=style))
+        assert len(calls) == first + 3
+    finally:
+        hook.remove()
+
+
+def test_a_missing_distillation_lora_says_how_to_fetch_it(model_cache, photo, tmp_path):
+    pipe = InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cpu"))
+    pipe.model_ids["lora_fast"] = str(tmp_path / "gone" / "pytorch_lora_weights.safetensors")
+    with pytest.raises(LoraError, match=r"launch.py --prefetch.*Quality preset"):
+        pipe.generate(photo, replace(BASE, preset="fast"))
+    assert pixels(pipe.generate(photo, BASE)).size  # the base model still works
