@@ -28,6 +28,7 @@ from detections import Detection
 from generation_request import (NEGATIVE_PROMPT, SCHEDULERS, SEED_MAX, ControlPreview, GenerationRequest,
                                 GenerationResult, InvalidRequestError)
 from image_io import InvalidImageError, load_image
+from lora_fusion import FusedLoras, LoraLoadFailed
 from loras import LoraError, resolve as resolve_lora
 from presets import PRESETS
 from run_card import library_versions, public_source
@@ -107,7 +108,7 @@ class InferencePipeline:
                                      self.settings.compile, self.taesd)
         self._schedulers: dict[str, Any] = {}
         self.versions = library_versions()
-        self._loras: dict[str, tuple[str, float]] = {}  # adapter name ("style", "distill") -> (source, weight)
+        self.loras = FusedLoras(self.pipe)  # the distillation and style LoRAs, fused into the weights
         self.load_seconds = time.perf_counter() - started
 
     @property
@@ -270,36 +271,23 @@ class InferencePipeline:
         return self._schedulers[name]
 
     def _use_loras(self, wanted: dict[str, tuple[str, float]]) -> None:
-        """Make `wanted` ({adapter: (source, weight)}: "style" and "distill") the active LoRAs: load what is
-        new, drop what is no longer wanted (with none left, the base weights are restored exactly), set the
-        weights. On a failure every LoRA is dropped and LoraError says which one did not fit."""
-        if wanted == self._loras:
+        """Make `wanted` ({adapter: (source, weight)}: "distill" and "style") the LoRAs fused into the weights
+        (lora_fusion.py); with none, the base weights exactly. A LoRA that does not fit leaves the base weights
+        and raises LoraError, which says which one and what to do."""
+        if wanted == self.loras.active:
             return
-        if not wanted:
-            self.pipe.unload_lora_weights()
-        else:
-            stale = [name for name, (source, _) in self._loras.items() if wanted.get(name, (None,))[0] != source]
-            if stale:
-                self.pipe.delete_adapters(stale)
-            for name, (source, _) in wanted.items():
-                if name in self._loras and name not in stale:
-                    continue
-                try:
-                    self._load_lora(source, name)
-                except Exception as exc:
-                    self.pipe.unload_lora_weights()
-                    self._loras = {}
-                    self.denoiser.weights_changed()
-                    why = short_error(exc).replace(str(Path(source).parent), "…")
-                    if name == "distill":
-                        raise LoraError(f"The preset's distillation LoRA '{public_source(source)}' could not be "
-                                        f"loaded ({why}). Fetch it first (python launch.py --prefetch, or the "
-                                        "notebook's prefetch cell), or choose the Quality preset.") from exc
-                    raise LoraError(f"The LoRA '{public_source(source)}' cannot be used with this SD1.5 model "
-                                    f"({why}). Generating without it works as before.") from exc
-            self.pipe.set_adapters(list(wanted), adapter_weights=[weight for _, weight in wanted.values()])
-        self._loras = dict(wanted)
-        self.denoiser.weights_changed()
+        try:
+            self.loras.set(wanted, self._load_lora)
+        except LoraLoadFailed as failed:
+            why = short_error(failed.cause).replace(str(Path(failed.source).parent), "…")
+            if failed.adapter == "distill":
+                raise LoraError(f"The preset's distillation LoRA '{public_source(failed.source)}' could not be "
+                                f"loaded ({why}). Fetch it first (python launch.py --prefetch, or the notebook's "
+                                "prefetch cell), or choose the Quality preset.") from failed.cause
+            raise LoraError(f"The LoRA '{public_source(failed.source) or ''}' cannot be used with this SD1.5 model "
+                            f"({why}). Generating without it works as before.") from failed.cause
+        finally:
+            self.denoiser.weights_changed()
 
     def _load_lora(self, source: str, adapter: str) -> None:
         path = Path(source).expanduser()

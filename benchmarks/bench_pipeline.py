@@ -61,10 +61,11 @@ def square_photo():
 class Bench:
     """Loads each row's pipeline from the same folders and times it."""
 
-    def __init__(self, folders: dict[str, Path], device: str, steps: int, repeats: int) -> None:
+    def __init__(self, folders: dict[str, Path], device: str, steps: int, repeats: int,
+                 profile: tuple[str, ...] = ()) -> None:
         import torch
 
-        self.torch = torch
+        self.torch, self.profile = torch, profile
         self.folders, self.device, self.steps, self.repeats = folders, device, steps, repeats
         self.dtype = torch.float16 if device == "cuda" else torch.float32
         self.photo = square_photo()
@@ -124,6 +125,20 @@ class Bench:
 
         return call
 
+    def print_profile(self, config: str, call: Callable[[], list[Any]]) -> None:
+        """One more call under the PyTorch profiler: where its time goes, on the host and on the GPU."""
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device == "cuda" else [])
+        with profile(activities=activities) as prof:
+            call()
+            if self.device == "cuda":
+                self.torch.cuda.synchronize()
+        averages = prof.key_averages()
+        for sort in ("self_cpu_time_total", "self_cuda_time_total")[:2 if self.device == "cuda" else 1]:
+            print(f"\nprofile of {config}, by {sort}:\n" +
+                  averages.table(sort_by=sort, row_limit=20, max_name_column_width=50), flush=True)
+
     def run(self, config: str, runner: str, size: int, batch: int, preset: str, fast_decode: bool
             ) -> tuple[dict[str, Any], Any]:
         torch = self.torch
@@ -150,6 +165,8 @@ class Bench:
                 torch.cuda.synchronize()
             seconds.append(time.perf_counter() - started)
         per_call = statistics.median(seconds)
+        if config in self.profile:
+            self.print_profile(config, call)
         row = {"config": config, "size": size, "batch": batch, "preset": preset, "steps": self.steps_run,
                "taesd_decode": fast_decode, "seconds_per_image": round(per_call / batch, 4),
                "steps_per_second": round(self.steps_run / per_call, 2), "warmup_s": round(warmup, 2),
@@ -195,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated configs to run (default: all)")
     parser.add_argument("--skip", default="", help="comma-separated configs to leave out")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
+    parser.add_argument("--profile", default="", help="comma-separated configs to profile once after timing")
     args = parser.parse_args(argv)
     device = "cpu" if args.quick else "cuda"
     steps, repeats = (2, 1) if args.quick else (args.steps, args.repeats)
@@ -214,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "benchmarks" / "results" / f"{result['date']}-{card}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
-        bench = Bench(build_folders(Path(folder), args.quick), device, steps, repeats)
+        bench = Bench(build_folders(Path(folder), args.quick), device, steps, repeats,
+                      tuple(filter(None, args.profile.split(","))))
         for config, runner, size, batch, preset, fast_decode in rows_to_run:
             size = 64 if args.quick else size
             row, image = bench.run(config, runner, size, batch, preset, fast_decode)

@@ -58,19 +58,25 @@ def test_the_distillation_lora_changes_the_picture(tiny_pipeline, photo):
 
 def test_a_preset_and_a_style_lora_keep_both_adapters_and_clearing_the_style_keeps_the_presets(
         tiny_pipeline, photo, tmp_path):
+    import torch
+
+    quality = pixels(tiny_pipeline.generate(photo, BASE))  # earlier tests may have left a LoRA: this drops it
+    base_weights = {k: v.clone() for k, v in tiny_pipeline.pipe.unet.state_dict().items()}
     style = str(make_lora(tiny_pipeline.model_ids["sd15"] + "/unet", tmp_path))
     fast = replace(BASE, preset="fast", steps=None, guidance_scale=None, scheduler=None)
     alone = pixels(tiny_pipeline.generate(photo, fast))
     styled = tiny_pipeline.generate(photo, replace(fast, lora=style, lora_weight=1.0))
-    assert sorted(tiny_pipeline.pipe.get_active_adapters()) == ["distill", "style"]
+    assert sorted(tiny_pipeline.loras.active) == ["distill", "style"]
     assert [lora["role"] for lora in styled.run_card["loras"]] == ["distillation", "style"]
     assert np.abs(pixels(styled) - alone).mean() > 1.0
+    # fused: plain layers, no adapter code left in the UNet's forward
+    assert not any("lora" in name for name, _ in tiny_pipeline.pipe.unet.named_modules())
     again = pixels(tiny_pipeline.generate(photo, fast))
-    assert tiny_pipeline.pipe.get_active_adapters() == ["distill"]
+    assert list(tiny_pipeline.loras.active) == ["distill"]
     assert np.array_equal(again, alone)
-    quality = pixels(tiny_pipeline.generate(photo, BASE))
-    assert tiny_pipeline.pipe.get_active_adapters() == []  # the quality preset runs on the base weights
-    assert np.array_equal(quality, pixels(tiny_pipeline.generate(photo, BASE)))
+    assert np.array_equal(pixels(tiny_pipeline.generate(photo, BASE)), quality)
+    assert tiny_pipeline.loras.active == {}
+    assert all(torch.equal(v, base_weights[k]) for k, v in tiny_pipeline.pipe.unet.state_dict().items())
 
 
 def test_previews_arrive_every_few_steps_from_taesd(tiny_pipeline, photo):
