@@ -252,8 +252,9 @@ class InferencePipeline:
             return False
         import torch
 
-        for module in (self.pipe.unet, self.pipe.controlnet, self.pipe.vae):
-            module.to(memory_format=torch.channels_last)
+        if self.settings.channels_last:
+            for module in (self.pipe.unet, self.pipe.controlnet, self.pipe.vae):
+                module.to(memory_format=torch.channels_last)
         if not self.settings.cuda_graphs:
             self.fast_path = "off: CUDA_GRAPHS=0"
             return False

@@ -76,23 +76,47 @@ class AsyncUniPCMultistepScheduler(UniPCMultistepScheduler):
 
 
 class _TablesOnDevice:
-    """For the consistency schedulers (LCM, TCD): their step indexes `alphas_cumprod`, a CPU table, with the
-    GPU timestep, which copies the index to the host every step; here the table lives beside the timesteps,
-    and the first step starts at the first timestep instead of searching for it."""
+    """For the consistency schedulers (LCM, TCD): diffusers' step indexes `alphas_cumprod`, a CPU table, with
+    the GPU timestep (a copy to the host every step) and asks `prev_timestep >= 0` of a GPU tensor (a wait for
+    the GPU every step). Here the table lives beside the timesteps, the step reads the next timestep from a
+    host copy of the schedule, and the first step starts at the first timestep instead of searching for it."""
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any) -> None:
         super().set_timesteps(num_inference_steps, device=device, **kwargs)  # type: ignore[misc]
         self.alphas_cumprod = self.alphas_cumprod.to(self.timesteps.device)
         self.final_alpha_cumprod = self.final_alpha_cumprod.to(self.timesteps.device)
+        self.host_timesteps = self.timesteps.cpu()
         self.set_begin_index(0)
 
+    def _step_with_host_schedule(self, step: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
+                                 **kwargs: Any) -> Any:
+        """diffusers' step, given this step's timestep and the schedule it looks ahead in from the host copy
+        (the GPU timestep the pipeline passes holds the same value)."""
+        index = self._step_index if self._step_index is not None else self._begin_index
+        on_device, self.timesteps = self.timesteps, self.host_timesteps
+        try:
+            return step(model_output, self.host_timesteps[index], sample, **kwargs)
+        finally:
+            self.timesteps = on_device
 
+
+# Each step spells out diffusers' signature: pipelines pass `generator` (and `eta`) only to a step that names it.
 class AsyncLCMScheduler(_TablesOnDevice, LCMScheduler):
-    """LCMScheduler with its tables on the GPU; same arithmetic."""
+    """LCMScheduler without host synchronisations in its step; same arithmetic."""
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
+             generator: torch.Generator | list[torch.Generator] | None = None, return_dict: bool = True) -> Any:
+        return self._step_with_host_schedule(super().step, model_output, timestep, sample, generator=generator,
+                                             return_dict=return_dict)
 
 
 class AsyncTCDScheduler(_TablesOnDevice, TCDScheduler):
-    """TCDScheduler with its tables on the GPU; same arithmetic."""
+    """TCDScheduler without host synchronisations in its step; same arithmetic."""
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, eta: float = 0.3,
+             generator: torch.Generator | list[torch.Generator] | None = None, return_dict: bool = True) -> Any:
+        return self._step_with_host_schedule(super().step, model_output, timestep, sample, eta=eta,
+                                             generator=generator, return_dict=return_dict)
 
 
 _BUILDERS = {

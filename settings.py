@@ -65,6 +65,7 @@ class Settings:
     gpus: tuple[int, ...] | None = None
     cache_dir: Path = field(default_factory=_default_cache_dir)
     cuda_graphs: bool = True
+    channels_last: bool = True
     compile: bool = False
     safety_checker: bool = False
     max_upload_mb: int = 20
@@ -99,6 +100,7 @@ class Settings:
             "cache_dir": Path(_env("APP_CACHE_DIR", str(_default_cache_dir()))),
             "gpus": parse_gpus(_env("GPUS", "all")),
             "cuda_graphs": parse_bool("CUDA_GRAPHS", _env("CUDA_GRAPHS", "1")),
+            "channels_last": parse_bool("CHANNELS_LAST", _env("CHANNELS_LAST", "1")),
             "compile": parse_bool("COMPILE", _env("COMPILE", "0")),
             "safety_checker": parse_bool("SAFETY_CHECKER", _env("SAFETY_CHECKER", "0")),
             "max_upload_mb": int(_env("MAX_UPLOAD_MB", "20")),

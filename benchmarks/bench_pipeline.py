@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import re
 import statistics
 import sys
@@ -106,13 +107,14 @@ class Bench:
     def project_call(self, size: int, batch: int, graphs: bool, compile: bool, preset: str,
                      fast_decode: bool) -> Callable[[], list[Any]]:
         from inference_pipeline import InferencePipeline
-        from settings import Settings
+        from settings import Settings, parse_bool
 
         lora = str(self.folders["distill_lora"])
         settings = Settings(models="sd15", sd15_model=str(self.folders["sd15"]),
                             controlnet_model=str(self.folders["controlnet"]), yolo_model=str(self.folders["yolo"]),
                             taesd_model=str(self.folders["taesd"]), preset_loras=(("fast", lora), ("turbo", lora)),
-                            device=self.device, cuda_graphs=graphs, compile=compile)
+                            device=self.device, cuda_graphs=graphs, compile=compile,
+                            channels_last=parse_bool("CHANNELS_LAST", os.environ.get("CHANNELS_LAST", "1")))
         pipe = InferencePipeline(settings=settings)
         request = self.request(size, batch, preset, fast_decode)
         preview = pipe.preview(self.photo, request)  # the page has it before Generate is clicked

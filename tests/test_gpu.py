@@ -162,6 +162,26 @@ def test_the_unipc_loop_never_waits_for_the_gpu(fast):
     assert torch.isfinite(sample).all()
 
 
+@pytest.mark.parametrize("name", ["lcm", "tcd"])
+def test_the_consistency_schedulers_never_wait_for_the_gpu(fast, name):
+    """Their noise comes from the run's CPU generators (as diffusers draws it) and is copied over; nothing is
+    read back."""
+    from schedulers import make_scheduler
+
+    scheduler = make_scheduler(name, fast._scheduler_config)
+    sample = torch.randn(1, 4, 64, 64, device="cuda", dtype=torch.float16)
+    scheduler.set_timesteps(6, device="cuda")
+    generator = [torch.Generator().manual_seed(1)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation raises
+    try:
+        for t in scheduler.timesteps:
+            sample = scheduler.step(torch.tanh(sample) * 0.3, t, sample, generator=generator).prev_sample
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(sample).all()
+
+
 def test_the_run_card_reports_the_graphs_it_replayed(fast, scene):
     card = fast.generate(scene, BASE).run_card
     assert card["fast_path"]["state"].startswith("on:")

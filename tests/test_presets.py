@@ -38,6 +38,18 @@ def test_every_preset_generates_and_its_card_names_scheduler_steps_cfg_and_loras
     assert card["loras"] == expected
 
 
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_same_seed_same_pixels_for_every_preset(tiny_pipeline, photo, name):
+    """LCM and TCD draw noise every step: from the run's seeded generators, never from the global RNG."""
+    import torch
+
+    request = replace(BASE, preset=name, steps=None, guidance_scale=None, scheduler=None)
+    torch.manual_seed(1)
+    first = pixels(tiny_pipeline.generate(photo, request))
+    torch.manual_seed(2)  # another global RNG state: the pixels must not follow it
+    assert np.array_equal(pixels(tiny_pipeline.generate(photo, request)), first)
+
+
 def test_a_preset_fills_only_what_the_request_leaves_open():
     fast = GenerationRequest(preset="fast")
     assert (fast.scheduler, fast.steps, fast.guidance_scale) == ("lcm", 6, 1.0)
