@@ -4,7 +4,8 @@ UniPC, the default, is subclassed so that its step never waits for the GPU. diff
 the CPU and copies them to the device every step, finds its first step by searching the timesteps, and its
 corrector solves a small linear system with `torch.linalg.solve`, whose error check reads the result back:
 each of these is a host synchronisation, so the CPU cannot queue the next step while the GPU replays the
-current one. Same arithmetic, same pictures.
+current one. Same arithmetic, same pictures. LCM and TCD, the schedulers of the fast presets, get the same
+treatment (`_SyncFreeConsistency`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 import torch
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, LCMScheduler,
                        TCDScheduler, UniPCMultistepScheduler)
+from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
+from diffusers.schedulers.scheduling_tcd import TCDSchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
 
 
 class AsyncUniPCMultistepScheduler(UniPCMultistepScheduler):
@@ -75,48 +79,91 @@ class AsyncUniPCMultistepScheduler(UniPCMultistepScheduler):
         return x_t.to(x.dtype)
 
 
-class _TablesOnDevice:
-    """For the consistency schedulers (LCM, TCD): diffusers' step indexes `alphas_cumprod`, a CPU table, with
-    the GPU timestep (a copy to the host every step) and asks `prev_timestep >= 0` of a GPU tensor (a wait for
-    the GPU every step). Here the table lives beside the timesteps, the step reads the next timestep from a
-    host copy of the schedule, and the first step starts at the first timestep instead of searching for it."""
+class _SyncFreeConsistency:
+    """For the consistency schedulers (LCM, TCD), whose step waits for the GPU three ways in diffusers: it indexes
+    `alphas_cumprod`, a CPU table, with the GPU timestep; it asks `prev_timestep >= 0` of a GPU tensor; and it
+    draws each step's noise from the run's CPU generators and copies it over with a blocking copy. Here the table
+    lives beside the timesteps, the step reads its timesteps from a host copy of the schedule, and the noise of
+    every step is drawn at the first one (the same draws in the same order: nothing else draws in between) and
+    copied in one non-blocking transfer. diffusers' step runs as if it were the last one (no noise), and the
+    noise is added after it with diffusers' own expression."""
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any) -> None:
         super().set_timesteps(num_inference_steps, device=device, **kwargs)  # type: ignore[misc]
         self.alphas_cumprod = self.alphas_cumprod.to(self.timesteps.device)
         self.final_alpha_cumprod = self.final_alpha_cumprod.to(self.timesteps.device)
         self.host_timesteps = self.timesteps.cpu()
+        self.noise: torch.Tensor | None = None
         self.set_begin_index(0)
 
-    def _step_with_host_schedule(self, step: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
-                                 **kwargs: Any) -> Any:
-        """diffusers' step, given this step's timestep and the schedule it looks ahead in from the host copy
-        (the GPU timestep the pipeline passes holds the same value)."""
+    def _quiet_step(self, step: Any, model_output: torch.Tensor, sample: torch.Tensor,
+                    **kwargs: Any) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """diffusers' step on the host schedule, told that this is the last step: (index, its prev_sample, its
+        second output)."""
         index = self._step_index if self._step_index is not None else self._begin_index
-        on_device, self.timesteps = self.timesteps, self.host_timesteps
+        steps, on_device = self.num_inference_steps, self.timesteps
+        self.timesteps, self.num_inference_steps = self.host_timesteps, index + 1
         try:
-            return step(model_output, self.host_timesteps[index], sample, **kwargs)
+            prev_sample, second = step(model_output, self.host_timesteps[index], sample, return_dict=False,
+                                       **kwargs)
         finally:
-            self.timesteps = on_device
+            self.timesteps, self.num_inference_steps = on_device, steps
+        return index, prev_sample, second
+
+    def _noise(self, index: int, like: torch.Tensor, generator: Any) -> torch.Tensor:
+        """This step's noise, as `randn_tensor(shape, generator, device, dtype)` would draw it."""
+        if self.noise is None:
+            draws = [randn_tensor(like.shape, generator=generator, device=torch.device("cpu"), dtype=like.dtype)
+                     for _ in range(index, self.num_inference_steps - 1)]
+            stacked = torch.stack(draws)
+            if like.device.type == "cuda":
+                stacked = stacked.pin_memory()
+            self.noise = stacked.to(like.device, non_blocking=True)
+            self.noise_start = index
+        return self.noise[index - self.noise_start]
+
+    @staticmethod
+    def _output(prev_sample: torch.Tensor, second: torch.Tensor, return_dict: bool, cls: Any) -> Any:
+        return cls(prev_sample, second) if return_dict else (prev_sample, second)
 
 
 # Each step spells out diffusers' signature: pipelines pass `generator` (and `eta`) only to a step that names it.
-class AsyncLCMScheduler(_TablesOnDevice, LCMScheduler):
-    """LCMScheduler without host synchronisations in its step; same arithmetic."""
+class AsyncLCMScheduler(_SyncFreeConsistency, LCMScheduler):
+    """LCMScheduler without host synchronisations in its step; same arithmetic, same noise."""
 
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
              generator: torch.Generator | list[torch.Generator] | None = None, return_dict: bool = True) -> Any:
-        return self._step_with_host_schedule(super().step, model_output, timestep, sample, generator=generator,
-                                             return_dict=return_dict)
+        index, denoised, _ = self._quiet_step(super().step, model_output, sample)
+        prev_sample = denoised
+        if index != self.num_inference_steps - 1:
+            following = index + 1
+            prev_timestep = self.host_timesteps[following] if following < len(self.host_timesteps) \
+                else self.host_timesteps[index]
+            alpha_prod_t_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+            beta_prod_t_prev = 1 - alpha_prod_t_prev
+            noise = self._noise(index, denoised, generator)
+            prev_sample = alpha_prod_t_prev.sqrt() * denoised + beta_prod_t_prev.sqrt() * noise
+        return self._output(prev_sample, denoised, return_dict, LCMSchedulerOutput)
 
 
-class AsyncTCDScheduler(_TablesOnDevice, TCDScheduler):
-    """TCDScheduler without host synchronisations in its step; same arithmetic."""
+class AsyncTCDScheduler(_SyncFreeConsistency, TCDScheduler):
+    """TCDScheduler without host synchronisations in its step; same arithmetic, same noise."""
 
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, eta: float = 0.3,
              generator: torch.Generator | list[torch.Generator] | None = None, return_dict: bool = True) -> Any:
-        return self._step_with_host_schedule(super().step, model_output, timestep, sample, eta=eta,
-                                             generator=generator, return_dict=return_dict)
+        index, pred_noised_sample, _ = self._quiet_step(super().step, model_output, sample, eta=eta)
+        prev_sample = pred_noised_sample
+        if eta > 0 and index != self.num_inference_steps - 1:
+            following = index + 1
+            prev_timestep = self.host_timesteps[following] if following < len(self.host_timesteps) \
+                else torch.tensor(0)
+            timestep_s = torch.floor((1 - eta) * prev_timestep).to(dtype=torch.long)
+            alpha_prod_t_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+            alpha_prod_s = self.alphas_cumprod[timestep_s]
+            noise = self._noise(index, pred_noised_sample, generator)
+            prev_sample = (alpha_prod_t_prev / alpha_prod_s).sqrt() * pred_noised_sample + (
+                1 - alpha_prod_t_prev / alpha_prod_s).sqrt() * noise
+        return self._output(prev_sample, pred_noised_sample, return_dict, TCDSchedulerOutput)
 
 
 _BUILDERS = {

@@ -194,7 +194,7 @@ def build_folders(folder: Path, quick: bool) -> dict[str, Path]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"{result['device']}, torch {result['torch']}, diffusers {result['diffusers']}, quality: {result['steps']} "
-             f"UniPC steps, CFG 7.5; fast: 6 LCM steps, turbo: 4 TCD steps, CFG 1; median of {result['repeats']} "
+             f"UniPC steps, CFG 7.5; fast: 4 TCD steps, turbo: 2 LCM steps, CFG 1; median of {result['repeats']} "
              f"after a warm-up, {result['date']}", "",
              "| config | size | batch | steps | s / image | steps / s | peak GiB | warm-up s | max abs diff vs default |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

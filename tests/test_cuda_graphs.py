@@ -45,8 +45,8 @@ def test_pipeline_benchmark_script_writes_its_rows_and_table(tmp_path):
     rows = {row["config"]: row for row in result["rows"]}
     assert {"seed-sliced", "diffusers-default", "project-default", "project-default-batch4", "project-fast",
             "project-turbo"} <= set(rows)
-    assert (rows["project-fast"]["preset"], rows["project-fast"]["steps"]) == ("fast", 6)
-    assert (rows["project-turbo"]["preset"], rows["project-turbo"]["steps"]) == ("turbo", 4)
+    assert (rows["project-fast"]["preset"], rows["project-fast"]["steps"]) == ("fast", 4)
+    assert (rows["project-turbo"]["preset"], rows["project-turbo"]["steps"]) == ("turbo", 2)
     assert rows["project-fast"]["max_abs_diff_vs_default"] != rows["project-fast"]["max_abs_diff_vs_default"]  # NaN
     for row in rows.values():
         assert row["seconds_per_image"] > 0 and row["steps_per_second"] > 0 and row["warmup_s"] >= 0

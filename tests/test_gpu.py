@@ -182,6 +182,21 @@ def test_the_consistency_schedulers_never_wait_for_the_gpu(fast, name):
     assert torch.isfinite(sample).all()
 
 
+@pytest.mark.parametrize("shape", [(1, 320, 64, 64), (2, 1280, 8, 8), (1, 128, 512, 512)])
+def test_the_channels_last_group_norm_on_sd_shapes(shape):
+    """UNet, CFG batch and VAE shapes in float16: as close to float32 as torch's own kernel, channels-last out."""
+    import group_norm
+
+    torch.manual_seed(0)
+    x = (torch.randn(shape, device="cuda") * 3 + 2).half().to(memory_format=torch.channels_last)
+    weight, bias = torch.randn(shape[1], device="cuda").half(), torch.randn(shape[1], device="cuda").half()
+    exact = torch.nn.functional.group_norm(x.float(), 32, weight.float(), bias.float(), 1e-6)
+    ours = group_norm.group_norm_nhwc(x, 32, weight, bias, 1e-6)
+    torchs = torch.nn.functional.group_norm(x, 32, weight, bias, 1e-6)
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    assert (ours.float() - exact).abs().max() <= 2 * (torchs.float() - exact).abs().max()
+
+
 def test_the_run_card_reports_the_graphs_it_replayed(fast, scene):
     card = fast.generate(scene, BASE).run_card
     assert card["fast_path"]["state"].startswith("on:")

@@ -52,10 +52,10 @@ def test_same_seed_same_pixels_for_every_preset(tiny_pipeline, photo, name):
 
 def test_a_preset_fills_only_what_the_request_leaves_open():
     fast = GenerationRequest(preset="fast")
-    assert (fast.scheduler, fast.steps, fast.guidance_scale) == ("lcm", 6, 1.0)
-    assert evaluations(fast.steps, fast.guidance_scale) == 6  # CFG off: one UNet evaluation per step
+    assert (fast.scheduler, fast.steps, fast.guidance_scale) == ("tcd", 4, 1.0)
+    assert evaluations(fast.steps, fast.guidance_scale) == 4  # CFG off: one UNet evaluation per step
     mine = GenerationRequest(preset="fast", steps=8, guidance_scale=1.5)
-    assert (mine.scheduler, mine.steps, mine.guidance_scale) == ("lcm", 8, 1.5)
+    assert (mine.scheduler, mine.steps, mine.guidance_scale) == ("tcd", 8, 1.5)
     assert evaluations(GenerationRequest().steps, GenerationRequest().guidance_scale) == 40
     with pytest.raises(InvalidRequestError, match="preset must be one of quality, fast, turbo"):
         GenerationRequest(preset="ludicrous")

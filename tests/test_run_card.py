@@ -80,8 +80,8 @@ def test_a_preset_names_its_sampler_steps_cfg_and_both_loras_as_a1111_would():
     request = GenerationRequest(prompt="a fox", preset="fast", lora="/loras/ink-style.safetensors", lora_weight=0.6,
                                 seed=7)
     parsed = parse_like_a1111(a1111_parameters(card_for(request, [7], (512, 512))))
-    assert parsed["Prompt"].endswith("<lora:lcm-lora-sdv1-5:1.0> <lora:ink-style:0.6>")
-    assert (parsed["Steps"], parsed["Sampler"], parsed["CFG scale"], parsed["Preset"]) == ("6", "LCM", "1.0", "fast")
+    assert parsed["Prompt"].endswith("<lora:TCD-SD15-LoRA:1.0> <lora:ink-style:0.6>")
+    assert (parsed["Steps"], parsed["Sampler"], parsed["CFG scale"], parsed["Preset"]) == ("4", "TCD", "1.0", "fast")
 
 
 def test_without_a_negative_prompt_there_is_no_such_line():

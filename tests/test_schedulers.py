@@ -43,11 +43,18 @@ def test_async_unipc_matches_diffusers_unipc_at_every_step(overrides):
 @pytest.mark.parametrize("ours, theirs, kwargs", [(AsyncLCMScheduler, LCMScheduler, {}),
                                                    (AsyncTCDScheduler, TCDScheduler, {"eta": 0.3})])
 @pytest.mark.parametrize("steps", [1, 4, 6])
-def test_consistency_schedulers_match_diffusers_at_every_step(ours, theirs, kwargs, steps):
-    """Their noise included: the same generator seed gives the same trajectory."""
-    expected = trajectory(theirs(**CONFIG), steps, generator=torch.Generator().manual_seed(5), **kwargs)
+@pytest.mark.parametrize("generators", [1, 2])
+def test_consistency_schedulers_match_diffusers_at_every_step(ours, theirs, kwargs, steps, generators):
+    """Their noise included (drawn ahead here): the same generator seeds give the same trajectory, with one
+    generator or one per image."""
+    def seeded():
+        if generators == 1:
+            return torch.Generator().manual_seed(5)
+        return [torch.Generator().manual_seed(5 + i) for i in range(generators)]
+
+    expected = trajectory(theirs(**CONFIG), steps, generator=seeded(), **kwargs)
     scheduler = ours(**CONFIG)
-    got = trajectory(scheduler, steps, generator=torch.Generator().manual_seed(5), **kwargs)
+    got = trajectory(scheduler, steps, generator=seeded(), **kwargs)
     assert len(got) == len(expected) == steps
     for step, (a, b) in enumerate(zip(got, expected)):
         assert torch.equal(a, b), f"step {step} differs by {(a - b).abs().max()}"
