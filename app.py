@@ -261,17 +261,18 @@ def use_preset() -> None:
     st.session_state.guidance_scale = preset.guidance_scale
 
 
-def preset_label(name: str, measured: dict[str, float]) -> str:
+def preset_speed(name: str, measured: dict[str, float]) -> str:
     seconds = measured.get(name)
-    return PRESETS[name].label + (f" · {seconds:.1f} s/image here" if seconds is not None else "")
+    return f"{seconds:.1f} s/image here" if seconds is not None else "not run here yet"
 
 
 def generation_panel(settings: Settings, jobs: JobQueue) -> None:
     with st.expander("Generation settings", expanded=True):
         st.radio("Speed preset", list(PRESETS), key="preset", horizontal=True, on_change=use_preset,
-                 format_func=lambda name: preset_label(name, jobs.seconds_per_image),
+                 format_func=lambda name: PRESETS[name].label,
+                 captions=[preset_speed(name, jobs.seconds_per_image) for name in PRESETS],
                  help=" ".join(f"**{p.label}**: {p.help}" for p in PRESETS.values()) +
-                 " Seconds per image appear once a preset has run on this server.")
+                 " The seconds per image are measured on this server's GPU.")
         st.checkbox("Decode with TAESD (fastest, slightly softer)", key="fast_decode")
         left, right = st.columns(2)
         slider(left, "Steps", "steps", 1)

@@ -320,8 +320,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-auth", action="store_true", help="open the tunnel without a password (not advised)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the app to answer")
     parser.add_argument("--stop", action="store_true", help="stop what an earlier launch started, then exit")
+    parser.add_argument("--prefetch", action="store_true",
+                        help="fetch every weight the app will use (progress bar, total size), then exit")
     parser.add_argument("--state-dir", type=Path, default=STATE_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.prefetch:
+        try:
+            import prefetch
+            from settings import Settings
+
+            prefetch.run(Settings.from_env(models=args.models))
+        except ModuleNotFoundError as exc:
+            print(f"Could not prefetch: {exc}. Run it with the project's Python: .venv/bin/python launch.py "
+                  "--prefetch (make test or make run creates .venv).", file=sys.stderr)
+            return 1
+        return 0
     if args.stop:
         print("Stopped." if stop(args.state_dir) else "Nothing to stop.")
         return 0

@@ -5,6 +5,7 @@ run the page again, as the job view's poll would."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -31,6 +32,16 @@ def wait_for_the_job(app: AppTest) -> AppTest:
         assert time.monotonic() < deadline, "the job did not end"
         time.sleep(0.05)
     return app.run()
+
+
+def image_captions(node) -> list[str]:
+    """The captions of every picture on the page, in order (AppTest has no accessor for st.image)."""
+    found = []
+    for child in getattr(node, "children", {}).values():
+        if type(child).__name__ == "Image":
+            found.append(child.proto.caption)
+        found += image_captions(child)
+    return found
 
 
 def generate(app: AppTest) -> AppTest:
@@ -234,3 +245,38 @@ def test_download_all_zip_holds_every_file_of_the_run(app, served_files):
         assert read_run_card(archive.read(f"result-{result.seed}-{stamp}.png"))["seed"] == result.seed
         assert archive.read(f"detections-{result.seed}-{stamp}.csv").decode().startswith("label,class_id")
     assert f"result-{result.seed}-{stamp}.png" in served_files, "the single PNG download is named the same way"
+
+
+def test_a_preset_sets_scheduler_steps_and_cfg_runs_with_its_lora_and_shows_its_speed(app):
+    app.radio(key="preset").set_value("fast").run()
+    assert (app.selectbox(key="scheduler").value, app.slider(key="steps").value,
+            app.slider(key="guidance_scale").value) == ("tcd", 4, 1.0)
+    app.slider(key="resolution").set_value(256)
+    next(b for b in app.button if b.label == "Generate").click().run()
+    wait_for_the_job(app)
+    card = app.session_state["result"].run_card
+    assert card["preset"] == "fast" and card["request"]["steps"] == 4 and card["scheduler"] == "AsyncTCDScheduler"
+    assert [lora["role"] for lora in card["loras"]] == ["distillation"]
+    radio = app.radio(key="preset")
+    assert radio.options == ["Quality", "Fast", "Turbo"]
+    captions = list(radio.proto.captions)
+    assert re.fullmatch(r"\d+\.\d s/image here", captions[1])  # measured by the run above
+    assert all(c == "not run here yet" or re.fullmatch(r"\d+\.\d s/image here", c) for c in captions)
+    app.slider(key="steps").set_value(6).run()  # the preset's values stay free to change
+    assert app.radio(key="preset").value == "fast" and app.slider(key="steps").value == 6
+
+
+def test_the_running_job_shows_live_previews(app):
+    app.slider(key="steps").set_value(150)
+    app.slider(key="resolution").set_value(256)
+    next(b for b in app.button if b.label == "Generate").click().run()
+    job = app.session_state["job"]
+    deadline = time.monotonic() + 120
+    while job.preview_step < 6:
+        assert time.monotonic() < deadline and job.active, "no live preview arrived"
+        time.sleep(0.05)
+    app.run()
+    previews = [caption for caption in image_captions(app.main) if caption.startswith("Live preview after step")]
+    assert previews, "the job view shows no live preview"
+    job.cancel()
+    wait_for_the_job(app)

@@ -252,6 +252,7 @@ def test_notebook_is_valid_clean_and_runs_in_order(monkeypatch, model_cache):
     text = "\n".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                      for out in cell.outputs)
     assert f"Repository: {ROOT}" in text
+    assert "Tiny model set:" in text and "(nothing to fetch)" in text  # the prefetch cell, before the launch
     assert "chosen: sdpa" in text
     assert f"The app is ready at http://127.0.0.1:{port}" in text
     assert "Stopped." in text

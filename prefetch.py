@@ -1,0 +1,115 @@
+"""Fetch every weight the app will use before it starts, with one progress bar over the total size.
+
+Without it the first page load sits on a spinner for minutes while SD1.5 (2 GB in fp16), the ControlNet,
+TAESD, the presets' LoRAs and the detector download one after another. Files already in the Hugging Face
+cache are not fetched again, and a local folder or file named in the settings is left alone. With the tiny
+model set there is nothing to fetch: the set is built locally.
+
+    python launch.py --prefetch              # in a terminal (MODELS, SD15_MODEL, ... as for the app)
+    prefetch.run(Settings.from_env())        # the notebook's prefetch cell
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from presets import PRESETS
+from settings import Settings
+
+SD15_FOLDERS = ("unet", "vae", "text_encoder")  # the weights the pipeline loads (the safety checker: if on)
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A Hub repository and the files of it that the app loads."""
+
+    what: str
+    repo: str
+    folders: tuple[str, ...] = ("",)  # the folders whose weights load ("" for the repository's top)
+    weight_name: str | None = None  # one named weight file instead (a LoRA)
+
+
+def wanted(settings: Settings) -> list[Wanted]:
+    """The Hub repositories the real model set loads; sources that are local paths are not listed."""
+    items = [Wanted("Stable Diffusion 1.5", settings.sd15_model,
+                    SD15_FOLDERS + (("safety_checker",) if settings.safety_checker else ())),
+             Wanted("ControlNet Canny", settings.controlnet_model)]
+    if settings.taesd_model:
+        items.append(Wanted("TAESD (live previews)", settings.taesd_model))
+    overrides = dict(settings.preset_loras)
+    for name, preset in PRESETS.items():
+        if preset.lora:
+            items.append(Wanted(f"{preset.label} preset LoRA", overrides.get(name, preset.lora),
+                                weight_name="pytorch_lora_weights.safetensors"))
+    items += [Wanted(f"style LoRA {hub_id}", hub_id, weight_name="pytorch_lora_weights.safetensors")
+              for hub_id in settings.lora_hub_ids]
+    return [item for item in items if not Path(item.repo).expanduser().exists()]
+
+
+def choose_files(item: Wanted, listing: dict[str, int], variant: str) -> dict[str, int]:
+    """The files of `listing` ({path: bytes}) that loading `item` reads: every config, tokenizer and scheduler
+    file, and per weight folder its `variant` safetensors when the repository has them, else its safetensors."""
+    if item.weight_name:
+        return {name: size for name, size in listing.items() if PurePosixPath(name).name == item.weight_name}
+    chosen = {name: size for name, size in listing.items() if fnmatch.fnmatch(name, "*.json")
+              or fnmatch.fnmatch(name, "*.txt")}
+    for folder in item.folders:
+        inside = {name: size for name, size in listing.items() if str(PurePosixPath(name).parent).strip(".") == folder
+                  and name.endswith(".safetensors")}
+        preferred = {name: size for name, size in inside.items() if name.endswith(f".{variant}.safetensors")}
+        chosen.update(preferred or inside)
+    return chosen
+
+
+def run(settings: Settings, say: Callable[[str], None] = print) -> dict[str, int]:
+    """Fetch what is missing; returns counts: files, bytes in all, bytes fetched now."""
+    if settings.models == "tiny":
+        import tiny_models
+
+        paths = tiny_models.ensure_tiny_models(settings.cache_dir)
+        files = [p for p in paths.sd15.parent.rglob("*") if p.is_file()] + [paths.yolo]
+        total = sum(p.stat().st_size for p in files)
+        say(f"Tiny model set: {len(files)} files, {total / 2**20:.1f} MB, built locally in {paths.sd15.parent} "
+            "(nothing to fetch).")
+        return {"files": len(files), "bytes": total, "fetched": 0}
+    from huggingface_hub import HfApi, hf_hub_download, try_to_load_from_cache
+    from tqdm.auto import tqdm
+
+    api, plan = HfApi(), []
+    for item in wanted(settings):
+        info = api.model_info(item.repo, files_metadata=True, timeout=settings.hub_timeout_s * 6)
+        listing = {s.rfilename: s.size or 0 for s in info.siblings or []}
+        files = choose_files(item, listing, settings.variant)
+        if not files:
+            raise FileNotFoundError(f"{item.what}: '{item.repo}' has none of the files the app loads.")
+        plan += [(item, name, size) for name, size in sorted(files.items())]
+    missing = [(item, name, size) for item, name, size in plan
+               if not isinstance(try_to_load_from_cache(item.repo, name), str)]
+    total, to_fetch = sum(size for *_, size in plan), sum(size for *_, size in missing)
+    say(f"{len(plan)} files, {total / 2**30:.2f} GB in all; {len(missing)} to fetch ({to_fetch / 2**30:.2f} GB), "
+        f"{len(plan) - len(missing)} already cached.")
+    with tqdm(total=to_fetch, unit="B", unit_scale=True, desc="Fetching weights") as bar:
+        for item, name, size in missing:
+            bar.set_postfix_str(f"{item.what}: {name}")
+            hf_hub_download(item.repo, name)
+            bar.update(size)
+    say(_fetch_detector(settings.yolo_model))
+    return {"files": len(plan), "bytes": total, "fetched": to_fetch}
+
+
+def _fetch_detector(name: str) -> str:
+    """Ultralytics' own download (from its GitHub releases) into its weights folder, unless it is there."""
+    if Path(name).expanduser().is_file():
+        return f"Detector: {name} is a local file."
+    from ultralytics import settings as yolo_settings
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    target = Path(yolo_settings["weights_dir"]) / name
+    if target.is_file():
+        return f"Detector: {name} already fetched."
+    target.parent.mkdir(parents=True, exist_ok=True)
+    attempt_download_asset(str(target))
+    return f"Detector: {name} fetched ({target.stat().st_size / 2**20:.1f} MB)."
