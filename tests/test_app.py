@@ -39,7 +39,7 @@ def image_captions(node) -> list[str]:
     found = []
     for child in getattr(node, "children", {}).values():
         if type(child).__name__ == "Image":
-            found.append(child.proto.caption)
+            found += [image.caption for image in child.proto.imgs]
         found += image_captions(child)
     return found
 
