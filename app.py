@@ -24,7 +24,7 @@ from typing import Any
 
 import streamlit as st
 
-from control_image import CONTROL_MODES, RESIZE_MODES
+from control_image import CONTROL_MODES, REGENERATE_MODES, RESIZE_MODES, overlay_mask
 from detections import draw_detections
 from downloads import detections_csv, file_name, result_files, zip_of
 from generation_request import (LIMITS, MAX_PROMPT_CHARS, SCHEDULERS, SEED_MAX, GenerationRequest,
@@ -77,7 +77,7 @@ STAGES = {"detect": "Detecting objects", "control": "Building the control image"
 REQUEST_WIDGETS = ("added_prompt", "negative_prompt", "preset", "fast_decode", "num_images", "steps",
                    "guidance_scale", "resolution",
                    "resize_mode", "controlnet_scale", "guess_mode", "scheduler", "lora_weight", "canny_low",
-                   "canny_high", "control_mode", "control_padding", "control_feather", "background_weight",
+                   "canny_high", "control_mode", "regenerate", "control_padding", "control_feather", "background_weight",
                    "invert_edge_map", "detect_conf", "detect_iou")
 PAGE_DEFAULTS: dict[str, Any] = {
     "prompt": "a cozy cottage in a watercolor painting", "randomize_seed": True, "seed": 1, "set_size": False,
@@ -335,13 +335,15 @@ def request_from_state(names: dict[int, str]) -> GenerationRequest:
     start, end = state.control_range
     return GenerationRequest(
         prompt=state.prompt, added_prompt=state.added_prompt, negative_prompt=state.negative_prompt,
-        preset=state.preset, fast_decode=state.fast_decode, num_images=state.num_images, steps=state.steps, guidance_scale=state.guidance_scale,
+        preset=state.preset, fast_decode=state.fast_decode, num_images=state.num_images, steps=state.steps,
+        guidance_scale=state.guidance_scale,
         seed=None if state.randomize_seed else int(state.seed), resolution=state.resolution, size_multiple=64,
         width=state.width if state.set_size else None, height=state.height if state.set_size else None,
         resize_mode=state.resize_mode, controlnet_scale=state.controlnet_scale, control_start=start,
         control_end=end, guess_mode=state.guess_mode, scheduler=state.scheduler, lora=state.lora.strip() or None,
         lora_weight=state.lora_weight, canny_low=state.canny_low, canny_high=state.canny_high,
-        control_mode=state.control_mode, control_classes=tuple(ids[n] for n in state.control_classes) or None,
+        control_mode=state.control_mode, regenerate=state.regenerate,
+        control_classes=tuple(ids[n] for n in state.control_classes) or None,
         control_padding=state.control_padding, control_feather=state.control_feather,
         background_weight=state.background_weight, control_source="edge_map" if state.own_control else "canny",
         invert_edge_map=state.invert_edge_map, detect_conf=state.detect_conf, detect_iou=state.detect_iou,
@@ -353,8 +355,12 @@ def control_panel(previews: Previews, image: Any, key: str | None, names: dict[i
     """The control image above its own settings. A fragment: moving a slider here rebuilds only the control
     image (from cached detections), not the page."""
     preview_slot = st.container()
-    st.selectbox("What keeps its structure", list(CONTROL_MODES), format_func=CONTROL_MODES.get, key="control_mode")
-    guided = st.session_state.control_mode != "full"
+    left, right = st.columns(2)
+    left.selectbox("What keeps its structure", list(CONTROL_MODES), format_func=CONTROL_MODES.get, key="control_mode")
+    right.selectbox("What to repaint", list(REGENERATE_MODES), format_func=REGENERATE_MODES.get, key="regenerate",
+                    help="Repaint only the chosen objects (their segmentation masks, or boxes), or everything but "
+                         "them; the rest of the photo is kept pixel for pixel.")
+    guided = st.session_state.control_mode != "full" or st.session_state.regenerate != "all"
     detected = st.session_state.get("detected_labels", [])
     st.multiselect("Objects (empty: every detected one)", sorted(set(detected) | set(st.session_state.control_classes)),
                    key="control_classes", disabled=not guided)
@@ -376,7 +382,11 @@ def control_panel(previews: Previews, image: Any, key: str | None, names: dict[i
         except InvalidRequestError as exc:
             st.error(str(exc))
             return
-        st.image(preview.control_image, caption="Control image preview", width="stretch")
+        if preview.mask is not None:
+            st.image(overlay_mask(preview.control_image, preview.mask), width="stretch",
+                     caption="Control image preview; tinted red: what will be repainted")
+        else:
+            st.image(preview.control_image, caption="Control image preview", width="stretch")
         for warning in preview.warnings:
             st.warning(warning)
 
@@ -472,6 +482,11 @@ def results_panel() -> None:
         name = file_name("result", result.seeds[i], card, "png")
         st.download_button("Download PNG", files[name], name, "image/png", key=f"download-{i}", on_click="ignore")
         st.code(a1111_parameters(card, i), language=None, wrap_lines=True)
+    if card["regenerate"]["mode"] != "all":
+        regenerated = card["regenerate"]
+        st.image(overlay_mask(result.images[0], result.mask), width="stretch",
+                 caption=f"Repainted ({regenerated['repainted_share']:.0%} of the picture, tinted red, from "
+                         f"{regenerated['mask_source']} masks); the rest is the input, pixel for pixel")
     with st.expander("Control image, detections and run card"):
         left, right = st.columns(2)
         left.image(result.control_image, caption="Control image")

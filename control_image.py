@@ -1,7 +1,10 @@
-"""Control images for ControlNet Canny, optionally guided by detections, and how well an output followed one.
+"""Control images for ControlNet Canny, optionally guided by detections, the masks of what to repaint, and how
+well an output followed a control image.
 
 Pure numpy/OpenCV, no torch: every function here is tested on synthetic pictures with known geometry.
-Boxes are (x1, y1, x2, y2) in pixels of the image they are given with.
+Boxes are (x1, y1, x2, y2) and polygons (x, y) points, in pixels of the image they are given with. A detection's
+region is its polygon (a segmentation model's mask) or else its box, grown by OUTLINE_PX: a box edge or a mask
+border lies on the object's own edge, and Canny's edge pixels there fall on either side of it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ from PIL import Image
 CONTROL_MODES = {"full": "Whole image", "objects": "Only the chosen objects", "background": "Only the background",
                  "outlines": "Objects' edges and outlines"}
 RESIZE_MODES = {"resize": "Just resize", "crop": "Crop and resize", "fill": "Resize and fill"}
+REGENERATE_MODES = {"all": "Everything", "objects": "Only the chosen objects",
+                    "background": "Everything but the chosen objects"}
 Box = tuple[float, float, float, float]
+Polygon = tuple[tuple[float, float], ...]
+OUTLINE_PX = 3
 
 
 class NoMatchingDetectionsError(ValueError):
@@ -55,6 +62,12 @@ class Placement:
                 min(max(x2 * self.scale_x + self.offset_x, 0.0), width),
                 min(max(y2 * self.scale_y + self.offset_y, 0.0), height))
 
+    def map_polygon(self, polygon: Polygon | None) -> Polygon | None:
+        """The polygon in output pixels (points outside the frame are kept: filling clips them)."""
+        if polygon is None:
+            return None
+        return tuple((x * self.scale_x + self.offset_x, y * self.scale_y + self.offset_y) for x, y in polygon)
+
 
 def place_image(image: Image.Image, size: tuple[int, int], mode: str = "resize") -> tuple[Image.Image, Placement]:
     """The input at the output size: `resize` stretches it, `crop` fills the frame and cuts the overflow
@@ -88,13 +101,24 @@ def canny_edges(image: Image.Image, low: int = 100, high: int = 200) -> np.ndarr
     return cv2.Canny(gray, low, high)
 
 
-def region_mask(size: tuple[int, int], boxes: Iterable[Box], padding: float = 0.0, feather: int = 0) -> np.ndarray:
-    """A float HxW mask, 1 inside the boxes. `padding` grows each box by that fraction of its own width and
-    height on every side; `feather` softens the border over that many pixels."""
+def region_mask(size: tuple[int, int], detections: Iterable, padding: float = 0.0, feather: int = 0,
+                grow_px: int = OUTLINE_PX) -> np.ndarray:
+    """A float HxW mask, 1 inside the detections' regions: each polygon, or its box where it has none, grown by
+    `grow_px` and by `padding` times its box's width and height on every side (a polygon by that share of its
+    box's mean side, in every direction); `feather` softens the border over that many pixels."""
     width, height = size
     mask = np.zeros((height, width), np.float32)
-    for x1, y1, x2, y2 in boxes:
-        pad_x, pad_y = (x2 - x1) * padding, (y2 - y1) * padding
+    for det in detections:
+        x1, y1, x2, y2 = det.box
+        if det.polygon:
+            shape = np.zeros((height, width), np.uint8)
+            cv2.fillPoly(shape, [np.round(np.asarray(det.polygon, np.float64)).astype(np.int32)], 1)
+            reach = grow_px + padding * ((x2 - x1) + (y2 - y1)) / 2
+            if reach > 0:  # every pixel within `reach` of the shape (a distance map: any radius, one pass)
+                shape = (cv2.distanceTransform(1 - shape, cv2.DIST_L2, 5) <= reach).astype(np.uint8)
+            mask[shape > 0] = 1.0
+            continue
+        pad_x, pad_y = (x2 - x1) * padding + grow_px, (y2 - y1) * padding + grow_px
         left, top = max(0, int(np.floor(x1 - pad_x))), max(0, int(np.floor(y1 - pad_y)))
         right, bottom = min(width, int(np.ceil(x2 + pad_x))), min(height, int(np.ceil(y2 + pad_y)))
         mask[top:bottom, left:right] = 1.0
@@ -103,14 +127,38 @@ def region_mask(size: tuple[int, int], boxes: Iterable[Box], padding: float = 0.
     return mask
 
 
+def chosen(detections: Sequence, classes: Iterable[int] | None) -> list:
+    """The detections of the chosen classes (all of them for None)."""
+    wanted = set(classes) if classes is not None else None
+    return [d for d in detections if wanted is None or d.class_id in wanted]
+
+
+def repaint_mask(size: tuple[int, int], detections: Sequence, mode: str, classes: Iterable[int] | None = None,
+                 padding: float = 0.0, feather: int = 0) -> np.ndarray:
+    """What a regeneration repaints, as a float HxW mask (1: repainted, 0: kept as it is): the chosen objects'
+    regions (`objects`), everything else (`background`) or the whole picture (`all`)."""
+    if mode not in REGENERATE_MODES:
+        raise ValueError(f"regenerate must be one of {', '.join(REGENERATE_MODES)}, not {mode!r}")
+    width, height = size
+    if mode == "all":
+        return np.ones((height, width), np.float32)
+    selected = chosen(detections, classes)
+    if not selected:
+        raise NoMatchingDetectionsError("No detected object matches the chosen classes, so there is nothing to "
+                                        f"tell apart for '{REGENERATE_MODES[mode]}'.")
+    inside = region_mask(size, selected, padding, feather)
+    return inside if mode == "objects" else 1.0 - inside
+
+
 def build_control_image(image: Image.Image, detections: Sequence = (), *, mode: str = "full", low: int = 100,
                         high: int = 200, classes: Iterable[int] | None = None, padding: float = 0.0,
                         feather: int = 0, background_weight: float = 0.0) -> Image.Image:
     """The RGB Canny map that ControlNet Canny expects, the size of `image`.
 
-    `full` keeps every edge; `objects` only those inside the chosen detections' boxes, `background` only
-    those outside; `outlines` keeps the objects' edges and draws their boxes. `background_weight` keeps that
-    share (0..1) of the other region's edges, dimmed. `classes` picks detections by class id (None: all).
+    `full` keeps every edge; `objects` only those inside the chosen detections' regions (region_mask),
+    `background` only those outside; `outlines` keeps the objects' edges and draws their outlines (polygon or
+    box). `background_weight` keeps that share (0..1) of the other region's edges, dimmed. `classes` picks
+    detections by class id (None: all).
     """
     if mode not in CONTROL_MODES:
         raise ValueError(f"control mode must be one of {', '.join(CONTROL_MODES)}, not {mode!r}")
@@ -118,20 +166,32 @@ def build_control_image(image: Image.Image, detections: Sequence = (), *, mode: 
         raise ValueError(f"background_weight must lie in 0..1, got {background_weight}")
     edges = canny_edges(image, low, high).astype(np.float32) / 255.0
     if mode != "full":
-        chosen = set(classes) if classes is not None else None
-        selected = [d for d in detections if chosen is None or d.class_id in chosen]
+        selected = chosen(detections, classes)
         if not selected and mode != "background":
             raise NoMatchingDetectionsError("No detected object matches the chosen classes, so the "
                                             f"'{mode}' control image would be empty.")
-        inside = region_mask(image.size, [d.box for d in selected], padding, feather)
+        inside = region_mask(image.size, selected, padding, feather)
         keep = 1.0 - inside if mode == "background" else inside
         edges = edges * (keep + background_weight * (1.0 - keep))
         if mode == "outlines":
             for det in selected:
-                x1, y1, x2, y2 = (int(round(v)) for v in det.box)
-                cv2.rectangle(edges, (x1, y1), (x2 - 1, y2 - 1), 1.0, 1)
+                if det.polygon:
+                    points = np.round(np.asarray(det.polygon, np.float64)).astype(np.int32)
+                    cv2.polylines(edges, [points], True, 1.0, 1)
+                else:
+                    x1, y1, x2, y2 = (int(round(v)) for v in det.box)
+                    cv2.rectangle(edges, (x1, y1), (x2 - 1, y2 - 1), 1.0, 1)
     gray = np.round(edges * 255).astype(np.uint8)
     return Image.fromarray(np.stack([gray] * 3, axis=-1))
+
+
+def overlay_mask(image: Image.Image, mask: Image.Image, color: tuple[int, int, int] = (255, 64, 64),
+                 opacity: float = 0.45) -> Image.Image:
+    """`image` with the mask's area tinted (in proportion to the mask): what a regeneration will repaint."""
+    weight = np.asarray(mask.convert("L").resize(image.size), np.float32)[..., None] / 255.0 * opacity
+    pixels = np.asarray(image.convert("RGB"), np.float32)
+    tinted = pixels * (1.0 - weight) + np.asarray(color, np.float32) * weight
+    return Image.fromarray(np.round(tinted).astype(np.uint8))
 
 
 def edge_map_control(image: Image.Image, invert: bool = False) -> Image.Image:

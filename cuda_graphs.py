@@ -145,22 +145,25 @@ def eager(method: Callable[..., Any]) -> Callable[..., Any]:
     return method.eager if isinstance(method, GraphedForward) else method
 
 
-def enable(pipe: Any, compile: bool = False) -> GraphStats:
-    """Wrap the UNet's and the ControlNet's forward and the VAE's decode; returns the shared statistics.
+def enable(pipe: Any, compile: bool = False, extra_unets: tuple = ()) -> GraphStats:
+    """Wrap the UNet's and the ControlNet's forward and the VAE's decode (and the forward of each of
+    `extra_unets`, such as an inpainting checkpoint's UNet); returns the shared statistics.
 
     With `compile`, the captured forwards are torch.compile'd first (inductor's fused kernels, without
     its own CUDA graphs, whose reused outputs clash with the ControlNet feeding the UNet); the
     compilation runs during the first capture of each shape and takes minutes."""
     stats, pools = GraphStats(), _Pools()
-    for name, method, scalars in GRAPHED:
-        module = getattr(pipe, name)
+    wrapped = [(getattr(pipe, name), method, scalars) for name, method, scalars in GRAPHED]
+    for module, method, scalars in wrapped + [(unet, "forward", ()) for unet in extra_unets]:
         forward = getattr(module, method)
         forward = torch.compile(forward) if compile else forward
         setattr(module, method, GraphedForward(module, forward, pools, stats, scalars))
     return stats
 
 
-def disable(pipe: Any) -> None:
+def disable(pipe: Any, extra_unets: tuple = ()) -> None:
     """Back to plain eager forwards (drops every captured graph)."""
     for name, method, _ in GRAPHED:
         getattr(pipe, name).__dict__.pop(method, None)
+    for unet in extra_unets:
+        unet.__dict__.pop("forward", None)

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -47,14 +48,37 @@ class Cancelled(Exception):
 
 
 @dataclass
+class Repaint:
+    """A regeneration of part of the picture: the input at the output size, and the mask of what is repainted
+    ("L", 255: repainted, 0: kept exactly, in between: blended)."""
+
+    image: Image.Image
+    mask: Image.Image
+
+    def resized(self, size: tuple[int, int]) -> Repaint:
+        return Repaint(self.image.resize(size, Image.Resampling.LANCZOS),
+                       self.mask.resize(size, Image.Resampling.BILINEAR))
+
+    def composite(self, generated: Image.Image) -> Image.Image:
+        """The generated picture inside the mask, the input outside it, pixel for pixel."""
+        weight = np.asarray(self.mask, np.float32)[..., None] / 255.0
+        blended = np.asarray(self.image, np.float32) * (1.0 - weight) + np.asarray(generated, np.float32) * weight
+        result = Image.fromarray(np.round(blended).astype(np.uint8))
+        result.info.update(generated.info)
+        return result
+
+
+@dataclass
 class Denoised:
     """What one run gave: the images (None when cancelled), the control image they were made with (smaller
-    when the out-of-memory chain had to shrink it), the steps done and notes for the person."""
+    when the out-of-memory chain had to shrink it, and the repaint mask with it), the steps done and notes for
+    the person."""
 
     images: list[Image.Image] | None
     control: Image.Image
     steps_done: int
     notes: list[str] = field(default_factory=list)
+    repaint: Repaint | None = None
 
 
 def short_error(exc: BaseException) -> str:
@@ -73,11 +97,13 @@ class Denoiser:
     """Owns the state the fallbacks change: the attention backend in use and the CUDA graphs."""
 
     def __init__(self, pipe: Any, device: str, attention: str, graphs: bool, compile: bool = False,
-                 taesd: Any | None = None) -> None:
+                 taesd: Any | None = None, inpaint_unet: Any | None = None) -> None:
         self.pipe, self.device, self.compile, self.taesd = pipe, device, compile, taesd
+        self.inpaint_unet = inpaint_unet  # an inpainting checkpoint's 9-channel UNet, or None: the base UNet inpaints
         self.attention_in_use = attention
         self.attention_fallback: str | None = None
-        self.graph_stats = cuda_graphs.enable(pipe, compile=compile) if graphs else None
+        self.graph_stats = self._enable_graphs() if graphs else None
+        self._inpaint: Any | None = None
         self._prompts: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
 
     def weights_changed(self) -> None:
@@ -85,27 +111,56 @@ class Denoiser:
         self._prompts.clear()
         self.refresh_graphs()
 
+    def _enable_graphs(self) -> cuda_graphs.GraphStats:
+        extra = (self.inpaint_unet,) if self.inpaint_unet is not None else ()
+        return cuda_graphs.enable(self.pipe, compile=self.compile, extra_unets=extra)
+
+    def _disable_graphs(self) -> None:
+        cuda_graphs.disable(self.pipe, extra_unets=(self.inpaint_unet,) if self.inpaint_unet is not None else ())
+
     def refresh_graphs(self) -> None:
         """Graphs captured before a change of weights or attention processors are stale: recapture."""
         if self.graph_stats is not None:
-            cuda_graphs.disable(self.pipe)
-            self.graph_stats = cuda_graphs.enable(self.pipe, compile=self.compile)
+            self._disable_graphs()
+            self.graph_stats = self._enable_graphs()
+
+    def _apply_attention(self, backend: str) -> None:
+        attention_backend.apply(self.pipe, backend)
+        if self._inpaint is not None and self.inpaint_unet is not None:
+            attention_backend.apply(self._inpaint, backend)
+
+    def inpaint_pipeline(self) -> Any:
+        """diffusers' ControlNet inpainting pipeline over the loaded components (no second copy of the weights),
+        with the inpainting checkpoint's UNet when one is loaded."""
+        if self._inpaint is None:
+            from diffusers import StableDiffusionControlNetInpaintPipeline
+
+            extra = {"unet": self.inpaint_unet} if self.inpaint_unet is not None else {}
+            self._inpaint = StableDiffusionControlNetInpaintPipeline.from_pipe(self.pipe, **extra)
+            self._inpaint.set_progress_bar_config(disable=True)
+            if self.inpaint_unet is not None:
+                attention_backend.apply(self._inpaint, self.attention_in_use)
+        return self._inpaint
 
     def run(self, control: Image.Image, request: GenerationRequest, seeds: list[int], scheduler: Any,
             on_step: Callable[[int, int], None] | None = None,
             should_cancel: Callable[[], bool] | None = None,
-            on_preview: Callable[[int, Image.Image], None] | None = None) -> Denoised:
-        def attempt(ctl: Image.Image) -> tuple[list[Image.Image], list[str]]:
-            return self._with_attention_fallback(ctl, request, seeds, scheduler, on_step, should_cancel, on_preview)
+            on_preview: Callable[[int, Image.Image], None] | None = None,
+            repaint: Repaint | None = None) -> Denoised:
+        """Denoise `request` under `control`; with `repaint`, only its mask is repainted and the rest of its
+        image is kept exactly."""
+        def attempt(ctl: Image.Image, rp: Repaint | None) -> tuple[list[Image.Image], list[str]]:
+            return self._with_attention_fallback(ctl, rp, request, seeds, scheduler, on_step, should_cancel,
+                                                 on_preview)
 
         try:
             try:
-                images, notes = attempt(control)
-                return Denoised(images, control, request.steps, notes)
+                images, notes = attempt(control, repaint)
+                return Denoised(images, control, request.steps, notes, repaint)
             except torch.cuda.OutOfMemoryError:
-                return self._recover_from_oom(control, request, attempt)
+                return self._recover_from_oom(control, repaint, request, attempt)
         except Cancelled as cancelled:
-            return Denoised(None, control, cancelled.steps_done)
+            return Denoised(None, control, cancelled.steps_done, repaint=repaint)
 
     def _raised_by_attention(self, exc: BaseException) -> bool:
         """True when the error comes from an attention processor or an attention package."""
@@ -120,35 +175,36 @@ class Denoiser:
             tb = tb.tb_next
         return False
 
-    def _with_attention_fallback(self, control: Image.Image, request: GenerationRequest, seeds: list[int],
-                                 scheduler: Any, on_step: Callable[[int, int], None] | None,
+    def _with_attention_fallback(self, control: Image.Image, repaint: Repaint | None, request: GenerationRequest,
+                                 seeds: list[int], scheduler: Any, on_step: Callable[[int, int], None] | None,
                                  should_cancel: Callable[[], bool] | None,
                                  on_preview: Callable[[int, Image.Image], None] | None
                                  ) -> tuple[list[Image.Image], list[str]]:
         try:
-            return self._call_pipe(control, request, seeds, scheduler, on_step, should_cancel, on_preview)
+            return self._call_pipe(control, repaint, request, seeds, scheduler, on_step, should_cancel, on_preview)
         except (RuntimeError, NotImplementedError, ValueError) as exc:
             if (self.attention_in_use == "sdpa" or isinstance(exc, torch.cuda.OutOfMemoryError)
                     or not self._raised_by_attention(exc)):
                 raise
             self.attention_fallback = (f"{self.attention_in_use} failed at its first real call "
                                        f"({short_error(exc)}); switched to sdpa")
-            attention_backend.apply(self.pipe, "sdpa")
+            self._apply_attention("sdpa")
             self.attention_in_use = "sdpa"
             self.refresh_graphs()
-            return self._call_pipe(control, request, seeds, scheduler, on_step, should_cancel, on_preview)
+            return self._call_pipe(control, repaint, request, seeds, scheduler, on_step, should_cancel, on_preview)
 
-    def _recover_from_oom(self, control: Image.Image, request: GenerationRequest,
-                          attempt: Callable[[Image.Image], tuple[list[Image.Image], list[str]]]) -> Denoised:
+    def _recover_from_oom(self, control: Image.Image, repaint: Repaint | None, request: GenerationRequest,
+                          attempt: Callable[[Image.Image, Repaint | None], tuple[list[Image.Image], list[str]]]
+                          ) -> Denoised:
         applied: list[str] = []
         graphs = self.graph_stats is not None
         if graphs:
-            cuda_graphs.disable(self.pipe)
+            self._disable_graphs()
         try:
             for remedy in OOM_REMEDIES:
                 free_gpu_memory()
                 if remedy == "attention slicing":
-                    attention_backend.apply(self.pipe, "sliced")
+                    self._apply_attention("sliced")
                 elif remedy == "VAE tiling":
                     self.pipe.vae.enable_tiling()
                 elif remedy == "model CPU offload":
@@ -158,28 +214,29 @@ class Denoiser:
                 else:
                     size = tuple(max(64, int(side * 0.75) // 8 * 8) for side in control.size)
                     control = control.resize(size, Image.Resampling.BILINEAR)
+                    repaint = repaint.resized(size) if repaint is not None else None
                     remedy = f"a smaller size ({size[0]}x{size[1]})"
                 applied.append(remedy)
                 try:
-                    images, notes = attempt(control)
+                    images, notes = attempt(control, repaint)
                 except torch.cuda.OutOfMemoryError:
                     continue
                 return Denoised(images, control, request.steps, notes + [
-                    f"The GPU ran out of memory; the run succeeded with {', '.join(applied)}."])
+                    f"The GPU ran out of memory; the run succeeded with {', '.join(applied)}."], repaint)
             raise GenerationError(f"The GPU ran out of memory even with {', '.join(applied)}. Try fewer images per "
                                   "run or a lower resolution.")
         finally:
-            attention_backend.apply(self.pipe, self.attention_in_use)
+            self._apply_attention(self.attention_in_use)
             self.pipe.vae.disable_tiling()
             if "model CPU offload" in applied:
                 self.pipe.remove_all_hooks()
                 self.pipe.to(self.device)
             free_gpu_memory()
             if graphs:
-                self.graph_stats = cuda_graphs.enable(self.pipe, compile=self.compile)
+                self.graph_stats = self._enable_graphs()
 
-    def _call_pipe(self, control: Image.Image, request: GenerationRequest, seeds: list[int], scheduler: Any,
-                   on_step: Callable[[int, int], None] | None,
+    def _call_pipe(self, control: Image.Image, repaint: Repaint | None, request: GenerationRequest,
+                   seeds: list[int], scheduler: Any, on_step: Callable[[int, int], None] | None,
                    should_cancel: Callable[[], bool] | None,
                    on_preview: Callable[[int, Image.Image], None] | None) -> tuple[list[Image.Image], list[str]]:
         previews = set(preview_steps(request.steps)) if on_preview is not None else set()
@@ -195,17 +252,27 @@ class Denoiser:
 
         # One CPU generator per image: image i of seed s is image 0 of seed s+i (up to batch rounding).
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        self.pipe.scheduler = scheduler
         prompt_embeds, negative_embeds = self._prompt_embeddings(request)
-        output = self.pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
-                           image=control, num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
-                           num_images_per_prompt=request.num_images, generator=generators,
-                           controlnet_conditioning_scale=request.controlnet_scale,
-                           control_guidance_start=request.control_start, control_guidance_end=request.control_end,
-                           guess_mode=request.guess_mode, height=control.height, width=control.width,
-                           eta=TCD_GAMMA if request.scheduler == "tcd" else 0.0,
-                           callback_on_step_end=step_end, output_type="latent")
-        return self._decode(output.images, request.fast_decode)
+        common = dict(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
+                      num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+                      num_images_per_prompt=request.num_images, generator=generators,
+                      controlnet_conditioning_scale=request.controlnet_scale,
+                      control_guidance_start=request.control_start, control_guidance_end=request.control_end,
+                      guess_mode=request.guess_mode, height=control.height, width=control.width,
+                      eta=TCD_GAMMA if request.scheduler == "tcd" else 0.0,
+                      callback_on_step_end=step_end, output_type="latent")
+        if repaint is None:
+            self.pipe.scheduler = scheduler
+            output = self.pipe(image=control, **common)
+        else:
+            inpaint = self.inpaint_pipeline()
+            inpaint.scheduler = scheduler
+            output = inpaint(image=repaint.image, mask_image=repaint.mask, control_image=control, strength=1.0,
+                             **common)
+        images, notes = self._decode(output.images, request.fast_decode)
+        if repaint is not None:
+            images = [repaint.composite(image) for image in images]
+        return images, notes
 
     def _prompt_embeddings(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
         """CLIP's embeddings of the prompt (and of the negative prompt when CFG is on), computed once per text."""

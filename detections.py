@@ -12,17 +12,20 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class Detection:
-    """One detected object; `box` is (x1, y1, x2, y2) in pixels of the input image."""
+    """One detected object; `box` is (x1, y1, x2, y2) in pixels of the input image, and `polygon` its outline
+    there ((x, y) points) when a segmentation model found it (None for a box-only detector)."""
 
     label: str
     class_id: int
     confidence: float
     box: tuple[float, float, float, float]
+    polygon: tuple[tuple[float, float], ...] | None = None
 
     def as_row(self) -> dict[str, object]:
         row = asdict(self)
         row["confidence"] = round(self.confidence, 3)
         row["box"] = [round(v, 1) for v in self.box]
+        row["polygon"] = f"{len(self.polygon)} points" if self.polygon else "box only"
         return row
 
 

@@ -40,9 +40,8 @@ def result_files(result: Any) -> dict[str, bytes]:
     files = {file_name("result", result.seeds[i], card, "png"): png_with_run_card(image, card, i)
              for i, image in enumerate(result.images) if not result.flagged[i]}
     files[file_name("control", seed, card, "png")] = png_with_run_card(result.control_image, card)
-    mask = getattr(result, "mask", None)
-    if mask is not None:
-        files[file_name("mask", seed, card, "png")] = png_with_run_card(mask, card)
+    if card.get("regenerate", {}).get("mode", "all") != "all":
+        files[file_name("mask", seed, card, "png")] = png_with_run_card(result.mask, card)
     files[file_name("detections", seed, card, "csv")] = detections_csv(result.detections).encode()
     files[file_name("run_card", seed, card, "json")] = json.dumps(card, indent=2).encode()
     return files

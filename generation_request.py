@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any
 
-from control_image import CONTROL_MODES, RESIZE_MODES
+from control_image import CONTROL_MODES, REGENERATE_MODES, RESIZE_MODES
 from detections import Detection
 from presets import PRESETS
 
@@ -38,7 +38,7 @@ WHOLE_NUMBERS = ("num_images", "steps", "seed", "resolution", "size_multiple", "
 NUMBERS = ("guidance_scale", "controlnet_scale", "control_start", "control_end", "lora_weight", "control_padding",
            "background_weight", "detect_conf", "detect_iou")
 TEXTS = ("prompt", "added_prompt", "negative_prompt", "preset", "resize_mode", "scheduler", "lora", "control_mode",
-         "control_source")
+         "control_source", "regenerate")
 SWITCHES = ("guess_mode", "invert_edge_map", "fast_decode")
 CLASS_LISTS = ("control_classes", "detect_classes")
 OPTIONAL = ("seed", "width", "height", "lora", "control_classes", "detect_classes")
@@ -119,6 +119,7 @@ class GenerationRequest:
     background_weight: float = 0.0
     control_source: str = "canny"
     invert_edge_map: bool = False
+    regenerate: str = "all"  # "objects": repaint only the chosen detections, "background": all but them
     detect_conf: float = 0.25
     detect_iou: float = 0.45
     detect_classes: tuple[int, ...] | None = None
@@ -152,6 +153,7 @@ class GenerationRequest:
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("control_mode", self.control_mode, CONTROL_MODES)
         _choice("control_source", self.control_source, ("canny", "edge_map"))
+        _choice("regenerate", self.regenerate, REGENERATE_MODES)
 
     @property
     def full_prompt(self) -> str:
@@ -173,6 +175,7 @@ class GenerationResult:
     fidelity: list[dict[str, float]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     flagged: list[bool] = field(default_factory=list)
+    mask: Any = None  # what was repainted: PIL "L" at the output size, 255 = repainted (all 255 for "all")
 
 
 @dataclass
@@ -182,3 +185,4 @@ class ControlPreview:
     control_image: Any
     detections: list[Detection]
     warnings: list[str]
+    mask: Any = None  # what a regeneration of part of the picture repaints ("L", 255: repainted), else None

@@ -19,11 +19,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
+from PIL import Image
+
 import attention_backend
 import tiny_models
-from denoise import Denoiser, GenerationError, short_error
-from control_image import (NoMatchingDetectionsError, build_control_image, edge_fidelity, edge_map_control,
-                           fit_size, place_image)
+from denoise import Denoiser, GenerationError, Repaint, short_error
+from control_image import (REGENERATE_MODES, NoMatchingDetectionsError, Placement, build_control_image,
+                           chosen, edge_fidelity, edge_map_control, fit_size, place_image, repaint_mask)
 from detections import Detection
 from generation_request import (NEGATIVE_PROMPT, SCHEDULERS, SEED_MAX, ControlPreview, GenerationRequest,
                                 GenerationResult, InvalidRequestError)
@@ -69,6 +72,13 @@ def _hub_reachable(timeout_s: float) -> bool:
         return False
 
 
+def _polygon(outline: Any) -> tuple[tuple[float, float], ...] | None:
+    """A segmentation mask's outline (Ultralytics' points in image pixels) as plain data; None without one."""
+    if outline is None or len(outline) < 3:
+        return None
+    return tuple((round(float(x), 1), round(float(y), 1)) for x, y in outline)
+
+
 class InferencePipeline:
     """Loads the detector and the diffusion models once, on one device; `generate` runs one request at a time.
 
@@ -104,8 +114,9 @@ class InferencePipeline:
                 self.detect(np.zeros((64, 64, 3), np.uint8))
             attention_backend.apply(self.pipe, self.attention.chosen)
             self.taesd = self._load_taesd()
+            self.inpaint_unet = self._load_inpaint_unet()
             self.denoiser = Denoiser(self.pipe, self.device, self.attention.chosen, self._fast_path_wanted(),
-                                     self.settings.compile, self.taesd)
+                                     self.settings.compile, self.taesd, self.inpaint_unet)
         self._schedulers: dict[str, Any] = {}
         self.versions = library_versions()
         self.loras = FusedLoras(self.pipe)  # the distillation and style LoRAs, fused into the weights
@@ -144,9 +155,11 @@ class InferencePipeline:
             paths = tiny_models.ensure_tiny_models(self.settings.cache_dir)
             return {"set": "tiny", "sd15": str(paths.sd15), "controlnet": str(paths.controlnet),
                     "yolo": str(paths.yolo), "taesd": str(paths.taesd),
+                    **({"inpaint": str(paths.inpaint)} if self.settings.sd15_inpaint_model else {}),
                     **{f"lora_{name}": str(paths.distill_lora) for name, p in PRESETS.items() if p.lora}}
         overrides = dict(self.settings.preset_loras)
-        return {"set": "sd15", "sd15": self.settings.sd15_model, "controlnet": self.settings.controlnet_model,
+        inpaint = {"inpaint": self.settings.sd15_inpaint_model} if self.settings.sd15_inpaint_model else {}
+        return {"set": "sd15", "sd15": self.settings.sd15_model, "controlnet": self.settings.controlnet_model, **inpaint,
                 "yolo": self.settings.yolo_model, **({"taesd": self.settings.taesd_model} if self.settings.taesd_model
                                                      else {}),
                 **{f"lora_{name}": overrides.get(name, p.lora) for name, p in PRESETS.items() if p.lora}}
@@ -245,6 +258,18 @@ class InferencePipeline:
             return None
         return taesd.to(self.device)
 
+    def _load_inpaint_unet(self) -> Any | None:
+        """The UNet of an inpainting checkpoint (SD15_INPAINT_MODEL: a Hub id or a folder with unet/), or None:
+        then the base UNet inpaints, keeping the picture outside the mask by blending latents every step."""
+        source = self.model_ids.get("inpaint")
+        if source is None:
+            return None
+        from diffusers import UNet2DConditionModel
+
+        unet = self._from_pretrained(UNet2DConditionModel, source, "inpainting model", "SD15_INPAINT_MODEL",
+                                     subfolder="unet")
+        return unet.to(self.device)
+
     def _fast_path_wanted(self) -> bool:
         """channels_last (with its GroupNorm) on CUDA, and CUDA graphs unless turned off; `fast_path` says what
         is on and why."""
@@ -256,7 +281,8 @@ class InferencePipeline:
         import group_norm
 
         if self.settings.channels_last:
-            models = (self.pipe.unet, self.pipe.controlnet, self.pipe.vae)
+            models = (self.pipe.unet, self.pipe.controlnet, self.pipe.vae,
+                      *((self.inpaint_unet,) if self.inpaint_unet is not None else ()))
             for module in models:
                 module.to(memory_format=torch.channels_last)
             group_norm.enable(*models)
@@ -332,9 +358,11 @@ class InferencePipeline:
         height, width = result.orig_shape
         log.info("detector ran on %s (%dx%d): %d objects", self.device, width, height, len(result.boxes))
         names = result.names
-        found = [Detection(str(names[int(cls)]), int(cls), float(score), tuple(float(v) for v in box))
-                 for box, score, cls in zip(result.boxes.xyxy.tolist(), result.boxes.conf.tolist(),
-                                            result.boxes.cls.tolist())]
+        outlines = result.masks.xy if result.masks is not None else [None] * len(result.boxes)
+        found = [Detection(str(names[int(cls)]), int(cls), float(score), tuple(float(v) for v in box),
+                           _polygon(outline))
+                 for box, score, cls, outline in zip(result.boxes.xyxy.tolist(), result.boxes.conf.tolist(),
+                                                     result.boxes.cls.tolist(), outlines)]
         return sorted(found, key=lambda d: -d.confidence)
 
     def preview(self, image: Any, request: GenerationRequest | None = None) -> ControlPreview:
@@ -343,21 +371,42 @@ class InferencePipeline:
         image = load_image(image, self.settings.max_pixels, self.settings.max_aspect)
         detections = self.detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
         control, warnings = self.control_image(image, detections, request)
-        return ControlPreview(control, detections, warnings)
+        mask = None
+        if request.regenerate != "all":
+            try:
+                mask = self.repaint(image, detections, request).mask
+            except NoMatchingDetectionsError as exc:
+                warnings = [*warnings, f"{exc} The whole picture would be repainted."]
+        return ControlPreview(control, detections, warnings, mask)
 
-    def control_image(self, image: Any, detections: list[Detection], request: GenerationRequest
-                      ) -> tuple[Any, list[str]]:
-        """The control image at the output size; Canny runs there, so every edge lands on an output pixel.
-        Pure image work (no model): the page rebuilds it live while Canny sliders move."""
+    def _placed(self, image: Any, request: GenerationRequest) -> tuple[Any, Placement]:
+        """The input at the output size, and where it landed there."""
         size = ((request.width, request.height) if request.width else
                 fit_size(*image.size, request.resolution, request.size_multiple))
         if max(size) > self.settings.max_side:  # checked before anything is resized
             raise InvalidRequestError(f"The output would be {size[0]}x{size[1]} pixels; its long side may be at most "
                                       f"{self.settings.max_side}. Choose a lower resolution, or crop the photo.")
-        placed, placement = place_image(image, size, request.resize_mode)
+        return place_image(image, size, request.resize_mode)
+
+    def repaint(self, image: Any, detections: list[Detection], request: GenerationRequest) -> Repaint:
+        """What `request.regenerate` repaints of `image` at the output size (pure image work, like the control
+        image: the page draws it over the preview)."""
+        placed, placement = self._placed(image, request)
+        mapped = [replace(d, box=placement.map_box(d.box), polygon=placement.map_polygon(d.polygon))
+                  for d in detections]
+        mask = repaint_mask(placed.size, mapped, request.regenerate, request.control_classes,
+                            request.control_padding, request.control_feather)
+        return Repaint(placed, Image.fromarray(np.round(mask * 255).astype(np.uint8), "L"))
+
+    def control_image(self, image: Any, detections: list[Detection], request: GenerationRequest
+                      ) -> tuple[Any, list[str]]:
+        """The control image at the output size; Canny runs there, so every edge lands on an output pixel.
+        Pure image work (no model): the page rebuilds it live while Canny sliders move."""
+        placed, placement = self._placed(image, request)
         if request.control_source == "edge_map":
             return edge_map_control(placed, request.invert_edge_map), []
-        boxes = [replace(d, box=placement.map_box(d.box)) for d in detections]
+        boxes = [replace(d, box=placement.map_box(d.box), polygon=placement.map_polygon(d.polygon))
+                 for d in detections]
         options = dict(low=request.canny_low, high=request.canny_high, classes=request.control_classes,
                        padding=request.control_padding, feather=request.control_feather,
                        background_weight=request.background_weight)
@@ -387,6 +436,11 @@ class InferencePipeline:
         seeds = [(seed + i) % (SEED_MAX + 1) for i in range(request.num_images)]
         style = resolve_lora(request.lora, self.settings) if request.lora else None  # a download: before the lock
         loras = self.loras_for(request, style)
+        if loras and self.inpaint_unet is not None and request.regenerate != "all":
+            raise InvalidRequestError(
+                "With an inpainting checkpoint (SD15_INPAINT_MODEL), repainting objects or the background runs on "
+                "that checkpoint's own UNet, and LoRAs are fused into the base UNet only: choose the Quality preset "
+                "and no style LoRA, or repaint everything.")
         with self._lock, self.on_device():
             self._use_loras(loras)
             stage("detect")
@@ -402,10 +456,16 @@ class InferencePipeline:
             else:
                 control, warnings = self.control_image(image, detections, request)
             warnings += self._prompt_warnings(request)
+            repaint = None
+            if request.regenerate != "all":
+                try:
+                    repaint = self.repaint(image, detections, request)
+                except NoMatchingDetectionsError as exc:
+                    warnings.append(f"{exc} The whole picture was repainted instead.")
             t2 = time.perf_counter()
             stage("generate")
             denoised = self.denoiser.run(control, request, seeds, self._scheduler(request.scheduler), on_step,
-                                         should_cancel, on_preview)
+                                         should_cancel, on_preview, repaint)
             warnings += denoised.notes
             t3 = time.perf_counter()
         timings = {"detect_s": t1 - t0, "control_s": t2 - t1, "generate_s": t3 - t2, "total_s": t3 - t0}
@@ -414,9 +474,24 @@ class InferencePipeline:
         card = self._run_card(replace(request, seed=seed), seeds, control.size, timings, cancelled,
                               denoised.steps_done, loras)
         flagged = [bool(image.info.get("flagged")) for image in images]
-        card.update(fidelity=fidelity, warnings=warnings, flagged=flagged)
+        mask = denoised.repaint.mask if denoised.repaint is not None else Image.new("L", control.size, 255)
+        card.update(fidelity=fidelity, warnings=warnings, flagged=flagged,
+                    regenerate=self._regenerate_card(request, detections, mask, denoised.repaint is not None))
         return GenerationResult(images, control, detections, seed, timings, card, cancelled, seeds, fidelity,
-                                warnings, flagged)
+                                warnings, flagged, mask)
+
+    @staticmethod
+    def _regenerate_card(request: GenerationRequest, detections: list[Detection], mask: Any,
+                         masked: bool) -> dict[str, Any]:
+        """What was repainted: the mode, where the mask came from (segmentation masks or boxes), the classes
+        and the repainted share of the picture."""
+        if not masked:
+            return {"mode": "all", "mask_source": None, "classes": [], "repainted_share": 1.0}
+        selected = chosen(detections, request.control_classes)
+        sources = {"seg" if d.polygon else "box" for d in selected}
+        return {"mode": request.regenerate, "mask_source": "+".join(sorted(sources)),
+                "classes": sorted({d.label for d in selected}),
+                "repainted_share": round(float(np.asarray(mask, np.float32).mean() / 255.0), 4)}
 
     def _prompt_warnings(self, request: GenerationRequest) -> list[str]:
         """CLIP reads 77 tokens (75 of text); diffusers drops the rest, so say what was dropped."""

@@ -39,6 +39,8 @@ def wanted(settings: Settings) -> list[Wanted]:
              Wanted("ControlNet Canny", settings.controlnet_model)]
     if settings.taesd_model:
         items.append(Wanted("TAESD (live previews)", settings.taesd_model))
+    if settings.sd15_inpaint_model:
+        items.append(Wanted("inpainting model", settings.sd15_inpaint_model, ("unet",)))
     overrides = dict(settings.preset_loras)
     for name, preset in PRESETS.items():
         if preset.lora:

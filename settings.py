@@ -13,7 +13,7 @@ from pathlib import Path
 
 DEFAULT_SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CONTROLNET = "lllyasviel/control_v11p_sd15_canny"
-DEFAULT_YOLO = "yolo26n.pt"
+DEFAULT_YOLO = "yolo26n-seg.pt"  # a segmentation model: detections come with masks (box-only models work too)
 DEFAULT_TAESD = "madebyollin/taesd"  # diffusers' AutoencoderTiny for SD1.5 latents: live previews, fast decode
 MODEL_SETS = ("tiny", "sd15")
 ATTENTION_CHOICES = ("auto", "flash-attn", "xformers", "sdpa", "sliced")
@@ -78,6 +78,9 @@ class Settings:
     max_aspect: float = 8.0
     hub_timeout_s: float = 5.0
     taesd_model: str | None = DEFAULT_TAESD
+    # an inpainting checkpoint (its unet/ is loaded); None: the base UNet inpaints. With MODELS=tiny, any value
+    # loads the tiny set's 9-channel UNet.
+    sd15_inpaint_model: str | None = None
     preset_loras: tuple[tuple[str, str], ...] = ()  # (preset, LoRA id or file) pairs that replace presets.py's
 
     def __post_init__(self) -> None:
@@ -113,6 +116,7 @@ class Settings:
             "max_aspect": float(_env("MAX_ASPECT", "8")),
             "taesd_model": None if _env("TAESD_MODEL", DEFAULT_TAESD).lower() == "none" else _env("TAESD_MODEL",
                                                                                                    DEFAULT_TAESD),
+            "sd15_inpaint_model": _env("SD15_INPAINT_MODEL", "") or None,
             "preset_loras": tuple((name, _env(f"PRESET_LORA_{name.upper()}", "")) for name in ("fast", "turbo")
                                   if _env(f"PRESET_LORA_{name.upper()}", "")),
         }

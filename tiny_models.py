@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-RECIPE_VERSION = "6"
+RECIPE_VERSION = "7"
 # The fixture detector: a tiny YOLOv8 trained on drawn circles, squares and triangles by
 # tools/train_shapes_detector.py, so that the smoke mode and the tests see real, non-empty detections.
 SHAPES_DETECTOR = Path(__file__).resolve().parent / "assets" / "shapes_detector.pt"
@@ -24,13 +24,14 @@ class TinyModelPaths:
     yolo: Path
     distill_lora: Path  # a distillation-LoRA stand-in: the fast presets load it where the real ones would go
     taesd: Path  # an AutoencoderTiny with SD1.5's latent geometry: live previews and the fast decode
+    inpaint: Path  # an inpainting checkpoint's layout (unet/ with 9 input channels), for SD15_INPAINT_MODEL
 
 
 def tiny_model_paths(folder: Path) -> TinyModelPaths:
     folder = Path(folder) / f"tiny-v{RECIPE_VERSION}"
     return TinyModelPaths(sd15=folder / "sd15", controlnet=folder / "controlnet", yolo=SHAPES_DETECTOR,
                           distill_lora=folder / "distill-lora" / "pytorch_lora_weights.safetensors",
-                          taesd=folder / "taesd")
+                          taesd=folder / "taesd", inpaint=folder / "inpaint")
 
 
 def ensure_tiny_models(folder: Path) -> TinyModelPaths:
@@ -113,7 +114,8 @@ def build_diffusion_models(folder: Path, arch: str = "sd15", device: str = "cuda
     real shapes, saved in fp16 like the Hub's variant; "tiny": the smoke shapes)."""
     root = Path(folder) / arch
     paths = TinyModelPaths(sd15=root / "sd15", controlnet=root / "controlnet", yolo=Path(),
-                           distill_lora=root / "distill-lora" / "pytorch_lora_weights.safetensors", taesd=root / "taesd")
+                           distill_lora=root / "distill-lora" / "pytorch_lora_weights.safetensors", taesd=root / "taesd",
+                           inpaint=root / "inpaint")
     _build_diffusion(paths, SD15 if arch == "sd15" else TINY, device=device, half=arch == "sd15")
     return paths
 
@@ -149,6 +151,9 @@ def _build_diffusion(paths: TinyModelPaths, arch: dict = TINY, device: str = "cp
     with torch.device(device):
         taesd = AutoencoderTiny(**arch["taesd"])
     (taesd.to(torch.float16) if half else taesd).save_pretrained(paths.taesd, variant=variant)
+    with torch.device(device):  # the 9 channels: latents, the mask, the masked picture's latents
+        inpaint_unet = UNet2DConditionModel(in_channels=9, out_channels=4, **arch["unet"])
+    (inpaint_unet.to(torch.float16) if half else inpaint_unet).save_pretrained(paths.inpaint / "unet", variant=variant)
     _save_distill_lora(unet, paths.distill_lora, **arch["lora"])
 
 

@@ -170,7 +170,7 @@ def test_without_reachable_weights_the_page_explains_and_offers_the_smoke_models
     assert not app.exception
     message = app.error[0].value
     assert "could not be loaded" in message and "lllyasviel/control_v11p_sd15_canny" in message
-    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in message and "yolo26n.pt" in message
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in message and "yolo26n-seg.pt" in message
     assert "MODELS=tiny" in message and len(app.file_uploader) == 0
     next(b for b in app.button if b.label == "Use the offline smoke models instead").click().run()
     assert not app.exception and len(app.file_uploader) == 1 and not app.error

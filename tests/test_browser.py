@@ -237,3 +237,20 @@ def test_a_canny_slider_rebuilds_the_control_preview_without_the_detector(launch
     page.get_by_text("Detection", exact=True).click()  # open its expander
     press(page, "Confidence", "ArrowRight")  # a detection setting: the detector must run again
     assert detector_runs(state) == runs + 1
+
+
+def test_repainting_the_objects_shows_the_mask_over_the_preview_and_the_result(server, page):
+    page.goto(server)
+    page.get_by_text("Control image preview").first.wait_for(timeout=120_000)
+    page.locator("[data-testid='stSelectbox']").filter(has_text="What to repaint").click()
+    page.get_by_role("option", name="Only the chosen objects").click()
+    page.get_by_text("tinted red: what will be repainted").wait_for(timeout=60_000)
+    wait_until_idle(page)
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("Results (seed").wait_for(timeout=180_000)
+    page.get_by_text(re.compile(r"Repainted \(\d+% of the picture, tinted red, from (seg|box) masks\)")).wait_for(
+        timeout=30_000)
+    assert page.get_by_text(re.compile(r"edge fidelity -?\d\.\d\d")).count() >= 1  # the output is there
+    ARTIFACTS.mkdir(exist_ok=True)
+    wait_until_idle(page)
+    page.screenshot(path=str(ARTIFACTS / "app-repaint-objects.png"), full_page=True)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from control_image import (NoMatchingDetectionsError, build_control_image, canny_edges, edge_fidelity,
-                           edge_map_control, fit_size, place_image, region_mask)
+                           edge_map_control, fit_size, place_image, region_mask, repaint_mask)
 from detections import Detection
 
 # Two white squares on black: A (class 0) and B (class 1); boxes leave 5 px around each square.
@@ -93,11 +93,13 @@ def test_no_matching_detection_is_reported_not_returned_empty(scene):
 
 
 def test_padding_grows_the_kept_region_by_the_expected_amount():
-    mask = region_mask((200, 100), [(50, 40, 70, 60)], padding=0.5)  # a 20x20 box, 10 px more on every side
+    box = [Detection("square", 1, 0.9, (50, 40, 70, 60))]
+    mask = region_mask((200, 100), box, padding=0.5, grow_px=0)  # a 20x20 box, 10 px more on every side
     ys, xs = np.nonzero(mask)
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (40, 79, 30, 69)
     assert mask.sum() == 40 * 40
-    assert region_mask((200, 100), [(50, 40, 70, 60)]).sum() == 20 * 20
+    assert region_mask((200, 100), box, grow_px=0).sum() == 20 * 20
+    assert region_mask((200, 100), box).sum() == 26 * 26  # by default 3 px more, for the object's own outline
 
 
 def test_padding_lets_nearby_edges_through(scene):
@@ -107,6 +109,45 @@ def test_padding_lets_nearby_edges_through(scene):
     assert np.array_equal(inside(padded, BOX_A), inside(canny_edges(scene).astype(np.int32), BOX_A))
 
 
+def test_a_box_on_the_objects_edge_keeps_its_outline_at_padding_0(scene):
+    """A box drawn exactly on a square's border (as a detector's is): Canny's edge pixels lie on both sides of
+    it, and the default growth keeps them all."""
+    exact = [Detection("square", 1, 0.9, SQUARE_A)]
+    kept = edges_of(build_control_image(scene, exact, mode="objects")) > 0
+    outline = canny_edges(scene) > 0
+    x1, y1, x2, y2 = SQUARE_A
+    own = np.zeros_like(outline)
+    own[y1 - 3:y2 + 3, x1 - 3:x2 + 3] = outline[y1 - 3:y2 + 3, x1 - 3:x2 + 3]
+    assert (kept & own).sum() / own.sum() >= 0.99
+
+
+def test_a_polygon_region_follows_the_shape_not_its_box():
+    triangle = Detection("triangle", 2, 0.9, (20, 20, 80, 80), polygon=((50, 20), (80, 80), (20, 80)))
+    mask = region_mask((100, 100), [triangle], grow_px=0)
+    assert mask[70, 50] == 1.0 and mask[22, 22] == 0.0 and mask[22, 78] == 0.0  # box corners: not the triangle
+    assert 0.45 < mask.sum() / (60 * 60) < 0.55  # half of its box
+    grown = region_mask((100, 100), [triangle], padding=0.1)  # 3 px + 10 % of its 60 px sides
+    assert grown.sum() > mask.sum() and grown[22, 22] == 0.0 and grown[11, 50] == 1.0 and grown[10, 50] == 0.0  # 9 px above the apex, not 10
+
+
+def test_repaint_masks_are_the_objects_their_complement_or_everything(scene):
+    size = scene.size
+    objects = repaint_mask(size, DETECTIONS, "objects", classes=[0])
+    assert np.array_equal(objects, region_mask(size, DETECTIONS[:1]))
+    assert np.array_equal(repaint_mask(size, DETECTIONS, "background", classes=[0]), 1.0 - objects)
+    assert repaint_mask(size, [], "all").min() == 1.0 and repaint_mask(size, [], "all").shape == (100, 200)
+    with pytest.raises(NoMatchingDetectionsError, match="nothing to tell apart"):
+        repaint_mask(size, DETECTIONS, "objects", classes=[7])
+    with pytest.raises(ValueError, match="regenerate must be one of all, objects, background"):
+        repaint_mask(size, DETECTIONS, "sky")
+
+
+def test_place_image_maps_polygons_like_boxes():
+    image = Image.fromarray(np.full((100, 200, 3), 90, np.uint8))
+    _, placement = place_image(image, (100, 50), "resize")
+    assert placement.map_polygon(((20, 10), (120, 90))) == ((10, 5), (60, 45)) and placement.map_polygon(None) is None
+
+
 def test_background_weight_scales_the_other_region(scene):
     edges = edges_of(build_control_image(scene, DETECTIONS, mode="objects", classes=[0], background_weight=0.25))
     assert inside(edges, BOX_A).max() == 255
@@ -114,7 +155,7 @@ def test_background_weight_scales_the_other_region(scene):
 
 
 def test_feather_softens_the_mask_border():
-    mask = region_mask((100, 100), [(30, 30, 70, 70)], feather=8)
+    mask = region_mask((100, 100), [Detection("square", 1, 0.9, (30, 30, 70, 70))], feather=8, grow_px=0)
     assert mask[50, 50] == pytest.approx(1.0, abs=1e-3) and mask[5, 5] == pytest.approx(0.0, abs=1e-3)
     assert 0.2 < mask[50, 30] < 0.8
 

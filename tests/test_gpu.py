@@ -75,6 +75,26 @@ def test_fast_path_matches_eager_for_every_preset(fast, eager, scene, preset, fa
                                             fast_decode=fast_decode))
 
 
+@pytest.mark.parametrize("mode", ["objects", "background"])
+def test_fast_path_matches_eager_when_repainting_part_of_the_picture(fast, eager, scene, mode):
+    """The inpainting pipeline over the same graphed modules (4-channel base UNet): same pixels, and outside the
+    mask the input itself."""
+    request = replace(BASE, regenerate=mode)
+    assert_same(fast, eager, scene, request)
+    result = fast.generate(scene, request)
+    kept = np.asarray(result.mask) == 0
+    assert kept.any() and np.abs(pixels(result)[0] - np.asarray(scene, np.int16)).max(axis=-1)[kept].max() <= 1
+
+
+def test_an_inpainting_checkpoints_9_channel_unet_replays_graphs_too(model_cache, scene):
+    checkpoint = [InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cuda:0",
+                                                      cuda_graphs=graphs, sd15_inpaint_model="tiny"))
+                  for graphs in (True, False)]
+    assert checkpoint[0].inpaint_unet.config.in_channels == 9
+    assert_same(checkpoint[0], checkpoint[1], scene, replace(BASE, regenerate="objects"))
+    assert checkpoint[0].inpaint_unet.forward.graphs  # the 9-channel UNet itself was captured
+
+
 def test_the_vae_decode_replays_a_graph_and_previews_arrive(fast, scene):
     import cuda_graphs
 

@@ -13,6 +13,7 @@ import pytest
 
 import prefetch
 from settings import Settings
+from tiny_models import tiny_model_paths
 
 SD15_FILES = {
     "model_index.json": b"{}", "unet/config.json": b'{"unet": 1}', "unet/diffusion_pytorch_model.safetensors": b"u" * 4000,
@@ -145,4 +146,4 @@ def test_the_tiny_set_is_built_not_fetched(tmp_path):
     counts = prefetch.run(Settings(models="tiny", cache_dir=tmp_path), say=said.append)
     assert counts["fetched"] == 0 and counts["files"] > 10 and counts["bytes"] > 0
     assert said == [f"Tiny model set: {counts['files']} files, {counts['bytes'] / 2**20:.1f} MB, built locally in "
-                    f"{tmp_path / 'tiny-v6'} (nothing to fetch)."]
+                    f"{tiny_model_paths(tmp_path).sd15.parent} (nothing to fetch)."]

@@ -1,0 +1,97 @@
+"""Regenerating only what YOLO found, or everything but it: outside the mask the input comes back pixel for pixel."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from generation_request import GenerationRequest, InvalidRequestError
+from inference_pipeline import InferencePipeline
+from settings import Settings
+
+BASE = GenerationRequest(prompt="a red box", resolution=192, steps=4, seed=5)
+
+
+@pytest.fixture(scope="module")
+def scene() -> Image.Image:
+    """The sample scene already at the output size (256x192 at resolution 192): no resampling in the way."""
+    return Image.open(ROOT / "assets" / "sample_scene.png").convert("RGB").resize((256, 192))
+
+
+def diff(result, image) -> np.ndarray:
+    return np.abs(np.asarray(result.images[0], np.int16) - np.asarray(image, np.int16)).max(axis=-1)
+
+
+@pytest.mark.parametrize("mode", ["objects", "background"])
+def test_outside_the_mask_the_input_is_kept_and_inside_it_changes(tiny_pipeline, scene, mode):
+    result = tiny_pipeline.generate(scene, replace(BASE, regenerate=mode))
+    mask = np.asarray(result.mask)
+    assert result.mask.mode == "L" and result.mask.size == result.images[0].size == scene.size
+    kept, repainted = mask == 0, mask == 255
+    assert kept.mean() > 0.2 and repainted.mean() > 0.2
+    changed = diff(result, scene)
+    assert changed[kept].max() <= 1  # pixel for pixel (1/255 allowed)
+    assert changed[repainted].mean() > 20
+    card = result.run_card["regenerate"]
+    assert card["mode"] == mode and card["classes"] == ["circle", "square", "triangle"]
+    assert card["mask_source"] in ("seg", "box") and card["repainted_share"] == pytest.approx(mask.mean() / 255, 1e-3)
+
+
+def test_objects_and_background_masks_are_complements(tiny_pipeline, scene):
+    objects = np.asarray(tiny_pipeline.generate(scene, replace(BASE, regenerate="objects")).mask, np.int16)
+    background = np.asarray(tiny_pipeline.generate(scene, replace(BASE, regenerate="background")).mask, np.int16)
+    assert np.abs(objects + background - 255).max() <= 1
+
+
+def test_feather_blends_the_border_and_chosen_classes_limit_the_mask(tiny_pipeline, scene):
+    squares = tiny_pipeline.generate(scene, replace(BASE, regenerate="objects", control_classes=(1,),
+                                                    control_feather=8))
+    mask = np.asarray(squares.mask)
+    assert ((mask > 0) & (mask < 255)).sum() > 100  # a soft border
+    assert squares.run_card["regenerate"]["classes"] == ["square"]
+    everything = np.asarray(tiny_pipeline.generate(scene, replace(BASE, regenerate="objects")).mask)
+    assert (mask > 127).sum() < (everything > 127).sum()
+
+
+def test_all_repaints_everything_and_says_so(tiny_pipeline, scene):
+    result = tiny_pipeline.generate(scene, BASE)
+    assert np.asarray(result.mask).min() == 255
+    assert result.run_card["regenerate"] == {"mode": "all", "mask_source": None, "classes": [],
+                                             "repainted_share": 1.0}
+
+
+def test_no_matching_object_repaints_everything_with_a_warning(tiny_pipeline, scene):
+    result = tiny_pipeline.generate(scene, replace(BASE, regenerate="objects", control_classes=(9,)))
+    assert any("The whole picture was repainted instead." in w for w in result.warnings)
+    assert np.asarray(result.mask).min() == 255
+
+
+def test_an_inpainting_checkpoint_with_9_channels_keeps_the_outside_too(model_cache, scene):
+    pipe = InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cpu",
+                                               sd15_inpaint_model="tiny"))
+    assert pipe.inpaint_unet.config.in_channels == 9
+    result = pipe.generate(scene, replace(BASE, regenerate="objects"))
+    kept = np.asarray(result.mask) == 0
+    assert diff(result, scene)[kept].max() <= 1 and diff(result, scene)[~kept].mean() > 20
+    base = InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cpu"))
+    other = base.generate(scene, replace(BASE, regenerate="objects"))
+    assert not np.array_equal(np.asarray(other.images[0]), np.asarray(result.images[0]))  # another UNet painted
+    with pytest.raises(InvalidRequestError, match="choose the Quality preset and no style LoRA"):
+        pipe.generate(scene, replace(BASE, regenerate="objects", preset="fast", steps=None, guidance_scale=None,
+                                     scheduler=None))
+
+
+def test_the_mask_is_handed_out_with_the_run_only_when_part_of_the_picture_was_repainted(tiny_pipeline, scene):
+    from downloads import result_files
+
+    partial = tiny_pipeline.generate(scene, replace(BASE, regenerate="background"))
+    masks = [name for name in result_files(partial) if name.startswith("mask-")]
+    assert len(masks) == 1
+    with Image.open(io.BytesIO(result_files(partial)[masks[0]])) as png:
+        assert png.mode == "L" and np.array_equal(np.asarray(png), np.asarray(partial.mask))
+    assert not any(name.startswith("mask-") for name in result_files(tiny_pipeline.generate(scene, BASE)))
