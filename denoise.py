@@ -133,10 +133,12 @@ class Denoiser:
         """diffusers' ControlNet inpainting pipeline over the loaded components (no second copy of the weights),
         with the inpainting checkpoint's UNet when one is loaded."""
         if self._inpaint is None:
-            from diffusers import StableDiffusionControlNetInpaintPipeline
+            from repaint_pipeline import RepaintPipeline  # diffusers: imported once the attention backend is set
 
             extra = {"unet": self.inpaint_unet} if self.inpaint_unet is not None else {}
-            self._inpaint = StableDiffusionControlNetInpaintPipeline.from_pipe(self.pipe, **extra)
+            # from_pipe casts every shared module to `dtype`, float32 unless told: that would turn the loaded
+            # fp16 weights into float32 ones (twice the memory, the captured graphs left pointing at freed ones)
+            self._inpaint = RepaintPipeline.from_pipe(self.pipe, dtype=self.pipe.unet.dtype, **extra)
             self._inpaint.set_progress_bar_config(disable=True)
             if self.inpaint_unet is not None:
                 attention_backend.apply(self._inpaint, self.attention_in_use)

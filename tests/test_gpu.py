@@ -81,6 +81,7 @@ def test_fast_path_matches_eager_when_repainting_part_of_the_picture(fast, eager
     mask the input itself."""
     request = replace(BASE, regenerate=mode)
     assert_same(fast, eager, scene, request)
+    assert {fast.pipe.unet.dtype, fast.pipe.vae.dtype, fast.pipe.controlnet.dtype} == {torch.float16}
     result = fast.generate(scene, request)
     kept = np.asarray(result.mask) == 0
     assert kept.any() and np.abs(pixels(result)[0] - np.asarray(scene, np.int16)).max(axis=-1)[kept].max() <= 1

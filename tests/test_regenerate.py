@@ -95,3 +95,14 @@ def test_the_mask_is_handed_out_with_the_run_only_when_part_of_the_picture_was_r
     with Image.open(io.BytesIO(result_files(partial)[masks[0]])) as png:
         assert png.mode == "L" and np.array_equal(np.asarray(png), np.asarray(partial.mask))
     assert not any(name.startswith("mask-") for name in result_files(tiny_pipeline.generate(scene, BASE)))
+
+
+def test_the_base_unet_repaints_with_one_vae_encode(tiny_pipeline, scene):
+    """The picture's latents, and not the masked picture's, which only 9-channel inpainting UNets read."""
+    calls = []
+    hook = tiny_pipeline.pipe.vae.encoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        tiny_pipeline.generate(scene, replace(BASE, regenerate="objects"))
+    finally:
+        hook.remove()
+    assert len(calls) == 1
