@@ -9,8 +9,6 @@ machine.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from settings import Settings
 
 REFUSED = ("That LoRA is not offered here: choose one from the list (the server's operator offers LoRAs with "

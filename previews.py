@@ -16,7 +16,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
-from control_image import NoMatchingDetectionsError
 from detections import Detection
 from generation_request import ControlPreview, GenerationRequest
 from image_io import InvalidImageError, load_image
@@ -82,12 +81,4 @@ class Previews:
     def preview(self, image: Any, key: str, request: GenerationRequest) -> ControlPreview:
         """Detections (cached) and the control image this request would use, with the repaint mask when it
         repaints part of the picture (rebuilt: milliseconds)."""
-        detections = self.detections(image, key, request)
-        control, warnings = self.pipeline.control_image(image, detections, request)
-        mask = None
-        if request.regenerate != "all":
-            try:
-                mask = self.pipeline.repaint(image, detections, request).mask
-            except NoMatchingDetectionsError as exc:
-                warnings = [*warnings, f"{exc} The whole picture would be repainted."]
-        return ControlPreview(control, detections, warnings, mask)
+        return self.pipeline.preview_from(image, self.detections(image, key, request), request)

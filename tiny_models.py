@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RECIPE_VERSION = "7"
-# The fixture detector: a tiny YOLOv8 trained on drawn circles, squares and triangles by
-# tools/train_shapes_detector.py, so that the smoke mode and the tests see real, non-empty detections.
+# The fixture models: tiny YOLOv8s trained on drawn circles, squares and triangles by
+# tools/train_shapes_detector.py, so that the smoke mode and the tests see real, non-empty detections. The
+# segmenter (masks too) is the smoke mode's detector; the box-only detector stands for box-only models.
+SHAPES_SEGMENTER = Path(__file__).resolve().parent / "assets" / "shapes_segmenter.pt"
 SHAPES_DETECTOR = Path(__file__).resolve().parent / "assets" / "shapes_detector.pt"
 
 
@@ -29,7 +31,7 @@ class TinyModelPaths:
 
 def tiny_model_paths(folder: Path) -> TinyModelPaths:
     folder = Path(folder) / f"tiny-v{RECIPE_VERSION}"
-    return TinyModelPaths(sd15=folder / "sd15", controlnet=folder / "controlnet", yolo=SHAPES_DETECTOR,
+    return TinyModelPaths(sd15=folder / "sd15", controlnet=folder / "controlnet", yolo=SHAPES_SEGMENTER,
                           distill_lora=folder / "distill-lora" / "pytorch_lora_weights.safetensors",
                           taesd=folder / "taesd", inpaint=folder / "inpaint")
 

@@ -84,3 +84,47 @@ def test_fidelity_is_reported_per_image_and_in_the_run_card(tiny_pipeline, photo
     for scores in result.fidelity:
         assert set(scores) == {"precision", "recall", "f1", "score"}
         assert all(0.0 <= scores[k] <= 1.0 for k in ("precision", "recall", "f1")) and -1.0 <= scores["score"] <= 1.0
+
+
+def test_the_fixture_segmenter_outlines_the_drawn_shapes(tiny_pipeline):
+    """On pictures it never saw, each drawn shape is matched by a mask of its class with IoU 0.8 or more on
+    average (the fixture is small: at most 3 MB)."""
+    import tiny_models
+    from control_image import region_mask
+    from train_shapes_detector import shape_mask
+
+    assert tiny_models.SHAPES_SEGMENTER.stat().st_size <= 3 * 2**20
+    rng = np.random.default_rng(123)
+    ious = []
+    for _ in range(12):
+        image, labels = draw_scene(rng)
+        detections = tiny_pipeline.detect(image)
+        assert detections and all(d.polygon for d in detections)
+        for class_id, box in labels:
+            truth = shape_mask(class_id, box, image.size)
+            masks = [region_mask(image.size, [d], grow_px=0) > 0.5 for d in detections if d.class_id == class_id]
+            ious.append(max(((truth & m).sum() / (truth | m).sum() for m in masks), default=0.0))
+    assert len(ious) >= 20 and np.mean(ious) >= 0.8, ious
+
+
+def test_objects_mode_at_padding_0_keeps_each_objects_own_outline(tiny_pipeline):
+    """At least 90 % of the Canny pixels of each object's outline stay in the control image."""
+    import cv2
+
+    from control_image import canny_edges
+    from train_shapes_detector import shape_mask
+
+    rng = np.random.default_rng(321)
+    shares = []
+    for _ in range(6):
+        image, labels = draw_scene(rng)
+        control = tiny_pipeline.preview(image, GenerationRequest(resolution=256, control_mode="objects")).control_image
+        kept, edges = np.asarray(control)[..., 0] > 0, canny_edges(image) > 0
+        for class_id, box in labels:
+            shape = shape_mask(class_id, box, image.size)
+            solid, kernel = shape.astype(np.uint8), np.ones((5, 5), np.uint8)
+            ring = (cv2.dilate(solid, kernel) > 0) & ~(cv2.erode(solid, kernel) > 0)  # 2 px either side
+            outline = edges & ring
+            if outline.sum():
+                shares.append((kept & outline).sum() / outline.sum())
+    assert len(shares) >= 10 and min(shares) >= 0.9, shares

@@ -71,7 +71,7 @@ def test_run_card_names_the_run_and_survives_the_png(tiny_pipeline, photo):
     assert card["seed"] == 99
     assert card["request"]["steps"] == 2 and card["request"]["prompt"] == "a tiny house"
     assert card["models"]["set"] == "tiny"
-    assert card["models"]["sd15"].endswith("sd15") and card["models"]["yolo"].endswith("shapes_detector.pt")
+    assert card["models"]["sd15"].endswith("sd15") and card["models"]["yolo"].endswith("shapes_segmenter.pt")
     assert card["scheduler"] == "AsyncUniPCMultistepScheduler"
     assert card["attention"]["chosen"] == "sdpa"
     assert card["versions"]["diffusers"] and card["versions"]["torch"]

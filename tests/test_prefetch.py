@@ -133,7 +133,7 @@ def test_prefetch_fetches_everything_once_with_the_total_up_front(hub):
     size = sum(len(REPOS[name.split("/")[0] + "/" + name.split("/")[1]]["/".join(name.split("/")[2:])])
                for name in expected)
     assert first == {"files": 13, "bytes": size, "fetched": size}
-    assert said[0].startswith(f"13 files, 0.00 GB in all; 13 to fetch") and "0 already cached" in said[0]
+    assert said[0].startswith("13 files, 0.00 GB in all; 13 to fetch") and "0 already cached" in said[0]
     assert "is a local file" in said[-1]
     hub.downloads.clear()
     again = prefetch.run(settings(), say=said.append)

@@ -39,7 +39,15 @@ def test_outside_the_mask_the_input_is_kept_and_inside_it_changes(tiny_pipeline,
     assert changed[repainted].mean() > 20
     card = result.run_card["regenerate"]
     assert card["mode"] == mode and card["classes"] == ["circle", "square", "triangle"]
-    assert card["mask_source"] in ("seg", "box") and card["repainted_share"] == pytest.approx(mask.mean() / 255, 1e-3)
+    assert card["mask_source"] == "seg" and card["repainted_share"] == pytest.approx(mask.mean() / 255, 1e-3)
+
+
+def test_a_box_only_detector_repaints_the_boxes(tiny_pipeline, scene):
+    boxes = [replace(d, polygon=None) for d in tiny_pipeline.detect(scene)]
+    result = tiny_pipeline.generate(scene, replace(BASE, regenerate="objects"), detections=boxes)
+    assert result.run_card["regenerate"]["mask_source"] == "box"
+    seg = tiny_pipeline.generate(scene, replace(BASE, regenerate="objects"))
+    assert (np.asarray(result.mask) > 127).sum() > (np.asarray(seg.mask) > 127).sum()  # a box holds its shape
 
 
 def test_objects_and_background_masks_are_complements(tiny_pipeline, scene):
