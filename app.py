@@ -64,7 +64,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "Toy bus": {"sample": "Bus (photo)", "prompt": "a red toy bus on a wooden table, studio photo",
                 "control_mode": "objects", "control_padding": 0.05, "canny_low": 80, "canny_high": 160},
     "Snowy street": {"sample": "Bus (photo)", "prompt": "a snowy street at night, warm shop lights",
-                     "control_mode": "background", "background_weight": 0.3},
+                     "control_mode": "full", "regenerate": "background"},  # the bus and the people stay as they are
     "Oil portrait": {"sample": "Two people (photo)", "prompt": "an oil painting of two men in suits, museum light",
                      "control_mode": "full", "guidance_scale": 6.0},
 }

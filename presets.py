@@ -41,7 +41,3 @@ PRESETS: dict[str, Preset] = {
 # TCD's gamma (diffusers passes it to the scheduler as `eta`): 0.3 is the TCD authors' default.
 TCD_GAMMA = 0.3
 
-
-def evaluations(steps: int, guidance_scale: float) -> int:
-    """UNet + ControlNet evaluations per image: two per step with classifier-free guidance, one without."""
-    return steps * (2 if guidance_scale > 1 else 1)

@@ -211,7 +211,7 @@ def test_the_seed_buttons_and_the_seed_field_show_the_seeds_used(app):
     assert app.number_input(key="seed").value == used and app.toggle(key="randomize_seed").value is False
 
 
-@pytest.mark.parametrize("example", ["Toy bus", "Oil portrait"])
+@pytest.mark.parametrize("example", ["Toy bus", "Oil portrait", "Snowy street"])
 def test_an_example_fills_the_prompt_the_settings_and_the_picture(app, example):
     from app import EXAMPLES
 
@@ -222,7 +222,9 @@ def test_an_example_fills_the_prompt_the_settings_and_the_picture(app, example):
     assert app.text_area(key="prompt").value == wanted["prompt"]
     assert app.selectbox(key="sample").value == wanted["sample"]
     assert app.selectbox(key="control_mode").value == wanted["control_mode"]
+    assert app.selectbox(key="regenerate").value == wanted.get("regenerate", "all")
     generate(app)
+    assert app.session_state["result"].run_card["regenerate"]["mode"] == wanted.get("regenerate", "all")
     width, height = app.session_state["input_image"].size
     assert (width, height) == ((810, 1080) if "Bus" in wanted["sample"] else (1280, 720))  # Ultralytics' photos
 
