@@ -310,6 +310,7 @@ class Denoiser:
                                                            return_dict=False)[0]
                 finally:
                     vae.to(dtype)
+                    self.refresh_graphs()  # the round trip reallocated the VAE's weights under its decode graph
                 notes.append("The VAE decode gave NaN or an all-black picture; it was decoded again in float32.")
             pixels, flagged = self.pipe.run_safety_checker(pixels, pixels.device, pixels.dtype)
         images = self.pipe.image_processor.postprocess(pixels.float(), output_type="pil",

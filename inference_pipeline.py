@@ -25,7 +25,7 @@ from PIL import Image
 import attention_backend
 import tiny_models
 from denoise import Denoiser, GenerationError, Repaint, short_error
-from control_image import (NoMatchingDetectionsError, Placement, build_control_image,
+from control_image import (NoMatchingDetectionsError, build_control_image,
                            chosen, edge_fidelity, edge_map_control, fit_size, place_image, repaint_mask)
 from detections import Detection
 from generation_request import (NEGATIVE_PROMPT, SCHEDULERS, SEED_MAX, ControlPreview, GenerationRequest,
@@ -109,8 +109,6 @@ class InferencePipeline:
             if self.device.startswith("cuda"):
                 # Ultralytics warms its model up with CUDA random numbers at the first prediction; done here,
                 # never while another thread captures a CUDA graph on this GPU (that would break the capture).
-                import numpy as np
-
                 self.detect(np.zeros((64, 64, 3), np.uint8))
             attention_backend.apply(self.pipe, self.attention.chosen)
             self.taesd = self._load_taesd()
@@ -375,51 +373,59 @@ class InferencePipeline:
     def preview_from(self, image: Any, detections: list[Detection], request: GenerationRequest) -> ControlPreview:
         """The control image and, when part of the picture is repainted, the repaint mask, from detections
         already made (pure image work: milliseconds)."""
-        control, warnings = self.control_image(image, detections, request)
+        placed = self._placed(image, detections, request)
+        control, warnings = self._control(placed, request)
         mask = None
         if request.regenerate != "all":
             try:
-                mask = self.repaint(image, detections, request).mask
+                mask = self._repaint(placed, request).mask
             except NoMatchingDetectionsError as exc:
                 warnings = [*warnings, f"{exc} The whole picture would be repainted."]
         return ControlPreview(control, detections, warnings, mask)
 
-    def _placed(self, image: Any, request: GenerationRequest) -> tuple[Any, Placement]:
-        """The input at the output size, and where it landed there."""
+    def _placed(self, image: Any, detections: list[Detection], request: GenerationRequest
+                ) -> tuple[Any, list[Detection]]:
+        """The input at the output size, and the detections mapped there (boxes and outlines)."""
         size = ((request.width, request.height) if request.width else
                 fit_size(*image.size, request.resolution, request.size_multiple))
         if max(size) > self.settings.max_side:  # checked before anything is resized
             raise InvalidRequestError(f"The output would be {size[0]}x{size[1]} pixels; its long side may be at most "
                                       f"{self.settings.max_side}. Choose a lower resolution, or crop the photo.")
-        return place_image(image, size, request.resize_mode)
+        placed, placement = place_image(image, size, request.resize_mode)
+        return placed, [replace(d, box=placement.map_box(d.box), polygon=placement.map_polygon(d.polygon))
+                        for d in detections]
 
     def repaint(self, image: Any, detections: list[Detection], request: GenerationRequest) -> Repaint:
         """What `request.regenerate` repaints of `image` at the output size (pure image work, like the control
         image: the page draws it over the preview)."""
-        placed, placement = self._placed(image, request)
-        mapped = [replace(d, box=placement.map_box(d.box), polygon=placement.map_polygon(d.polygon))
-                  for d in detections]
-        mask = repaint_mask(placed.size, mapped, request.regenerate, request.control_classes,
+        return self._repaint(self._placed(image, detections, request), request)
+
+    @staticmethod
+    def _repaint(placed: tuple[Any, list[Detection]], request: GenerationRequest) -> Repaint:
+        picture, mapped = placed
+        mask = repaint_mask(picture.size, mapped, request.regenerate, request.control_classes,
                             request.control_padding, request.control_feather)
-        return Repaint(placed, Image.fromarray(np.round(mask * 255).astype(np.uint8), "L"))
+        return Repaint(picture, Image.fromarray(np.round(mask * 255).astype(np.uint8), "L"))
 
     def control_image(self, image: Any, detections: list[Detection], request: GenerationRequest
                       ) -> tuple[Any, list[str]]:
         """The control image at the output size; Canny runs there, so every edge lands on an output pixel.
         Pure image work (no model): the page rebuilds it live while Canny sliders move."""
-        placed, placement = self._placed(image, request)
+        return self._control(self._placed(image, detections, request), request)
+
+    @staticmethod
+    def _control(placed: tuple[Any, list[Detection]], request: GenerationRequest) -> tuple[Any, list[str]]:
+        picture, mapped = placed
         if request.control_source == "edge_map":
-            return edge_map_control(placed, request.invert_edge_map), []
-        boxes = [replace(d, box=placement.map_box(d.box), polygon=placement.map_polygon(d.polygon))
-                 for d in detections]
+            return edge_map_control(picture, request.invert_edge_map), []
         options = dict(low=request.canny_low, high=request.canny_high, classes=request.control_classes,
                        padding=request.control_padding, feather=request.control_feather,
                        background_weight=request.background_weight)
         try:
-            return build_control_image(placed, boxes, mode=request.control_mode, **options), []
+            return build_control_image(picture, mapped, mode=request.control_mode, **options), []
         except NoMatchingDetectionsError as exc:
-            return build_control_image(placed, mode="full", **options), [f"{exc} The whole image's edges were "
-                                                                         "used instead."]
+            return build_control_image(picture, mode="full", **options), [f"{exc} The whole image's edges were "
+                                                                          "used instead."]
 
     def generate(self, image: Any, request: GenerationRequest | None = None,
                  on_step: Callable[[int, int], None] | None = None,
@@ -456,15 +462,18 @@ class InferencePipeline:
                 detections = self.detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
             t1 = time.perf_counter()
             stage("control")
+            # the input at the output size, once: for the control image (without a preview) and the repaint mask
+            placed = self._placed(image, detections, request) if preview is None or request.regenerate != "all" \
+                else None
             if preview is not None:
                 control, warnings = preview.control_image, list(preview.warnings)
             else:
-                control, warnings = self.control_image(image, detections, request)
+                control, warnings = self._control(placed, request)
             warnings += self._prompt_warnings(request)
             repaint = None
             if request.regenerate != "all":
                 try:
-                    repaint = self.repaint(image, detections, request)
+                    repaint = self._repaint(placed, request)
                 except NoMatchingDetectionsError as exc:
                     warnings.append(f"{exc} The whole picture was repainted instead.")
             t2 = time.perf_counter()

@@ -42,7 +42,7 @@ def decode_preview(latents: torch.Tensor, taesd: Any | None, size: tuple[int, in
     latent = latents[:1]
     if taesd is not None:
         pixels = taesd.decode(latent.to(taesd.dtype), return_dict=False)[0][0]
-        return to_pil(pixels).resize(size, Image.Resampling.BILINEAR)
-    factors = torch.tensor(LATENT_RGB, device=latent.device, dtype=torch.float32)
-    pixels = torch.einsum("chw,cr->rhw", latent[0].float(), factors)
+    else:
+        factors = torch.tensor(LATENT_RGB, device=latent.device, dtype=torch.float32)
+        pixels = torch.einsum("chw,cr->rhw", latent[0].float(), factors)
     return to_pil(pixels).resize(size, Image.Resampling.BILINEAR)

@@ -96,6 +96,25 @@ def test_an_inpainting_checkpoints_9_channel_unet_replays_graphs_too(model_cache
     assert checkpoint[0].inpaint_unet.forward.graphs  # the 9-channel UNet itself was captured
 
 
+def test_a_float32_re_decode_recaptures_the_graphs(model_cache, eager, scene, monkeypatch):
+    """The fp16 -> fp32 -> fp16 round trip of the NaN fallback reallocates the VAE's weights: the decode graph
+    captured before would replay freed memory, so the graphs are captured anew."""
+    pipe = pipeline(model_cache)  # its own: the shared fast pipeline keeps its graphs
+    pipe.generate(scene, BASE)
+    before, real, calls = pipe.denoiser.graph_stats, torch.isfinite, []
+
+    def nan_once(tensor):
+        calls.append(1)
+        return torch.zeros_like(real(tensor)) if len(calls) == 1 else real(tensor)
+
+    monkeypatch.setattr(torch, "isfinite", nan_once)
+    result = pipe.generate(scene, BASE)
+    monkeypatch.undo()
+    assert result.warnings == ["The VAE decode gave NaN or an all-black picture; it was decoded again in float32."]
+    assert pipe.pipe.vae.dtype == torch.float16 and pipe.denoiser.graph_stats is not before
+    assert_same(pipe, eager, scene, BASE)
+
+
 def test_the_vae_decode_replays_a_graph_and_previews_arrive(fast, scene):
     import cuda_graphs
 
