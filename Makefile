@@ -28,8 +28,9 @@ $(VENV)/.test-installed: $(VENV)/.app-installed requirements-test.txt
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 	touch $@
 
+# The upload limit comes from the app's own settings parser (a bad MAX_UPLOAD_MB stops here, named).
 run: $(VENV)/.app-installed
-	$(PY) -m streamlit run app.py --server.maxUploadSize $${MAX_UPLOAD_MB:-20}
+	size=$$($(PY) -m studio.core.settings MAX_UPLOAD_MB) && $(PY) -m streamlit run app.py --server.maxUploadSize $$size
 
 test: $(VENV)/.test-installed
 	$(PY) -m pytest

@@ -18,25 +18,24 @@ import random
 import secrets
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from control_image import CONTROL_MODES, REGENERATE_MODES, RESIZE_MODES, overlay_mask
-from detections import draw_detections
-from downloads import detections_csv, file_name, result_files, zip_of
-from generation_request import (LIMITS, MAX_PROMPT_CHARS, SCHEDULERS, SEED_MAX, GenerationRequest,
-                                InvalidRequestError)
-from image_io import InvalidImageError
-from inference_pipeline import ModelLoadError
-from jobs import CANCELLED, DONE, QUEUED, JobQueue
-from loras import offered as offered_loras
-from presets import PRESETS
-from previews import Previews
-from run_card import a1111_parameters
-from settings import Settings
+from studio.core.control_image import overlay_mask
+from studio.core.detections import draw_detections
+from studio.core.downloads import detections_csv, file_name, result_files, zip_of
+from studio.core.errors import EXPECTED_ERRORS, InvalidImageError, InvalidRequestError, ModelLoadError
+from studio.core.preparation import ControlPreview
+from studio.core.presets import PRESETS
+from studio.core.request import MAX_PROMPT_CHARS, SEED_MAX, GenerationRequest, request_field
+from studio.core.run_card import a1111_parameters
+from studio.core.settings import Settings
+from studio.engine.loras import offered as offered_loras
+from studio.serving.jobs import CANCELLED, DONE, QUEUED, JobQueue
+from studio.serving.previews import Previews
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("app")
@@ -72,13 +71,12 @@ HISTORY_LENGTH = 8
 FREE_GUESSES = 5
 TOKEN_PARAM, TOKEN_HOURS = "access", 12
 POLL_S = 0.5
-STAGES = {"detect": "Detecting objects", "control": "Building the control image", "generate": "Denoising"}
-# Widgets named after a GenerationRequest field take its default; these are the page's own.
-REQUEST_WIDGETS = ("added_prompt", "negative_prompt", "preset", "fast_decode", "num_images", "steps",
-                   "guidance_scale", "resolution",
-                   "resize_mode", "controlnet_scale", "guess_mode", "scheduler", "lora_weight", "canny_low",
-                   "canny_high", "control_mode", "regenerate", "control_padding", "control_feather", "background_weight",
-                   "invert_edge_map", "detect_conf", "detect_iou")
+STAGES = {"fetch": "Fetching the style LoRA", "detect": "Detecting objects", "control": "Building the control image",
+          "generate": "Denoising"}
+# Widgets are keyed by GenerationRequest's field names and take its defaults; these fields have widgets of the
+# page's own (a random-seed toggle, a width/height switch, one start/end slider, names instead of class ids).
+PAGE_CONVERTED = ("seed", "width", "height", "control_start", "control_end", "lora", "control_source",
+                  "control_classes", "detect_classes")
 PAGE_DEFAULTS: dict[str, Any] = {
     "prompt": "a cozy cottage in a watercolor painting", "randomize_seed": True, "seed": 1, "set_size": False,
     "width": 512, "height": 512, "lora": "", "own_control": False, "detect_classes": [], "control_classes": [],
@@ -91,13 +89,28 @@ st.set_page_config(page_title="YOLO ControlNet Studio", page_icon="🎨", layout
 
 def widget_defaults() -> dict[str, Any]:
     request = GenerationRequest()
-    return {**{name: getattr(request, name) for name in REQUEST_WIDGETS}, **PAGE_DEFAULTS}
+    return {**{item.name: getattr(request, item.name) for item in fields(request)}, **PAGE_DEFAULTS}
 
 
-def slider(where: Any, label: str, name: str, step: float, **kwargs: Any) -> Any:
-    """A slider over the range GenerationRequest accepts for `name`."""
-    low, high = LIMITS[name]
-    return where.slider(label, low, high, step=step, key=name, **kwargs)
+def slider(where: Any, name: str, **kwargs: Any) -> Any:
+    """A slider for a request field: its label, range, step and help from the field's metadata."""
+    meta = request_field(name).metadata
+    (low, high), step = meta["limits"], meta["step"]
+    if meta["kind"] == "whole":
+        low, high, step = int(low), int(high), int(step)
+    return where.slider(meta["label"], low, high, step=step, key=name, help=meta["help"], **kwargs)
+
+
+def choice(where: Any, name: str, **kwargs: Any) -> Any:
+    """A selectbox over a request field's choices, labelled as the field's metadata says."""
+    meta = request_field(name).metadata
+    return where.selectbox(meta["label"], list(meta["choices"]), format_func=meta["choices"].get, key=name,
+                           help=meta["help"], **kwargs)
+
+
+def switch(where: Any, name: str, **kwargs: Any) -> Any:
+    meta = request_field(name).metadata
+    return where.checkbox(meta["label"], key=name, help=meta["help"], **kwargs)
 
 
 # -- the server: one model set, one job queue, shared by every browser session -----------------------------
@@ -189,14 +202,7 @@ def system_panel(jobs: JobQueue) -> None:
     pipe = jobs.pipelines[0]
     with st.sidebar:
         st.header("System")
-        for worker in jobs.workers:
-            device = worker.name
-            if device.startswith("cuda"):
-                import torch
-
-                free, total = torch.cuda.mem_get_info(device)
-                device = (f"{device}: {torch.cuda.get_device_name(device)} ({(total - free) / 2**30:.1f} of "
-                          f"{total / 2**30:.1f} GiB used)")
+        for device in jobs.devices():
             st.markdown(f"**Device:** {device}, {str(pipe.dtype).removeprefix('torch.')}")
         st.markdown(f"**Queue:** {jobs.running} running, {jobs.waiting} waiting, {len(jobs.workers)} "
                     f"worker{'s' if len(jobs.workers) > 1 else ''}")
@@ -249,9 +255,9 @@ def input_panel(previews: Previews) -> tuple[Any, str] | tuple[None, None]:
 
 
 def prompt_panel() -> None:
-    st.text_area("Prompt", key="prompt", height=80, max_chars=MAX_PROMPT_CHARS)
-    st.text_input("Added prompt", key="added_prompt", max_chars=MAX_PROMPT_CHARS)
-    st.text_input("Negative prompt", key="negative_prompt", max_chars=MAX_PROMPT_CHARS)
+    st.text_area(request_field("prompt").metadata["label"], key="prompt", height=80, max_chars=MAX_PROMPT_CHARS)
+    for name in ("added_prompt", "negative_prompt"):
+        st.text_input(request_field(name).metadata["label"], key=name, max_chars=MAX_PROMPT_CHARS)
 
 
 def use_preset() -> None:
@@ -268,37 +274,37 @@ def preset_speed(name: str, measured: dict[str, float]) -> str:
 
 def generation_panel(settings: Settings, jobs: JobQueue) -> None:
     with st.expander("Generation settings", expanded=True):
-        st.radio("Speed preset", list(PRESETS), key="preset", horizontal=True, on_change=use_preset,
-                 format_func=lambda name: PRESETS[name].label,
-                 captions=[preset_speed(name, jobs.seconds_per_image) for name in PRESETS],
+        presets = request_field("preset").metadata["choices"]
+        st.radio("Speed preset", list(presets), key="preset", horizontal=True, on_change=use_preset,
+                 format_func=presets.get, captions=[preset_speed(name, jobs.seconds_per_image) for name in presets],
                  help=" ".join(f"**{p.label}**: {p.help}" for p in PRESETS.values()) +
                  " The seconds per image are measured on this server's GPU.")
-        st.checkbox("Decode with TAESD (fastest, slightly softer)", key="fast_decode")
+        switch(st, "fast_decode")
         left, right = st.columns(2)
-        slider(left, "Steps", "steps", 1)
-        slider(right, "Guidance scale (CFG)", "guidance_scale", 0.5)
-        slider(left, "Images per run", "num_images", 1)
-        right.selectbox("Scheduler", list(SCHEDULERS), format_func=SCHEDULERS.get, key="scheduler")
+        slider(left, "steps")
+        slider(right, "guidance_scale")
+        slider(left, "num_images")
+        choice(right, "scheduler")
         st.toggle("Random seed", key="randomize_seed")
         seed, dice, recycle = st.columns([3, 1, 1], vertical_alignment="bottom")
-        seed.number_input("Seed", *LIMITS["seed"], key="seed", disabled=st.session_state.randomize_seed,
+        seed.number_input("Seed", *request_field("seed").metadata["limits"], key="seed",
+                          disabled=st.session_state.randomize_seed,
                           help="With a random seed, this shows the seed the last run used.")
         dice.button("🎲", key="new_seed", on_click=new_seed, help="A new random seed, kept for the next runs")
         recycle.button("♻️", key="last_seed", on_click=last_seed, disabled="result" not in st.session_state,
                        help="The seed of the last result")
-        slider(st, "Resolution (short side)", "resolution", 64, disabled=st.session_state.set_size)
+        slider(st, "resolution", disabled=st.session_state.set_size)
         st.toggle("Set width and height", key="set_size")
         left, middle, right = st.columns(3)
         fixed = not st.session_state.set_size
-        slider(left, "Width", "width", 64, disabled=fixed)
-        slider(middle, "Height", "height", 64, disabled=fixed)
-        right.selectbox("Resize mode", list(RESIZE_MODES), format_func=RESIZE_MODES.get, key="resize_mode",
-                        disabled=fixed)
+        slider(left, "width", disabled=fixed)
+        slider(middle, "height", disabled=fixed)
+        choice(right, "resize_mode", disabled=fixed)
         left, right = st.columns(2)
-        slider(left, "ControlNet strength", "controlnet_scale", 0.05)
-        right.slider("Control start / end", 0.0, 1.0, step=0.05, key="control_range")
-        st.checkbox("Guess mode", key="guess_mode", help="Let ControlNet guess the content from the edges alone; "
-                    "works best with a CFG of 3 to 5.")
+        slider(left, "controlnet_scale")
+        right.slider("Control start / end", *request_field("control_start").metadata["limits"], step=0.05,
+                     key="control_range")
+        switch(st, "guess_mode")
     with st.expander("Style LoRA"):
         if settings.allow_any_lora:
             st.text_input("Hub id or local .safetensors file (empty: none)", key="lora")
@@ -309,7 +315,7 @@ def generation_panel(settings: Settings, jobs: JobQueue) -> None:
             st.selectbox("Style LoRA", choices, key="lora", format_func=lambda name: name or "None",
                          disabled=len(choices) == 1,
                          help=None if len(choices) > 1 else "None offered on this server (LORA_DIR, LORA_HUB_IDS).")
-        slider(st, "LoRA weight", "lora_weight", 0.05)
+        slider(st, "lora_weight")
 
 
 def new_seed() -> None:
@@ -323,31 +329,25 @@ def last_seed() -> None:
 def detection_panel(class_names: list[str]) -> None:
     with st.expander("Detection"):
         left, right = st.columns(2)
-        slider(left, "Confidence", "detect_conf", 0.05)
-        slider(right, "IoU (overlap)", "detect_iou", 0.05)
-        st.multiselect("Only these classes (empty: all)", class_names, key="detect_classes")
+        slider(left, "detect_conf")
+        slider(right, "detect_iou")
+        st.multiselect(request_field("detect_classes").metadata["label"], class_names, key="detect_classes")
 
 
 def request_from_state(names: dict[int, str]) -> GenerationRequest:
-    """The request the widgets describe; raises InvalidRequestError with a message for the person."""
+    """The request the widgets describe (each widget is keyed by its field's name; PAGE_CONVERTED fields are
+    converted from the page's own widgets); raises InvalidRequestError with a message for the person."""
     state = st.session_state
     ids = {name: class_id for class_id, name in names.items()}
-    start, end = state.control_range
-    return GenerationRequest(
-        prompt=state.prompt, added_prompt=state.added_prompt, negative_prompt=state.negative_prompt,
-        preset=state.preset, fast_decode=state.fast_decode, num_images=state.num_images, steps=state.steps,
-        guidance_scale=state.guidance_scale,
-        seed=None if state.randomize_seed else int(state.seed), resolution=state.resolution, size_multiple=64,
+    values = {item.name: state[item.name] for item in fields(GenerationRequest) if item.name in state}
+    values.update(
+        seed=None if state.randomize_seed else int(state.seed),
         width=state.width if state.set_size else None, height=state.height if state.set_size else None,
-        resize_mode=state.resize_mode, controlnet_scale=state.controlnet_scale, control_start=start,
-        control_end=end, guess_mode=state.guess_mode, scheduler=state.scheduler, lora=state.lora.strip() or None,
-        lora_weight=state.lora_weight, canny_low=state.canny_low, canny_high=state.canny_high,
-        control_mode=state.control_mode, regenerate=state.regenerate,
-        control_classes=tuple(ids[n] for n in state.control_classes) or None,
-        control_padding=state.control_padding, control_feather=state.control_feather,
-        background_weight=state.background_weight, control_source="edge_map" if state.own_control else "canny",
-        invert_edge_map=state.invert_edge_map, detect_conf=state.detect_conf, detect_iou=state.detect_iou,
+        control_start=state.control_range[0], control_end=state.control_range[1], lora=state.lora.strip() or None,
+        control_source="edge_map" if state.own_control else "canny",
+        control_classes=tuple(ids[n] for n in state.control_classes if n in ids) or None,
         detect_classes=tuple(ids[n] for n in state.detect_classes if n in ids) or None)
+    return GenerationRequest(**values)
 
 
 @st.fragment
@@ -356,23 +356,22 @@ def control_panel(previews: Previews, image: Any, key: str | None, names: dict[i
     image (from cached detections), not the page."""
     preview_slot = st.container()
     left, right = st.columns(2)
-    left.selectbox("What keeps its structure", list(CONTROL_MODES), format_func=CONTROL_MODES.get, key="control_mode")
-    right.selectbox("What to repaint", list(REGENERATE_MODES), format_func=REGENERATE_MODES.get, key="regenerate",
-                    help="Repaint only the chosen objects (their segmentation masks, or boxes), or everything but "
-                         "them; the rest of the photo is kept pixel for pixel.")
+    choice(left, "control_mode")
+    choice(right, "regenerate")
     guided = st.session_state.control_mode != "full" or st.session_state.regenerate != "all"
     detected = st.session_state.get("detected_labels", [])
-    st.multiselect("Objects (empty: every detected one)", sorted(set(detected) | set(st.session_state.control_classes)),
-                   key="control_classes", disabled=not guided)
+    st.multiselect(request_field("control_classes").metadata["label"],
+                   sorted(set(detected) | set(st.session_state.control_classes)), key="control_classes",
+                   disabled=not guided)
     left, middle, right = st.columns(3)
-    slider(left, "Padding", "control_padding", 0.05, disabled=not guided)
-    slider(middle, "Feather (px)", "control_feather", 1, disabled=not guided)
-    slider(right, "Other region's edges", "background_weight", 0.05, disabled=not guided)
+    slider(left, "control_padding", disabled=not guided)
+    slider(middle, "control_feather", disabled=not guided)
+    slider(right, "background_weight", disabled=not guided)
     left, right = st.columns(2)
-    slider(left, "Canny low", "canny_low", 1)
-    slider(right, "Canny high", "canny_high", 1)
+    slider(left, "canny_low")
+    slider(right, "canny_high")
     st.toggle("My upload is already an edge map (no Canny)", key="own_control")
-    st.checkbox("Invert it (black lines on white)", key="invert_edge_map", disabled=not st.session_state.own_control)
+    switch(st, "invert_edge_map", disabled=not st.session_state.own_control)
     with preview_slot:
         if image is None:
             st.info("Upload a photo (or pick a sample) to see its control image here.")
@@ -382,25 +381,47 @@ def control_panel(previews: Previews, image: Any, key: str | None, names: dict[i
         except InvalidRequestError as exc:
             st.error(str(exc))
             return
+        width, height = preview.size
         if preview.mask is not None:
             st.image(overlay_mask(preview.control_image, preview.mask), width="stretch",
-                     caption="Control image preview; tinted red: what will be repainted")
+                     caption=f"Control image preview, {width}x{height}; tinted red: what will be repainted")
         else:
-            st.image(preview.control_image, caption="Control image preview", width="stretch")
+            st.image(preview.control_image, caption=f"Control image preview, {width}x{height}", width="stretch")
         for warning in preview.warnings:
             st.warning(warning)
 
 
-def generate_panel(jobs: JobQueue, previews: Previews, image: Any, key: str | None,
-                   request: GenerationRequest | None) -> None:
+def page_request(previews: Previews, image: Any, key: str | None, names: dict[int, str]
+                 ) -> tuple[GenerationRequest | None, ControlPreview | None, str | None]:
+    """The request the widgets describe, the preview Generate hands to its job, and why it cannot run (shown
+    beside the button) when it cannot."""
+    try:
+        request = request_from_state(names)
+    except InvalidRequestError as exc:
+        return None, None, str(exc)
+    if image is None:
+        return request, None, None
+    try:
+        return request, previews.preview(image, key, request), None
+    except InvalidRequestError as exc:
+        return request, None, str(exc)
+
+
+def generate_panel(jobs: JobQueue, image: Any, request: GenerationRequest | None,
+                   preview: ControlPreview | None, problem: str | None) -> None:
+    """Generate, disabled with the reason beside it while the request cannot run; a request that still fails
+    when it is submitted says why in place."""
     job = st.session_state.get("job")
     mine_active = job is not None and job.active
-    if st.button("Generate", type="primary", width="stretch",
-                 disabled=image is None or request is None or mine_active,
+    if st.button("Generate", type="primary", width="stretch", disabled=preview is None or mine_active,
                  help="Your run is on its way; cancel it or wait for it." if mine_active else None):
-        st.session_state.job = jobs.submit(image, request, owner=st.session_state.owner,
-                                           preview=previews.preview(image, key, request))
-        st.session_state.pop("notice", None)
+        try:
+            st.session_state.job = jobs.submit(image, request, owner=st.session_state.owner, preview=preview)
+            st.session_state.pop("notice", None)
+        except EXPECTED_ERRORS as exc:
+            problem = str(exc)
+    if problem is not None:
+        st.error(problem)
     job = st.session_state.get("job")
     if job is not None and job.active:
         job_view(jobs)
@@ -518,8 +539,9 @@ def side_by_side_panel() -> None:
 def reuse(request: dict, names: dict[int, str]) -> None:
     """Put a history entry's settings back into the widgets (runs before the page is drawn again)."""
     state = st.session_state
-    for key in REQUEST_WIDGETS + ("prompt",):
-        state[key] = request[key]
+    for key, value in request.items():
+        if key not in PAGE_CONVERTED and key in state:
+            state[key] = value
     state.lora = request["lora"] or ""
     state.seed, state.randomize_seed = request["seed"], False
     state.control_range = (request["control_start"], request["control_end"])
@@ -560,17 +582,13 @@ def main() -> None:
     collect_finished_job()
     system_panel(jobs)
     examples_panel()
-    names = {int(k): str(v) for k, v in jobs.pipelines[0].detector.names.items()}
+    names = jobs.pipelines[0].detector.names
     input_column, control_column, output_column = st.columns([1, 1, 1.2], gap="medium")
     with input_column:
         image, key = input_panel(previews)
         prompt_panel()
-        try:
-            request = request_from_state(names)
-        except InvalidRequestError as exc:
-            st.error(str(exc))
-            request = None
-        generate_panel(jobs, previews, image, key, request)
+        request, preview, problem = page_request(previews, image, key, names)
+        generate_panel(jobs, image, request, preview, problem)
         if image is not None and request is not None:
             detections = previews.detections(image, key, request)
             st.session_state.detected_labels = sorted({d.label for d in detections})

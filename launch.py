@@ -122,12 +122,14 @@ def stop(state_dir: Path = STATE_DIR) -> bool:
 
 
 def max_upload_mb() -> int:
-    """MAX_UPLOAD_MB, the one upload limit: Streamlit's own (which refuses bigger uploads before the app sees
-    them) follows it."""
-    value = os.environ.get("MAX_UPLOAD_MB", "").strip() or "20"
-    if not value.isdigit() or int(value) < 1:
-        raise LaunchError(f"MAX_UPLOAD_MB must be a whole number of megabytes, not {value!r}")
-    return int(value)
+    """MAX_UPLOAD_MB, read by the app's own settings parser: Streamlit's upload limit (which refuses bigger
+    uploads before the app sees them) follows it."""
+    from studio.core.settings import Settings
+
+    try:
+        return Settings.from_env().max_upload_mb
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
 
 
 def _write_state(state_dir: Path, state: dict) -> None:
@@ -326,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.prefetch:
         try:
-            import prefetch
-            from settings import Settings
+            from studio.core.settings import Settings
+            from studio.serving import prefetch
 
             prefetch.run(Settings.from_env(models=args.models))
         except ModuleNotFoundError as exc:

@@ -52,20 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
     import torch
-    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UniPCMultistepScheduler
+    from diffusers import UniPCMultistepScheduler
 
-    from tiny_models import build_diffusion_models
-
-    dtype = torch.float32 if args.tiny else torch.float16
-    variant = None if args.tiny else "fp16"
-    with tempfile.TemporaryDirectory() as folder:
-        started = time.perf_counter()
-        built = build_diffusion_models(Path(folder), "tiny" if args.tiny else "sd15", device)
-        sd15, cn = built.sd15, built.controlnet
-        controlnet = ControlNetModel.from_pretrained(cn, variant=variant, dtype=dtype)
-        pipe = StableDiffusionControlNetPipeline.from_pretrained(sd15, controlnet=controlnet, variant=variant,
-                                                                 dtype=dtype, safety_checker=None)
-        print(f"built and loaded the models in {time.perf_counter() - started:.1f} s", flush=True)
+    pipe = load_pipeline(args.tiny, device)
     pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
@@ -103,16 +92,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
-    print(f"\n{result['device']}, torch {result['torch']}, {args.size}x{args.size}, {args.steps} UniPC steps, "
-          f"CFG 7.5, median of {args.repeats}\n")
+    print_table(result, report)
+    return 0
+
+
+def load_pipeline(tiny: bool, device: str):
+    """The SD1.5 + ControlNet architecture with random weights (the smoke shapes with `tiny`), saved and loaded
+    back as real weights are."""
+    import torch
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    from studio.engine.tiny_models import build_diffusion_models
+
+    dtype = torch.float32 if tiny else torch.float16
+    variant = None if tiny else "fp16"
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        built = build_diffusion_models(Path(folder), "tiny" if tiny else "sd15", device)
+        controlnet = ControlNetModel.from_pretrained(built.controlnet, variant=variant, dtype=dtype)
+        pipe = StableDiffusionControlNetPipeline.from_pretrained(built.sd15, controlnet=controlnet, variant=variant,
+                                                                 dtype=dtype, safety_checker=None)
+        print(f"built and loaded the models in {time.perf_counter() - started:.1f} s", flush=True)
+    return pipe
+
+
+def print_table(result: dict, report) -> None:
+    print(f"\n{result['device']}, torch {result['torch']}, {result['size']}x{result['size']}, {result['steps']} "
+          f"UniPC steps, CFG 7.5, median of {result['repeats']}\n")
     print("| backend | s / image | peak GiB | max abs diff vs sdpa | finite |\n| --- | --- | --- | --- | --- |")
-    for row in rows:
+    for row in result["rows"]:
         print(f"| {row['backend']} | {row['seconds_per_image']:.3f} | {row['peak_vram_gib'] or '-'} | "
               f"{row['max_abs_diff_vs_sdpa']:.4f} | {row['finite']} |")
     for candidate in report.candidates:
         if not candidate.usable:
             print(f"| {candidate.name} | not run: {candidate.reason} | | | |")
-    return 0
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ SEED = 1234
 def wall_time(queue, photo, request, jobs: int, seen: list[dict] | None = None) -> float:
     """Seconds from submitting `jobs` jobs together until the last one is done; each job's worker, time in
     `generate` and fast-path state are appended to `seen`."""
-    from jobs import DONE
+    from studio.serving.jobs import DONE
 
     started = time.perf_counter()
     submitted = [queue.submit(photo, request, owner=f"bench-{i}") for i in range(jobs)]
@@ -44,8 +44,24 @@ def wall_time(queue, photo, request, jobs: int, seen: list[dict] | None = None) 
         raise RuntimeError(f"a benchmark job failed: {failed[0]}")
     if seen is not None:
         seen.extend({"worker": job.worker, "generate_s": round(job.result.timings["generate_s"], 4),
-                     "fast_path_failure": job.result.run_card["fast_path"].get("failure")} for job in submitted)
+                     "fast_path_failures": job.result.run_card["fast_path"].get("failures")} for job in submitted)
     return elapsed
+
+
+def make_queue(quick: bool, folder: Path):
+    """Two CPU workers on the tiny models, or one worker per GPU on the full-size random-weight models."""
+    from inference_pipeline import InferencePipeline
+    from studio.core.settings import Settings
+    from studio.engine import tiny_models
+    from studio.serving.jobs import JobQueue
+
+    if quick:
+        settings = Settings(models="tiny", cache_dir=folder, device="cpu")
+        return JobQueue([InferencePipeline(settings=settings) for _ in range(2)])
+    built = tiny_models.build_diffusion_models(folder, "sd15", "cuda")
+    tiny_models.build_yolo(folder / "yolo.pt")
+    return JobQueue.for_settings(Settings(models="sd15", sd15_model=str(built.sd15),
+                                          controlnet_model=str(built.controlnet), yolo_model=str(folder / "yolo.pt")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,28 +75,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    import tiny_models
-    from image_io import load_image
-    from inference_pipeline import GenerationRequest, InferencePipeline
-    from jobs import JobQueue
-    from settings import Settings
+    from inference_pipeline import GenerationRequest
+    from studio.core.image_io import load_image
 
     photo = load_image(ROOT / "assets" / "sample_scene.png").crop((64, 0, 448, 384))
     size, steps = (64, 2) if args.quick else (512, 20)
     request = GenerationRequest(prompt="a cozy cottage in a watercolor painting", steps=steps, resolution=size,
                                 seed=SEED)
     with tempfile.TemporaryDirectory() as folder:
-        if args.quick:
-            settings = Settings(models="tiny", cache_dir=Path(folder), device="cpu")
-            queue = JobQueue([InferencePipeline(settings=settings) for _ in range(2)])
-            gpu = "cpu"
-        else:
-            built = tiny_models.build_diffusion_models(Path(folder), "sd15", "cuda")
-            sd15, controlnet = built.sd15, built.controlnet
-            tiny_models.build_yolo(Path(folder) / "yolo.pt")
-            queue = JobQueue.for_settings(Settings(models="sd15", sd15_model=str(sd15), controlnet_model=str(controlnet),
-                                                   yolo_model=str(Path(folder) / "yolo.pt")))
-            gpu = torch.cuda.get_device_name(0)
+        queue = make_queue(args.quick, Path(folder))
+        gpu = "cpu" if args.quick else torch.cuda.get_device_name(0)
         workers = [worker.name for worker in queue.workers]
         try:
             for _ in range(2):  # warm-up: every worker captures its graphs

@@ -53,13 +53,15 @@ ROWS = (
     ("project-default-batch4", "project", 512, 4, "quality", False, "all"),
     ("project-compile", "project-compile", 512, 1, "quality", False, "all"),
 )
+# project-preset-switch: the presets one pipeline goes through, in order
+SWITCHES = ("quality", "fast", "quality", "turbo")
 # The benchmarks' detector has random weights and finds nothing: a repaint row repaints one fixed detection, a
 # box over the middle of the photo (a sixth of it), as a person who picked one object would.
 MIDDLE = (0.3, 0.3, 0.7, 0.7)
 
 
 def square_photo():
-    from image_io import load_image
+    from studio.core.image_io import load_image
 
     return load_image(ROOT / "assets" / "sample_scene.png").crop((64, 0, 448, 384))
 
@@ -87,7 +89,8 @@ class Bench:
     def diffusers_call(self, size: int, batch: int, sliced: bool) -> Callable[[], list[Any]]:
         from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UniPCMultistepScheduler
 
-        from control_image import build_control_image, fit_size, place_image
+        from studio.core.control_image import build_control_image, place_image
+        from studio.core.sizes import fit_size
 
         variant = "fp16" if self.device == "cuda" else None
         controlnet = ControlNetModel.from_pretrained(self.folders["controlnet"], variant=variant, dtype=self.dtype)
@@ -110,30 +113,30 @@ class Bench:
 
         return call
 
-    def project_call(self, size: int, batch: int, graphs: bool, compile: bool, preset: str,
-                     fast_decode: bool, regenerate: str) -> Callable[[], list[Any]]:
+    def pipeline(self, graphs: bool = True, compile: bool = False):
         from inference_pipeline import InferencePipeline
-        from settings import Settings, parse_bool
+        from studio.core.settings import Settings, parse_bool
 
         lora = str(self.folders["distill_lora"])
         settings = Settings(models="sd15", sd15_model=str(self.folders["sd15"]),
                             controlnet_model=str(self.folders["controlnet"]), yolo_model=str(self.folders["yolo"]),
-                            taesd_model=str(self.folders["taesd"]), preset_loras=(("fast", lora), ("turbo", lora)),
+                            taesd_model=str(self.folders["taesd"]), preset_lora_fast=lora, preset_lora_turbo=lora,
                             device=self.device, cuda_graphs=graphs, compile=compile,
                             channels_last=parse_bool("CHANNELS_LAST", os.environ.get("CHANNELS_LAST", "1")))
-        pipe = InferencePipeline(settings=settings)
-        request = self.request(size, batch, preset, fast_decode, regenerate)
-        preview = pipe.preview(self.photo, request)  # the page has it before Generate is clicked
-        if regenerate != "all":
-            from dataclasses import replace
+        return InferencePipeline(settings=settings)
 
-            from detections import Detection
+    def project_call(self, pipe, size: int, batch: int, preset: str, fast_decode: bool = False,
+                     regenerate: str = "all") -> Callable[[], list[Any]]:
+        """What Generate costs: the page's preview is made before the click and handed to the job."""
+        request = self.request(size, batch, preset, fast_decode, regenerate)
+        detections = pipe.detect(self.photo)
+        if regenerate != "all":
+            from studio.core.detections import Detection
 
             width, height = self.photo.size
             box = (MIDDLE[0] * width, MIDDLE[1] * height, MIDDLE[2] * width, MIDDLE[3] * height)
             detections = [Detection("object", 0, 1.0, box)]
-            preview = replace(preview, detections=detections,
-                              mask=pipe.repaint(self.photo, detections, request).mask)
+        preview = pipe.preview_from(self.photo, detections, request)
 
         def call() -> list[Any]:
             result = pipe.generate(self.photo, request, preview=preview)
@@ -142,6 +145,34 @@ class Bench:
             return result.images
 
         return call
+
+    def timed(self, call: Callable[[], list[Any]]) -> float:
+        started = time.perf_counter()
+        call()
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    def preset_switch(self) -> dict[str, Any]:
+        """project-preset-switch: one pipeline goes Quality -> Fast -> Quality -> Turbo; each switched run's time
+        minus the median of the same preset's runs without a switch (base weights restored, LoRA fused, graphs
+        recaptured where needed: everything a switch costs)."""
+        pipe = self.pipeline()
+        calls = {preset: self.project_call(pipe, 512 if self.device == "cuda" else 64, 1, preset)
+                 for preset in ("quality", "fast", "turbo")}
+        steady = {}
+        for preset, call in calls.items():
+            call()  # the switch to it, and its first capture
+            steady[preset] = statistics.median(self.timed(call) for _ in range(self.repeats))
+        extra: dict[str, list[float]] = {}
+        for _ in range(self.repeats):
+            for before, after in zip(SWITCHES, SWITCHES[1:]):
+                extra.setdefault(f"{before}->{after}", []).append(self.timed(calls[after]) - steady[after])
+        switches = {name: round(statistics.median(values), 4) for name, values in extra.items()}
+        return {"config": "project-preset-switch", "size": 512 if self.device == "cuda" else 64, "batch": 1,
+                "preset": "+".join(SWITCHES), "steady_s": {k: round(v, 4) for k, v in steady.items()},
+                "switch_extra_s": switches, "max_switch_extra_s": max(switches.values()),
+                "fast_path": self.fast_path}
 
     def print_profile(self, config: str, call: Callable[[], list[Any]]) -> None:
         """One more call under the PyTorch profiler: where its time goes, on the host and on the GPU."""
@@ -167,8 +198,8 @@ class Bench:
         if runner in ("diffusers", "sliced"):
             call = self.diffusers_call(size, batch, sliced=runner == "sliced")
         else:
-            call = self.project_call(size, batch, graphs=runner != "project-eager", compile=runner == "project-compile",
-                                     preset=preset, fast_decode=fast_decode, regenerate=regenerate)
+            pipe = self.pipeline(graphs=runner != "project-eager", compile=runner == "project-compile")
+            call = self.project_call(pipe, size, batch, preset, fast_decode, regenerate)
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -193,11 +224,11 @@ class Bench:
         if runner.startswith("project"):
             row["fast_path"], row["last_call_timings"] = self.fast_path, self.timings
         del call
-        return row, images[0]
+        return row, images[0]  # type: ignore[index]
 
 
 def build_folders(folder: Path, quick: bool) -> dict[str, Path]:
-    import tiny_models
+    from studio.engine import tiny_models
 
     if quick:
         paths = tiny_models.ensure_tiny_models(folder)
@@ -219,6 +250,12 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {row['config']} | {row['size']} | {row['batch']} | {row['steps']} | "
                      f"{row['seconds_per_image']:.3f} | {row['steps_per_second']:.1f} | {row['peak_vram_gib'] or '-'} | "
                      f"{row['warmup_s']:.1f} | {'-' if diff != diff else f'{diff:.4f}'} |")
+    switch = result.get("preset_switch")
+    if switch:
+        lines += ["", "| project-preset-switch | " + " | ".join(switch["switch_extra_s"]) + " |",
+                  "| --- |" + " --- |" * len(switch["switch_extra_s"]),
+                  "| extra s over the same preset without a switch | " +
+                  " | ".join(f"{v:.3f}" for v in switch["switch_extra_s"].values()) + " |"]
     return "\n".join(lines)
 
 
@@ -269,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
             results.append(row)
             out.write_text(json.dumps(result, indent=2) + "\n")  # after every row: a cut-short run keeps its rows
+        if args.only is None or "project-preset-switch" in args.only.split(","):
+            result["preset_switch"] = bench.preset_switch()
+            print(json.dumps(result["preset_switch"]), flush=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {out}\n\n{markdown(result)}")
     return 0
 

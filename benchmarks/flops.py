@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tiny_models import SD15  # noqa: E402
+from studio.engine.tiny_models import SD15  # noqa: E402
 
 
 def count(fn) -> float:

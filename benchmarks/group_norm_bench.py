@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import group_norm  # noqa: E402
+from studio.engine import group_norm  # noqa: E402
 
 # (batch, channels, height, width): UNet and ControlNet at 512x512 (latents 64x64), CFG batch 2, VAE decoder.
 SHAPES = [(1, 320, 64, 64), (1, 640, 32, 32), (1, 1280, 16, 16), (1, 1280, 8, 8), (2, 320, 64, 64),

@@ -29,7 +29,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pipeline(model_cache: Path):
     from inference_pipeline import InferencePipeline
-    from settings import Settings
+    from studio.core.settings import Settings
 
     # free LoRA paths: the LoRA tests load files they make; tests/test_security.py checks the offered list
     return InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cpu",

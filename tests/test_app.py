@@ -11,7 +11,7 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT
+from helpers import app_page
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def app(model_cache, monkeypatch) -> AppTest:
     monkeypatch.setenv("MODELS", "tiny")
     monkeypatch.setenv("DEVICE", "cpu")
     monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
-    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    app = app_page()
     app.run()
     assert not app.exception
     return app
@@ -101,9 +101,9 @@ def test_guided_control_mode_with_chosen_objects_generates_without_warnings(app)
 def test_loras_are_chosen_from_the_offered_list_and_one_that_does_not_fit_is_explained(model_cache, monkeypatch,
                                                                                          tmp_path):
     import streamlit as st
-    from test_pipeline_options import make_lora
+    from helpers import make_lora
 
-    import tiny_models
+    from studio.engine import tiny_models
 
     unet = str(tiny_models.ensure_tiny_models(model_cache).sd15 / "unet")
     offered = tmp_path / "loras"
@@ -116,7 +116,7 @@ def test_loras_are_chosen_from_the_offered_list_and_one_that_does_not_fit_is_exp
         monkeypatch.setenv(name, value)
     st.cache_resource.clear()  # a server started with LORA_DIR
     try:
-        app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+        app = app_page().run()
         assert app.selectbox(key="lora").options == ["None", "styles/ink.safetensors", "wrong-model.safetensors"]
         app.selectbox(key="lora").set_value("wrong-model.safetensors").run()
         generate(app)
@@ -140,7 +140,7 @@ def test_the_password_gate_blocks_the_page_until_the_password_is_given(model_cac
     monkeypatch.setenv("MODELS", "tiny")
     monkeypatch.setenv("DEVICE", "cpu")
     monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
-    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    app = app_page().run()
     assert not app.exception
     assert len(app.file_uploader) == 0 and len(app.sidebar.markdown) == 0, "nothing behind the gate is shown"
     app.text_input[0].set_value("guess")  # inside a form: sent with the submit button
@@ -166,7 +166,7 @@ def test_without_reachable_weights_the_page_explains_and_offers_the_smoke_models
     monkeypatch.setenv("MODELS", "sd15")
     monkeypatch.setenv("DEVICE", "cpu")
     monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
-    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    app = app_page().run()
     assert not app.exception
     message = app.error[0].value
     assert "could not be loaded" in message and "lllyasviel/control_v11p_sd15_canny" in message
@@ -174,7 +174,7 @@ def test_without_reachable_weights_the_page_explains_and_offers_the_smoke_models
     assert "MODELS=tiny" in message and len(app.file_uploader) == 0
     next(b for b in app.button if b.label == "Use the offline smoke models instead").click().run()
     assert not app.exception and len(app.file_uploader) == 1 and not app.error
-    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()  # another visitor, same server
+    again = app_page().run()  # another visitor, same server
     assert not again.error and len(again.file_uploader) == 1, "the server remembers the switch"
 
 
@@ -233,7 +233,7 @@ def test_download_all_zip_holds_every_file_of_the_run(app, served_files):
     import io
     import zipfile
 
-    from run_card import read_run_card
+    from studio.core.run_card import read_run_card
 
     generate(app)
     result = app.session_state["result"]

@@ -81,7 +81,7 @@ SURVIVE = """
     from diffusers import StableDiffusionControlNetPipeline
     from PIL import Image
     from inference_pipeline import GenerationRequest, InferencePipeline
-    from settings import Settings
+    from studio.core.settings import Settings
     pipe = InferencePipeline(settings=Settings(models="tiny", cache_dir=sys.argv[-1], device="cpu"))
     result = pipe.generate(Image.new("RGB", (64, 64), "white"), GenerationRequest(steps=2, resolution=64, seed=3))
     print("RESULT " + json.dumps({"report": report.as_dict(), "size": result.images[0].size,
@@ -251,7 +251,7 @@ def test_an_error_outside_attention_is_not_blamed_on_the_backend(tiny_pipeline, 
 
 
 def test_importing_the_pipeline_module_does_not_import_diffusers():
-    proc = run_python("import sys, inference_pipeline, tiny_models; print('diffusers' in sys.modules)")
+    proc = run_python("import sys, inference_pipeline, studio.engine.tiny_models, studio.serving.jobs; print('diffusers' in sys.modules)")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
 

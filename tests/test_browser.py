@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import pytest
 
 import launch
 from conftest import ROOT
-from run_card import read_run_card
+from helpers import free_port
+from studio.core.run_card import read_run_card
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -33,9 +33,7 @@ def launched(tmp_path, monkeypatch, model_cache):
     which holds its log."""
     monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
     monkeypatch.setenv("DEVICE", "cpu")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     state = tmp_path / "launch"
     started = launch.start(port, "none", "tiny", state_dir=state, quiet=True)
     yield started.local_url, state
@@ -66,10 +64,17 @@ def page(browser):
     return new_page(browser)
 
 
-def wait_until_idle(page) -> None:
-    """Streamlit shows its running indicator while a script runs; stale elements linger until it ends."""
-    page.wait_for_timeout(1500)
-    page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=120_000)
+def wait_until_idle(page, quiet_s: float = 1.0, timeout_s: float = 120.0) -> None:
+    """Streamlit shows its running indicator while a script runs, and stale elements linger until it ends; a
+    rerun a click caused may start a moment later. Idle: the indicator hidden for `quiet_s` in a row."""
+    status = page.locator("[data-testid='stStatusWidget']")
+    deadline = quiet_from = time.monotonic()
+    deadline += timeout_s
+    while time.monotonic() - quiet_from < quiet_s:
+        assert time.monotonic() < deadline, "the page kept running"
+        if status.is_visible():
+            quiet_from = time.monotonic()
+        page.wait_for_timeout(100)
 
 
 def test_upload_prompt_generate_download_and_a_friendly_error(server, page, tmp_path):

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from control_image import (NoMatchingDetectionsError, build_control_image, canny_edges, edge_fidelity,
-                           edge_map_control, fit_size, place_image, region_mask, repaint_mask)
-from detections import Detection
+from studio.core.control_image import (NoMatchingDetectionsError, build_control_image, canny_edges, edge_fidelity,
+                                       edge_map_control, place_image, region_mask, repaint_mask)
+from studio.core.sizes import fit_size
+from studio.core.detections import Detection
 
 # Two white squares on black: A (class 0) and B (class 1); boxes leave 5 px around each square.
 SQUARE_A, SQUARE_B = (20, 20, 60, 60), (120, 30, 170, 80)

@@ -42,7 +42,7 @@ def test_class_filter_returns_only_the_chosen_classes(tiny_pipeline):
 
 
 def test_the_sample_image_shows_real_detections(tiny_pipeline):
-    from image_io import load_image
+    from studio.core.image_io import load_image
 
     labels = sorted(d.label for d in tiny_pipeline.detect(load_image(ROOT / "assets" / "sample_scene.png")))
     assert labels == ["circle", "square", "square", "triangle"]
@@ -89,8 +89,8 @@ def test_fidelity_is_reported_per_image_and_in_the_run_card(tiny_pipeline, photo
 def test_the_fixture_segmenter_outlines_the_drawn_shapes(tiny_pipeline):
     """On pictures it never saw, each drawn shape is matched by a mask of its class with IoU 0.8 or more on
     average (the fixture is small: at most 3 MB)."""
-    import tiny_models
-    from control_image import region_mask
+    from studio.engine import tiny_models
+    from studio.core.control_image import region_mask
     from train_shapes_detector import shape_mask
 
     assert tiny_models.SHAPES_SEGMENTER.stat().st_size <= 3 * 2**20
@@ -111,7 +111,7 @@ def test_objects_mode_at_padding_0_keeps_each_objects_own_outline(tiny_pipeline)
     """At least 90 % of the Canny pixels of each object's outline stay in the control image."""
     import cv2
 
-    from control_image import canny_edges
+    from studio.core.control_image import canny_edges
     from train_shapes_detector import shape_mask
 
     rng = np.random.default_rng(321)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import group_norm
+from studio.engine import group_norm
 
 
 @pytest.mark.parametrize("shape, groups", [((1, 320, 16, 12), 32), ((2, 64, 9, 7), 8), ((1, 8, 4, 4), 4)])

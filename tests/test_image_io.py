@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_io import InvalidImageError, load_image
+from studio.core.image_io import InvalidImageError, load_image
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

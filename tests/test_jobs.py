@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from inference_pipeline import GenerationRequest, InferencePipeline
-from jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobQueue, estimate_start, worker_devices
-from settings import Settings
+from studio.engine.devices import CPU_THREADS, worker_devices
+from studio.serving.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobQueue, estimate_start
+from studio.core.settings import Settings
 
 QUICK = GenerationRequest(prompt="a red box", steps=2, resolution=64, seed=4)
 
@@ -176,10 +177,19 @@ def test_shutdown_cancels_what_waits_and_ends_the_workers(tiny_pipeline, photo):
         queue.submit(photo, QUICK, owner="a")
 
 
-def test_worker_devices():
+def test_worker_devices(monkeypatch):
+    import torch
+
     assert worker_devices(Settings(device="cpu")) == ["cpu"]
     assert worker_devices(Settings(device="cuda:1")) == ["cuda:1"]
-    assert worker_devices(Settings()) == ["cpu"]  # no GPU on this machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert worker_devices(Settings()) == ["cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert worker_devices(Settings()) == ["cuda:0", "cuda:1"]
+    assert worker_devices(Settings(gpus=(1,))) == ["cuda:1"]
+    with pytest.raises(ValueError, match="GPUS names GPU 2, but this machine has 2"):
+        worker_devices(Settings(gpus=(0, 2)))
 
 
 def test_a_queue_from_settings_serves_on_the_cpu(model_cache, photo):
@@ -219,10 +229,18 @@ def test_a_job_gives_the_pixels_of_a_direct_call_in_any_thread(queue, photo, tin
     job = queue.submit(photo, request, owner="a")
     wait_for(lambda: not job.active)
     main = np.asarray(tiny_pipeline.generate(photo, request).images[0])
-    other: dict[str, np.ndarray] = {}
-    thread = threading.Thread(target=lambda: other.update(
-        pixels=np.asarray(tiny_pipeline.generate(photo, request).images[0])))
-    thread.start()
-    thread.join(120)
+    others: list[tuple[np.ndarray, int]] = []
+
+    def fresh_thread() -> None:  # a thread of its own that detects first (Ultralytics lowers its threads there)
+        import torch
+
+        tiny_pipeline.detect(photo)
+        others.append((np.asarray(tiny_pipeline.generate(photo, request).images[0]), torch.get_num_threads()))
+
+    threads = [threading.Thread(target=fresh_thread) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+        thread.join(120)
     assert np.array_equal(np.asarray(job.result.images[0]), main)
-    assert np.array_equal(other["pixels"], main)
+    assert len(others) == 2 and all(np.array_equal(pixels, main) for pixels, _ in others)
+    assert [count for _, count in others] == [CPU_THREADS, CPU_THREADS]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import socket
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ from pyngrok.exception import PyngrokNgrokError, PyngrokNgrokHTTPError
 
 import launch
 from conftest import ROOT
+from helpers import free_port
 
 TOKEN = "2abcDEFghiJKLmnoPQRstuVWXyz_0123456789abcdefGHIJK"
 ERR_4018 = ("authentication failed: Usage of ngrok requires a verified account and authtoken.\n\nSign up for an "
@@ -32,12 +32,6 @@ ERR_108 = ("authentication failed: Your account is limited to 1 simultaneous ngr
            "multiple simultaneous tunnels from a single agent session by defining the tunnels in your agent "
            "configuration file and starting them with the command `ngrok start --all`.\nYou can view your current "
            "agent sessions in the dashboard:\nhttps://dashboard.ngrok.com/agents\r\n\r\nERR_NGROK_108\r\n")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def health(port: int) -> str | None:

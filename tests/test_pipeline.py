@@ -8,13 +8,10 @@ import numpy as np
 import pytest
 
 from inference_pipeline import (GenerationRequest, InferencePipeline, InvalidRequestError, ModelLoadError)
-from run_card import png_with_run_card, read_run_card
-import tiny_models
-from settings import Settings
-
-
-def pixels(image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
+from studio.core.run_card import png_with_run_card, read_run_card
+from studio.engine import tiny_models
+from studio.core.settings import Settings
+from helpers import pixels
 
 
 def test_two_images_at_64_in_four_steps(tiny_pipeline, photo):

@@ -4,36 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from inference_pipeline import SCHEDULERS, GenerationRequest, LoraError
-
-
-def pixels(result) -> np.ndarray:
-    return np.asarray(result.images[0], dtype=np.int16)
-
-
-def make_lora(unet_folder, out_folder, cross_attention_dim: int | None = None):
-    """A real LoRA for the tiny UNet (or, with another `cross_attention_dim`, for a UNet it does not fit),
-    trained by nobody: its B matrices are random so that it visibly changes the output."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    config = dict(UNet2DConditionModel.load_config(unet_folder))
-    if cross_attention_dim:
-        config["cross_attention_dim"] = cross_attention_dim
-    torch.manual_seed(1)
-    unet = UNet2DConditionModel.from_config(config)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    with torch.no_grad():
-        for name, parameter in unet.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(out_folder, unet_lora_layers=state, safe_serialization=True)
-    return out_folder / "pytorch_lora_weights.safetensors"
+from inference_pipeline import GenerationRequest, LoraError
+from studio.core.catalog import SCHEDULERS
+from helpers import make_lora, pixels
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
@@ -89,7 +63,7 @@ def test_lora_files_other_than_safetensors_are_refused(tiny_pipeline, photo, tmp
 def test_schedulers_do_not_inherit_each_others_settings(tiny_pipeline, model_cache, photo):
     """DPM++ 2M Karras turns on Karras sigmas; a UniPC first built after it must not pick them up."""
     from inference_pipeline import InferencePipeline
-    from settings import Settings
+    from studio.core.settings import Settings
 
     request = GenerationRequest(steps=3, resolution=64, seed=4)
     expected = pixels(tiny_pipeline.generate(photo, request))

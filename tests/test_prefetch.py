@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import prefetch
-from settings import Settings
-from tiny_models import tiny_model_paths
+from studio.serving import prefetch
+from studio.core.settings import Settings
+from studio.engine.tiny_models import tiny_model_paths
 
 SD15_FILES = {
     "model_index.json": b"{}", "unet/config.json": b'{"unet": 1}', "unet/diffusion_pytorch_model.safetensors": b"u" * 4000,

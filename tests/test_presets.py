@@ -8,18 +8,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from generation_request import GenerationRequest, InvalidRequestError
+from studio.core.request import GenerationRequest, InvalidRequestError
 from inference_pipeline import InferencePipeline, LoraError
-from live_preview import PREVIEW_EVERY, decode_preview, preview_steps
-from presets import PRESETS
-from settings import Settings
-from test_pipeline_options import make_lora
+from studio.engine.live_preview import PREVIEW_EVERY, decode_preview, preview_steps
+from studio.core.presets import PRESETS
+from studio.core.settings import Settings
+from helpers import make_lora, pixels
 
 BASE = GenerationRequest(prompt="a red box", resolution=64, seed=21)
-
-
-def pixels(result) -> np.ndarray:
-    return np.stack([np.asarray(image, dtype=np.int16) for image in result.images])
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
-from generation_request import GenerationRequest, InvalidRequestError
+from helpers import sample_scene
+from inference_pipeline import GenerationRequest, InvalidRequestError
 from inference_pipeline import InferencePipeline
-from settings import Settings
+from studio.core.settings import Settings
 
 BASE = GenerationRequest(prompt="a red box", resolution=192, steps=4, seed=5)
 
@@ -20,7 +20,7 @@ BASE = GenerationRequest(prompt="a red box", resolution=192, steps=4, seed=5)
 @pytest.fixture(scope="module")
 def scene() -> Image.Image:
     """The sample scene already at the output size (256x192 at resolution 192): no resampling in the way."""
-    return Image.open(ROOT / "assets" / "sample_scene.png").convert("RGB").resize((256, 192))
+    return sample_scene((256, 192))
 
 
 def diff(result, image) -> np.ndarray:
@@ -95,7 +95,7 @@ def test_an_inpainting_checkpoint_with_9_channels_keeps_the_outside_too(model_ca
 
 
 def test_the_mask_is_handed_out_with_the_run_only_when_part_of_the_picture_was_repainted(tiny_pipeline, scene):
-    from downloads import result_files
+    from studio.core.downloads import result_files
 
     partial = tiny_pipeline.generate(scene, replace(BASE, regenerate="background"))
     masks = [name for name in result_files(partial) if name.startswith("mask-")]

@@ -10,12 +10,9 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from inference_pipeline import GenerationError, GenerationRequest
+from helpers import pixels
 
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 14.74 GiB"
-
-
-def pixels(result) -> np.ndarray:
-    return np.asarray(result.images[0], dtype=np.int16)
 
 
 @pytest.fixture
@@ -124,7 +121,7 @@ def test_concurrent_callers_each_get_their_sequential_result_and_the_lock_ends_f
 def test_the_safety_checker_flags_are_reported_not_shown_as_black(model_cache, photo, threshold, flagged):
     """The real checker code with the tiny checker; its concept thresholds decide, as in SD1.5's."""
     from inference_pipeline import InferencePipeline
-    from settings import Settings
+    from studio.core.settings import Settings
 
     pipe = InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cpu",
                                                safety_checker=True))

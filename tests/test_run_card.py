@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from generation_request import GenerationRequest
-from presets import PRESETS
-from run_card import a1111_parameters, library_versions, png_with_run_card, public_source, read_run_card
+from studio.core.request import GenerationRequest
+from studio.core.presets import PRESETS
+from studio.core.run_card import a1111_parameters, library_versions, png_with_run_card, public_source, read_run_card
 
 # A1111's reading of the settings line: `key: value` pairs separated by commas, a value either quoted (JSON
 # string escapes inside) or running to the next comma. The key may hold letters, digits, spaces.

@@ -8,10 +8,10 @@ import pytest
 import torch
 from diffusers import LCMScheduler, TCDScheduler, UniPCMultistepScheduler
 
-import schedulers
+from studio.engine import schedulers
 from conftest import ROOT
-from generation_request import SCHEDULERS
-from schedulers import AsyncLCMScheduler, AsyncTCDScheduler, AsyncUniPCMultistepScheduler, make_scheduler
+from studio.core.catalog import SCHEDULERS
+from studio.engine.schedulers import AsyncLCMScheduler, AsyncTCDScheduler, AsyncUniPCMultistepScheduler, make_scheduler
 
 CONFIG = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 

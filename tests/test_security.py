@@ -11,12 +11,12 @@ import time
 
 import pytest
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
 import launch
 from conftest import ROOT
-from generation_request import MAX_PROMPT_CHARS, GenerationRequest, InvalidRequestError
-from image_io import InvalidImageError, load_image
+from helpers import app_page, free_port
+from studio.core.request import MAX_PROMPT_CHARS, GenerationRequest, InvalidRequestError
+from studio.core.image_io import InvalidImageError, load_image
 
 
 def encoded(fmt: str, size: tuple[int, int] = (32, 32), **kwargs) -> bytes:
@@ -49,7 +49,7 @@ def test_06_the_truncation_warning_quotes_at_most_about_a_hundred_characters(tin
 
 
 def test_06_the_page_limits_what_can_be_typed(app_env):
-    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    app = app_page().run()
     assert app.text_area(key="prompt").proto.max_chars == MAX_PROMPT_CHARS
     assert app.text_input(key="negative_prompt").proto.max_chars == MAX_PROMPT_CHARS
 
@@ -64,11 +64,18 @@ def test_09_an_unreadable_state_file_is_stale_not_a_crash(tmp_path, content, cap
     assert "treating it as stale" in capsys.readouterr().err
 
 
-def test_09_the_state_file_is_replaced_whole(tmp_path):
+def test_09_the_state_file_is_replaced_whole(tmp_path, monkeypatch):
     launch._write_state(tmp_path, {"pid": 1, "app": "app.py"})
     launch._write_state(tmp_path, {"pid": 2, "app": "app.py"})
     assert json.loads((tmp_path / "state.json").read_text())["pid"] == 2
-    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+    def crash(*args):  # the process dies between writing and renaming
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        launch._write_state(tmp_path, {"pid": 3, "app": "app.py"})
+    assert json.loads((tmp_path / "state.json").read_text())["pid"] == 2, "a cut-short write left the old file whole"
 
 
 # 10. and 11. messages, not tracebacks ------------------------------------------------------------------------------
@@ -79,7 +86,7 @@ def test_10_the_pixel_limit_applies_to_uploads(app_env, monkeypatch):
     monkeypatch.setenv("MAX_PIXELS", "1000")
     st.cache_resource.clear()  # a server started with this setting
     try:
-        app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+        app = app_page().run()
         app.file_uploader[0].set_value(("big.png", encoded("PNG", (64, 64)), "image/png")).run()
         assert not app.exception
         assert any("more than the 1,000 allowed" in e.value for e in app.error)
@@ -98,7 +105,7 @@ def test_11_visitors_get_no_tracebacks_and_the_log_gets_the_failure(app_env, mon
     st.cache_resource.clear()
     try:
         with caplog.at_level(logging.ERROR):
-            app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+            app = app_page().run()
     finally:
         st.cache_resource.clear()
     assert not app.exception
@@ -121,7 +128,7 @@ def test_12_the_offered_formats_are_read(fmt):
 
 
 def test_12_the_uploader_accepts_gif(app_env):
-    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    app = app_page().run()
     assert "gif" in app.file_uploader[0].proto.type or ".gif" in app.file_uploader[0].proto.type
 
 
@@ -129,7 +136,7 @@ def test_12_the_uploader_accepts_gif(app_env):
 
 def test_13_wrong_passwords_slow_down_after_five_and_are_logged_without_the_guess(app_env, monkeypatch, caplog):
     monkeypatch.setenv("APP_PASSWORD", "the right one")
-    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    app = app_page().run()
     took = []
     with caplog.at_level(logging.WARNING, logger="app"):
         for attempt in range(7):
@@ -178,9 +185,9 @@ def test_15_numpy_numbers_are_numbers():
 # 14. no server paths in what leaves the server -------------------------------------------------------------------
 
 def test_14_run_cards_and_pngs_carry_names_not_server_paths(tiny_pipeline, photo, tmp_path, model_cache):
-    from test_pipeline_options import make_lora
+    from helpers import make_lora
 
-    from downloads import result_files
+    from studio.core.downloads import result_files
 
     lora = make_lora(tiny_pipeline.model_ids["sd15"] + "/unet", tmp_path)
     result = tiny_pipeline.generate(photo, GenerationRequest(steps=1, resolution=64, seed=2, lora=str(lora)))
@@ -231,11 +238,11 @@ def test_08_stop_ends_the_process_it_started(tmp_path):
 # 16. no "another user is generating" for a preview ------------------------------------------------------------------
 
 def test_16_a_second_visitor_sees_a_live_preview_and_a_queue_place_not_a_busy_notice(app_env):
-    first = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    first = app_page().run()
     first.slider(key="steps").set_value(150)
     next(b for b in first.button if b.label == "Generate").click().run()
     running = first.session_state["job"]
-    second = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    second = app_page().run()
     try:
         assert running.active, "the first visitor's run is still going"
         shown = " ".join(str(getattr(e, "value", "")) for e in [*second.main, *second.sidebar])
@@ -257,7 +264,7 @@ def test_16_a_second_visitor_sees_a_live_preview_and_a_queue_place_not_a_busy_no
 
 def test_03_access_is_bound_to_a_signed_token_in_the_tab(app_env, monkeypatch):
     monkeypatch.setenv("APP_PASSWORD", "the right one")
-    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    app = app_page().run()
     app.text_input[0].set_value("the right one")
     app.button[0].click().run()
     assert len(app.file_uploader) == 1
@@ -270,7 +277,7 @@ def test_03_access_is_bound_to_a_signed_token_in_the_tab(app_env, monkeypatch):
     app.query_params["access"] = f"{int(expires) + 3600}.{signature}"  # a token stretched by hand
     app.run()
     assert len(app.file_uploader) == 0
-    other_tab = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    other_tab = app_page()
     other_tab.query_params["access"] = f"{expires}.{signature}"  # the person's own link, in another tab
     other_tab.run()
     assert len(other_tab.file_uploader) == 1
@@ -282,7 +289,7 @@ STRIPS = """
 import io, resource, struct, sys, time, zlib
 from PIL import Image
 sys.path.insert(0, sys.argv[1])
-from image_io import InvalidImageError, load_image
+from studio.core.image_io import InvalidImageError, load_image
 
 def header_only(width, height):  # what a 40-megapixel strip looks like before decoding: a few dozen bytes
     def chunk(kind, data):
@@ -335,7 +342,7 @@ def test_01_an_output_larger_than_max_side_is_refused_before_any_resize(tiny_pip
 
 
 def test_01_the_page_says_so_for_a_strip(app_env):
-    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    app = app_page().run()
     app.file_uploader[0].set_value(("strip.png", encoded("PNG", (16, 20_000)), "image/png")).run()
     assert not app.exception
     assert any("times longer than wide" in e.value for e in app.error)
@@ -344,15 +351,12 @@ def test_01_the_page_says_so_for_a_strip(app_env):
 # 2. the upload limit is the setting ---------------------------------------------------------------------------------
 
 def test_02_streamlits_upload_limit_follows_max_upload_mb(tmp_path, monkeypatch, model_cache):
-    import socket
     from pathlib import Path
 
     monkeypatch.setenv("MAX_UPLOAD_MB", "3")
     monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
     monkeypatch.setenv("DEVICE", "cpu")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     started = launch.start(port, "none", "tiny", state_dir=tmp_path, quiet=True)
     try:
         command = Path(f"/proc/{started.pid}/cmdline").read_bytes().split(b"\0")
@@ -409,7 +413,6 @@ threading.Event().wait()
 def test_07_the_token_reaches_the_agent_by_a_private_file_and_is_never_printed(tmp_path, monkeypatch, model_cache,
                                                                                caplog, capsys):
     import os
-    import socket
     import sys
     from pathlib import Path
 
@@ -426,9 +429,7 @@ def test_07_the_token_reaches_the_agent_by_a_private_file_and_is_never_printed(t
     from pyngrok import conf
 
     monkeypatch.setattr(conf.get_default(), "ngrok_path", str(agent))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     state = tmp_path / "state"
     with caplog.at_level(logging.DEBUG, logger="pyngrok"):
         launched = launch.start(port, "ngrok", "tiny", state_dir=state)
@@ -456,9 +457,9 @@ def test_07_the_token_reaches_the_agent_by_a_private_file_and_is_never_printed(t
 
 @pytest.fixture
 def lora_dir(tmp_path):
-    from test_pipeline_options import make_lora
+    from helpers import make_lora
 
-    import tiny_models
+    from studio.engine import tiny_models
 
     root = tmp_path / "offered"
     root.mkdir()
@@ -470,8 +471,8 @@ def lora_dir(tmp_path):
 
 
 def test_04_only_offered_loras_resolve_and_every_refusal_reads_the_same(lora_dir, tmp_path):
-    from loras import REFUSED, LoraError, offered, resolve
-    from settings import Settings
+    from studio.engine.loras import REFUSED, LoraError, offered, resolve
+    from studio.core.settings import Settings
 
     settings = Settings(lora_dir=lora_dir, lora_hub_ids=("org/listed-lora",))
     assert offered(settings) == ["ink.safetensors", "org/listed-lora"]
@@ -523,7 +524,7 @@ def test_05_a_listed_hub_lora_is_refused_by_its_size_before_any_download_and_out
 
     from huggingface_hub import constants
 
-    from loras import LoraError
+    from studio.engine.loras import LoraError
 
     hub = _FakeHub()
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)

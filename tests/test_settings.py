@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from settings import Settings, parse_bool, parse_gpus
+from studio.core.settings import Settings, parse_bool, parse_gpus
 
 
 @pytest.mark.parametrize("word, expected", [("1", True), ("TRUE", True), (" on ", True), ("yes", True),
@@ -71,24 +71,24 @@ def hub_behind_a_proxy(monkeypatch):
 
 
 def test_hub_check_goes_through_the_configured_proxy(hub_behind_a_proxy):
-    from inference_pipeline import _hub_reachable
+    from studio.engine.loading import hub_reachable
 
-    assert _hub_reachable(5.0) is True
+    assert hub_reachable(5.0) is True
     assert _Proxy.seen == ["http://hub.invalid/"]
 
 
 def test_hub_check_says_no_when_the_proxy_is_down(hub_behind_a_proxy, monkeypatch):
     from huggingface_hub.utils import close_session
 
-    from inference_pipeline import _hub_reachable
+    from studio.engine.loading import hub_reachable
 
     hub_behind_a_proxy.shutdown()
     hub_behind_a_proxy.server_close()
     close_session()
-    assert _hub_reachable(2.0) is False
+    assert hub_reachable(2.0) is False
 
 
 def test_hub_check_is_off_when_offline():
-    from inference_pipeline import _hub_reachable
+    from studio.engine.loading import hub_reachable
 
-    assert _hub_reachable(5.0) is False  # the test run sets HF_HUB_OFFLINE=1
+    assert hub_reachable(5.0) is False  # the test run sets HF_HUB_OFFLINE=1

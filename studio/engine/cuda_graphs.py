@@ -7,11 +7,18 @@ calls copy their tensors into the captured inputs and replay. diffusers' own den
 so control start/end, guess mode and every scheduler work as before; the ControlNet's float
 `conditioning_scale` becomes a tensor so that changing it needs no new capture.
 
-Any capture failure switches that module back to eager execution and records why.
+A replay returns the captured *static* output tensors: the next replay of the same graph (and of any graph
+of the same size, which shares its memory pool) overwrites them. diffusers' loop consumes each output before
+the next call; a caller that keeps an output longer must copy it first.
+
+A capture failure switches that one module back to eager execution and records why (`GraphStats.failures`);
+the other modules keep replaying. Weights changed in place (a LoRA fused, the base weights copied back) need
+no new capture; weights that moved to new memory do, and `refresh` finds out which.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -35,7 +42,7 @@ class GraphStats:
     captures: int = 0
     replays: int = 0
     capture_seconds: float = 0.0
-    failure: str | None = None
+    failures: dict[str, str] = field(default_factory=dict)  # module -> why it runs eagerly
 
 
 @dataclass
@@ -71,11 +78,21 @@ class GraphedForward:
         self.scalar_kwargs = scalar_kwargs
         self.graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._scalars: dict[tuple, torch.Tensor] = {}
+        self.module = module
         self.module_name = type(module).__name__
+        self.failure: str | None = None
+        self.weights = self._weight_pointers()
+
+    def _weight_pointers(self) -> tuple[int, ...]:
+        return tuple(p.data_ptr() for p in self.module.parameters())
+
+    def weights_moved(self) -> bool:
+        """True when a parameter now lives in other memory than the captured graphs read."""
+        return self._weight_pointers() != self.weights
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         sample = args[0] if args else kwargs.get("sample")
-        if (self.stats.failure is not None or not isinstance(sample, torch.Tensor) or sample.device.type != "cuda"
+        if (self.failure is not None or not isinstance(sample, torch.Tensor) or sample.device.type != "cuda"
                 or torch.cuda.is_current_stream_capturing()):
             return self.eager(*args, **kwargs)
         for name in self.scalar_kwargs:
@@ -124,8 +141,10 @@ class GraphedForward:
                                                 capture_error_mode="thread_local"):
                 output = self.eager(*args, **kwargs)
         except Exception as exc:  # e.g. an op that synchronises with the host cannot be captured
-            torch.cuda.synchronize()
-            self.stats.failure = f"{self.module_name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            with contextlib.suppress(RuntimeError):  # a failed capture can leave an error for the next sync too
+                torch.cuda.synchronize()
+            lines = str(exc).splitlines() or [""]
+            self.failure = self.stats.failures[self.module_name] = f"{type(exc).__name__}: {lines[0][:200]}"
             return None
         if len(self.graphs) >= MAX_GRAPHS_PER_MODULE:
             self.graphs.popitem(last=False)
@@ -153,17 +172,26 @@ def enable(pipe: Any, compile: bool = False, extra_unets: tuple = ()) -> GraphSt
     its own CUDA graphs, whose reused outputs clash with the ControlNet feeding the UNet); the
     compilation runs during the first capture of each shape and takes minutes."""
     stats, pools = GraphStats(), _Pools()
-    wrapped = [(getattr(pipe, name), method, scalars) for name, method, scalars in GRAPHED]
-    for module, method, scalars in wrapped + [(unet, "forward", ()) for unet in extra_unets]:
+    scalars_of = {name: scalars for name, _, scalars in GRAPHED}
+    for module, method in _wrapped(pipe, extra_unets):
+        scalars = next((scalars_of[name] for name in scalars_of if getattr(pipe, name) is module), ())
         forward = getattr(module, method)
         forward = torch.compile(forward) if compile else forward
         setattr(module, method, GraphedForward(module, forward, pools, stats, scalars))
     return stats
 
 
+def _wrapped(pipe: Any, extra_unets: tuple) -> list[tuple[Any, str]]:
+    return [(getattr(pipe, name), method) for name, method, _ in GRAPHED] + [(unet, "forward") for unet in extra_unets]
+
+
 def disable(pipe: Any, extra_unets: tuple = ()) -> None:
     """Back to plain eager forwards (drops every captured graph)."""
-    for name, method, _ in GRAPHED:
-        getattr(pipe, name).__dict__.pop(method, None)
-    for unet in extra_unets:
-        unet.__dict__.pop("forward", None)
+    for module, method in _wrapped(pipe, extra_unets):
+        module.__dict__.pop(method, None)
+
+
+def moved(pipe: Any, extra_unets: tuple = ()) -> list[str]:
+    """The graphed modules whose weights moved to other memory since they were wrapped (their graphs are stale)."""
+    return [type(module).__name__ for module, method in _wrapped(pipe, extra_unets)
+            if isinstance(module.__dict__.get(method), GraphedForward) and module.__dict__[method].weights_moved()]

@@ -14,11 +14,11 @@ from pathlib import Path, PurePath
 
 from PIL import Image, PngImagePlugin
 
+from studio.core.catalog import SCHEDULERS
+
 RUN_CARD_KEY = "run_card"
 PARAMETERS_KEY = "parameters"
-# Our scheduler and resize names as A1111 (and its ControlNet extension) write them.
-A1111_SAMPLERS = {"unipc": "UniPC", "dpmpp_2m_karras": "DPM++ 2M Karras", "euler_a": "Euler a", "ddim": "DDIM",
-                  "lcm": "LCM", "tcd": "TCD"}
+# Our resize names as A1111's ControlNet extension writes them.
 A1111_RESIZE = {"resize": "Just Resize", "crop": "Crop and Resize", "fill": "Resize and Fill"}
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "ultralytics", "xformers", "flash-attn")
 
@@ -65,7 +65,7 @@ def a1111_parameters(card: dict, index: int = 0) -> str:
         f"Guidance Start: {request['control_start']}", f"Guidance End: {request['control_end']}",
         f"Control Mode: {'ControlNet is more important' if request['guess_mode'] else 'Balanced'}"])
     settings = ", ".join([
-        f"Steps: {request['steps']}", f"Sampler: {A1111_SAMPLERS[request['scheduler']]}",
+        f"Steps: {request['steps']}", f"Sampler: {SCHEDULERS[request['scheduler']].a1111}",
         f"CFG scale: {request['guidance_scale']}", f"Seed: {card['seeds'][index]}",
         f"Size: {card['size'][0]}x{card['size'][1]}", f"Model: {model_name(card['models']['sd15'])}",
         f"ControlNet 0: {json.dumps(controlnet)}", f"Preset: {request.get('preset', 'quality')}",

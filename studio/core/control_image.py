@@ -31,19 +31,6 @@ class NoMatchingDetectionsError(ValueError):
     """A detection-guided mode found no detection of the chosen classes; the message says so."""
 
 
-def fit_size(width: int, height: int, short_side: int, multiple: int = 8) -> tuple[int, int]:
-    """The output size: the short side becomes `short_side`, the aspect ratio is kept, and both sides
-    are snapped to a multiple of `multiple` (the VAE needs 8; 64 keeps SD1.5 in its comfort zone)."""
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
-    scale = short_side / min(width, height)
-
-    def snap(side: float) -> int:
-        return max(multiple, int(round(side / multiple)) * multiple)
-
-    return snap(width * scale), snap(height * scale)
-
-
 @dataclass(frozen=True)
 class Placement:
     """Where the input landed in the output: output = input * scale + offset, per axis."""

@@ -2,54 +2,50 @@
 
 Streamlit reruns the page on every widget event. Without these caches each rerun decoded the upload,
 ran YOLO and ran Canny again. Here:
-- an upload is decoded once per content (keyed by a hash of its bytes), a bad one refused once;
+- an upload is decoded once per content (keyed by a hash of its bytes); a bad one is remembered as its message
+  (a string: an exception would hold its traceback and, through it, a copy of the upload);
 - detections are computed once per (image, confidence, IoU, classes): a Canny slider never runs the detector;
 - the control image is rebuilt from cached detections, which takes milliseconds, so it follows the sliders.
-The caches are bounded and shared by every browser session of the server.
+The caches are shared by every browser session of the server and bounded by bytes (PREVIEW_CACHE_MB).
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from detections import Detection
-from generation_request import ControlPreview, GenerationRequest
-from image_io import InvalidImageError, load_image
-from inference_pipeline import InferencePipeline
+from studio.core.detections import Detection
+from studio.core.errors import InvalidImageError
+from studio.core.image_io import load_image
+from studio.core.preparation import ControlPreview
+from studio.core.request import GenerationRequest
+from studio.engine.pipeline import InferencePipeline
+from studio.serving.cache import ByteLRU
+
+DETECTION_BYTES = 200  # a detection's box, label and scores; its outline's points are counted on top
 
 
-class _LRU:
-    """A small thread-safe least-recently-used map."""
+def image_bytes(value: Any) -> int:
+    """A decoded RGB image's pixel bytes, or a message's length."""
+    if isinstance(value, str):
+        return len(value)
+    width, height = value.size
+    return width * height * len(value.getbands())
 
-    def __init__(self, entries: int) -> None:
-        self.entries = entries
-        self._items: OrderedDict[Any, Any] = OrderedDict()
-        self._lock = threading.Lock()
 
-    def get_or_make(self, key: Any, make: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        value = make()  # outside the lock: a slow make must not stall other keys
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.entries:
-                self._items.popitem(last=False)
-        return value
+def detections_bytes(detections: list[Detection]) -> int:
+    return sum(DETECTION_BYTES + 16 * len(d.polygon or ()) for d in detections)
 
 
 class Previews:
     """Decoded uploads, detections and control images for the page, from one pipeline's detector."""
 
-    def __init__(self, pipeline: InferencePipeline, entries: int = 16) -> None:
+    def __init__(self, pipeline: InferencePipeline, max_bytes: int | None = None) -> None:
         self.pipeline = pipeline
-        self._images = _LRU(entries)
-        self._detections = _LRU(entries * 4)
+        budget = max_bytes if max_bytes is not None else pipeline.settings.preview_cache_mb * 2**20
+        self._images = ByteLRU(budget, image_bytes)
+        self._detections = ByteLRU(max(budget // 64, 2**20), detections_bytes)
 
     def image(self, data: bytes | str | Path) -> tuple[Any, str]:
         """The RGB image of an upload's bytes (or a file path) and the key that names it in the caches.
@@ -60,15 +56,15 @@ class Previews:
             key = "sha1:" + hashlib.sha1(data).hexdigest()
 
         def decode() -> Any:
+            settings = self.pipeline.settings
             try:
-                settings = self.pipeline.settings
                 return load_image(data, max_pixels=settings.max_pixels, max_aspect=settings.max_aspect)
             except InvalidImageError as exc:
-                return exc
+                return str(exc)
 
         decoded = self._images.get_or_make(key, decode)
-        if isinstance(decoded, InvalidImageError):
-            raise decoded
+        if isinstance(decoded, str):
+            raise InvalidImageError(decoded)
         return decoded, key
 
     def detections(self, image: Any, key: str, request: GenerationRequest) -> list[Detection]:
@@ -80,5 +76,6 @@ class Previews:
 
     def preview(self, image: Any, key: str, request: GenerationRequest) -> ControlPreview:
         """Detections (cached) and the control image this request would use, with the repaint mask when it
-        repaints part of the picture (rebuilt: milliseconds)."""
+        repaints part of the picture (rebuilt: milliseconds). Raises InvalidRequestError when the output would
+        be too large."""
         return self.pipeline.preview_from(image, self.detections(image, key, request), request)

@@ -15,8 +15,9 @@ RECIPE_VERSION = "7"
 # The fixture models: tiny YOLOv8s trained on drawn circles, squares and triangles by
 # tools/train_shapes_detector.py, so that the smoke mode and the tests see real, non-empty detections. The
 # segmenter (masks too) is the smoke mode's detector; the box-only detector stands for box-only models.
-SHAPES_SEGMENTER = Path(__file__).resolve().parent / "assets" / "shapes_segmenter.pt"
-SHAPES_DETECTOR = Path(__file__).resolve().parent / "assets" / "shapes_detector.pt"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+SHAPES_SEGMENTER = ASSETS / "shapes_segmenter.pt"
+SHAPES_DETECTOR = ASSETS / "shapes_detector.pt"
 
 
 @dataclass(frozen=True)

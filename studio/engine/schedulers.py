@@ -1,4 +1,4 @@
-"""The schedulers the app offers (`generation_request.SCHEDULERS`), each built from the model's own config.
+"""The schedulers the app offers (`core/catalog.SCHEDULERS`), each built from the model's own config.
 
 UniPC, the default, is subclassed so that its step never waits for the GPU. diffusers keeps its sigmas on
 the CPU and copies them to the device every step, finds its first step by searching the timesteps, and its
@@ -18,6 +18,8 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
 from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
 from diffusers.schedulers.scheduling_tcd import TCDSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
+
+from studio.core.catalog import SCHEDULERS
 
 
 class AsyncUniPCMultistepScheduler(UniPCMultistepScheduler):
@@ -175,6 +177,10 @@ _BUILDERS = {
     "lcm": lambda config: AsyncLCMScheduler.from_config(config),
     "tcd": lambda config: AsyncTCDScheduler.from_config(config),
 }
+
+
+if set(_BUILDERS) != set(SCHEDULERS):
+    raise ImportError(f"schedulers.py builds {sorted(_BUILDERS)} but the catalog offers {sorted(SCHEDULERS)}")
 
 
 def make_scheduler(name: str, config: Any) -> Any:

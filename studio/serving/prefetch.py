@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from presets import PRESETS
-from settings import Settings
-
-SD15_FOLDERS = ("unet", "vae", "text_encoder")  # the weights the pipeline loads (the safety checker: if on)
+from studio.core.catalog import LORA_FILE, MODELS, sources
+from studio.core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -33,21 +31,15 @@ class Wanted:
 
 
 def wanted(settings: Settings) -> list[Wanted]:
-    """The Hub repositories the real model set loads; sources that are local paths are not listed."""
-    items = [Wanted("Stable Diffusion 1.5", settings.sd15_model,
-                    SD15_FOLDERS + (("safety_checker",) if settings.safety_checker else ())),
-             Wanted("ControlNet Canny", settings.controlnet_model)]
-    if settings.taesd_model:
-        items.append(Wanted("TAESD (live previews)", settings.taesd_model))
-    if settings.sd15_inpaint_model:
-        items.append(Wanted("inpainting model", settings.sd15_inpaint_model, ("unet",)))
-    overrides = dict(settings.preset_loras)
-    for name, preset in PRESETS.items():
-        if preset.lora:
-            items.append(Wanted(f"{preset.label} preset LoRA", overrides.get(name, preset.lora),
-                                weight_name="pytorch_lora_weights.safetensors"))
-    items += [Wanted(f"style LoRA {hub_id}", hub_id, weight_name="pytorch_lora_weights.safetensors")
-              for hub_id in settings.lora_hub_ids]
+    """The Hub repositories the real model set loads (the catalog's models, the listed style LoRAs); local paths
+    and the detector (Ultralytics fetches its own) are not listed."""
+    found = sources(settings)
+    items = []
+    for item in MODELS:
+        if item.key in found and item.key != "yolo":
+            folders = item.folders + (("safety_checker",) if item.key == "sd15" and settings.safety_checker else ())
+            items.append(Wanted(item.what, found[item.key], folders, item.weight_name))
+    items += [Wanted(f"style LoRA {hub_id}", hub_id, weight_name=LORA_FILE) for hub_id in settings.lora_hub_ids]
     return [item for item in items if not Path(item.repo).expanduser().exists()]
 
 
@@ -69,7 +61,7 @@ def choose_files(item: Wanted, listing: dict[str, int], variant: str) -> dict[st
 def run(settings: Settings, say: Callable[[str], None] = print) -> dict[str, int]:
     """Fetch what is missing; returns counts: files, bytes in all, bytes fetched now."""
     if settings.models == "tiny":
-        import tiny_models
+        from studio.engine import tiny_models
 
         paths = tiny_models.ensure_tiny_models(settings.cache_dir)
         files = [p for p in paths.sd15.parent.rglob("*") if p.is_file()] + [paths.yolo]

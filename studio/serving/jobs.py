@@ -27,19 +27,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from denoise import short_error
-from detections import Detection
-from generation_request import ControlPreview, GenerationRequest, GenerationResult, InvalidRequestError
-from image_io import InvalidImageError
-from inference_pipeline import GenerationError, InferencePipeline, LoraError
-from settings import Settings
+from studio.core.detections import Detection
+from studio.core.errors import EXPECTED_ERRORS, LoraError, short_error
+from studio.core.preparation import ControlPreview
+from studio.core.request import GenerationRequest, GenerationResult
+from studio.core.settings import Settings
+from studio.engine.devices import describe, worker_devices
+from studio.engine.loras import needs_download, resolve
+from studio.engine.pipeline import InferencePipeline
 
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ACTIVE = (QUEUED, RUNNING)
-# Errors whose message is written for the person who asked; anything else is logged with its traceback.
-EXPECTED_ERRORS = (LoraError, GenerationError, InvalidImageError, InvalidRequestError)
 
 
 @dataclass(eq=False)
@@ -54,7 +54,7 @@ class Job:
     preview_of_control: ControlPreview | None = None  # the page's preview for this image and request, if any
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     state: str = QUEUED
-    stage: str | None = None  # "detect", "control", "generate" while running
+    stage: str | None = None  # "fetch" (its LoRA) before it queues; "detect", "control", "generate" while running
     step: int = 0
     total: int = 0
     submitted: float = field(default_factory=time.time)
@@ -177,6 +177,7 @@ class JobQueue:
         self._waiting: deque[Job] = deque()
         self._stopping = False
         self.seconds_per_image: dict[str, float] = {}  # preset -> the last finished run's, measured here
+        self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="lora-fetch")
         self.workers = [Worker(pipe, self) for pipe in pipelines]
         for worker in self.workers:
             worker.thread.start()
@@ -197,13 +198,36 @@ class JobQueue:
 
     def submit(self, image: Any, request: GenerationRequest, owner: str,
                detections: list[Detection] | None = None, preview: ControlPreview | None = None) -> Job:
+        """Queue a job. A style LoRA that must come from the Hub is fetched first, in a thread of its own (the job
+        shows the stage "fetch" meanwhile), so a download never holds a worker that other jobs wait for."""
         job = Job(request, image, owner, detections, preview)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the job queue has been shut down")
+        settings = self.pipelines[0].settings
+        if request.lora and needs_download(request.lora, settings):
+            job.stage = "fetch"
+            self._fetcher.submit(self._fetch_then_queue, job, settings)
+        else:
+            self._queue(job)
+        return job
+
+    def _fetch_then_queue(self, job: Job, settings: Settings) -> None:
+        try:
+            resolve(job.request.lora, settings)  # type: ignore[arg-type]  # downloads once; the worker's is a lookup
+        except LoraError as exc:
+            job.message, job.state, job.finished = str(exc), FAILED, time.time()
+            return
+        job.stage = None
+        self._queue(job)
+
+    def _queue(self, job: Job) -> None:
+        with self._cond:
+            if job.cancel_requested or self._stopping:
+                job.state, job.finished = CANCELLED, time.time()
+                return
             self._waiting.append(job)
             self._cond.notify()
-        return job
 
     def cancel(self, job: Job) -> None:
         """Cancel a job: a queued one leaves the queue at once, a running one stops after its current step."""
@@ -233,6 +257,10 @@ class JobQueue:
             remaining = [max(w.job.total - w.job.step, 0) * per_step if w.job else 0.0 for w in self.workers]
         return estimate_start(remaining, ahead)
 
+    def devices(self) -> list[str]:
+        """One line per worker: its device and, on a GPU, its name and the memory in use (the page's sidebar)."""
+        return [describe(worker.name, memory=True) for worker in self.workers]
+
     @property
     def waiting(self) -> int:
         with self._cond:
@@ -254,6 +282,7 @@ class JobQueue:
                 if worker.job is not None:
                     worker.job.cancel()
             self._cond.notify_all()
+        self._fetcher.shutdown(wait=False, cancel_futures=True)
         for worker in self.workers:
             worker.thread.join(timeout_s)
 
@@ -274,20 +303,3 @@ class JobQueue:
         with self._cond:
             job.finished, job.state = time.time(), state
             worker.job = None
-
-
-def worker_devices(settings: Settings) -> list[str]:
-    """The devices to serve on: `settings.device` alone when set, else each GPU of `settings.gpus` (default
-    every visible one), else the CPU."""
-    if settings.device:
-        return [settings.device]
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
-        return ["cpu"]
-    gpus = settings.gpus if settings.gpus is not None else tuple(range(count))
-    missing = [gpu for gpu in gpus if gpu >= count]
-    if missing:
-        raise ValueError(f"GPUS names GPU {missing[0]}, but this machine has {count} (0 to {count - 1})")
-    return [f"cuda:{gpu}" for gpu in gpus]

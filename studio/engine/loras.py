@@ -9,14 +9,14 @@ machine.
 
 from __future__ import annotations
 
-from settings import Settings
+from pathlib import Path
+
+from studio.core.catalog import LORA_FILE
+from studio.core.errors import LoraError
+from studio.core.settings import Settings
 
 REFUSED = ("That LoRA is not offered here: choose one from the list (the server's operator offers LoRAs with "
            "LORA_DIR and LORA_HUB_IDS).")
-
-
-class LoraError(ValueError):
-    """A LoRA could not be used; the base model is unchanged and the message says why."""
 
 
 def offered(settings: Settings) -> list[str]:
@@ -30,18 +30,34 @@ def offered(settings: Settings) -> list[str]:
 
 def resolve(choice: str, settings: Settings) -> str:
     """What to load for a visitor's choice: a local `.safetensors` path (a listed Hub LoRA is downloaded
-    first, its size checked against LORA_MAX_MB). Raises LoraError, with the same message for anything
-    not offered."""
+    first, its size checked against LORA_MAX_MB, once per server). Raises LoraError, with the same message for
+    anything not offered."""
     if settings.allow_any_lora:
-        return choice
+        return choice if Path(choice).expanduser().exists() else download(choice, settings)
     if choice in settings.lora_hub_ids:
-        return _download(choice, settings)
+        return download(choice, settings)
     if settings.lora_dir is not None:
         root = settings.lora_dir.resolve()
         path = (root / choice).resolve()
         if path.is_relative_to(root) and path.suffix == ".safetensors" and path.is_file():
             return str(path)
     raise LoraError(REFUSED)
+
+
+def needs_download(choice: str, settings: Settings) -> bool:
+    """True when resolving `choice` may ask the Hub: the job queue then resolves it before the job takes a worker."""
+    offered_hub = choice in settings.lora_hub_ids or (settings.allow_any_lora and not Path(choice).expanduser().exists())
+    return offered_hub and (choice, settings) not in _downloaded
+
+
+_downloaded: dict[tuple[str, Settings], str] = {}
+
+
+def download(repo_id: str, settings: Settings) -> str:
+    """A Hub LoRA's local file, downloaded on the first call only (later calls ask no server)."""
+    if (repo_id, settings) not in _downloaded:
+        _downloaded[repo_id, settings] = _download(repo_id, settings)
+    return _downloaded[repo_id, settings]
 
 
 def _download(repo_id: str, settings: Settings) -> str:
@@ -54,7 +70,7 @@ def _download(repo_id: str, settings: Settings) -> str:
     files = [s for s in info.siblings or [] if s.rfilename.endswith(".safetensors")]
     if not files:
         raise LoraError(f"The LoRA '{repo_id}' has no .safetensors file (other formats can run code).")
-    chosen = next((s for s in files if s.rfilename.endswith("pytorch_lora_weights.safetensors")), files[0])
+    chosen = next((s for s in files if s.rfilename.endswith(LORA_FILE)), files[0])
     size_mb = (chosen.size or 0) / 2**20
     if chosen.size is None or size_mb > settings.lora_max_mb:
         raise LoraError(f"The LoRA '{repo_id}' ({chosen.rfilename}, {size_mb:,.0f} MB) is larger than the "

@@ -12,7 +12,7 @@ import zipfile
 from datetime import datetime
 from typing import Any
 
-from run_card import png_with_run_card
+from studio.core.run_card import png_with_run_card
 
 
 def stamp(card: dict) -> str:

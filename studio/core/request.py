@@ -1,0 +1,163 @@
+"""What one run asks for and what it gives back: plain data, validated on construction, no model code.
+
+Every field of `GenerationRequest` carries its own metadata (`knob`): the kind of value, the range, the
+choices, the page's label and slider step. Validation here, the page's widgets and `request_from_state` all
+read it, so the page, the Python API and the HTTP API cannot disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import Field, dataclass, field, fields
+from numbers import Integral, Real
+from typing import Any, Mapping
+
+from studio.core.catalog import SCHEDULERS
+from studio.core.control_image import CONTROL_MODES, REGENERATE_MODES, RESIZE_MODES
+from studio.core.detections import Detection
+from studio.core.errors import InvalidRequestError
+from studio.core.presets import PRESETS
+
+NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, "
+                   "worst quality, low quality")
+SEED_MAX = 2**32 - 1
+MAX_PROMPT_CHARS = 1000  # CLIP reads 75 tokens (a few hundred characters); more only costs time and memory
+CONTROL_SOURCES = {"canny": "Canny of the photo", "edge_map": "The upload is an edge map"}
+KINDS = {"whole": "a whole number", "number": "a finite number", "text": "text", "switch": "true or false",
+         "classes": "a list of class ids (whole numbers)"}
+
+
+def knob(default: Any, kind: str, label: str = "", *, limits: tuple[float, float] | None = None,
+         step: float | None = None, choices: Mapping[str, str] | None = None, optional: bool = False,
+         help: str | None = None) -> Any:
+    """A request field with what validation and the page need to know about it."""
+    return field(default=default, metadata={"kind": kind, "label": label, "limits": limits, "step": step,
+                                            "choices": choices, "optional": optional, "help": help})
+
+
+def _labels(items: Mapping[str, Any]) -> dict[str, str]:
+    return {name: getattr(item, "label", item) for name, item in items.items()}
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Every knob of one run, with the defaults of the ControlNet Canny demo.
+
+    `preset` ("quality", "fast", "turbo": presets.py) fills `scheduler`, `steps` and `guidance_scale` where
+    they are left at None, and brings its distillation LoRA; a value given explicitly wins."""
+
+    prompt: str = knob("", "text", "Prompt")
+    added_prompt: str = knob("best quality, extremely detailed", "text", "Added prompt")
+    negative_prompt: str = knob(NEGATIVE_PROMPT, "text", "Negative prompt")
+    preset: str = knob("quality", "text", "Speed preset", choices=_labels(PRESETS))
+    num_images: int = knob(1, "whole", "Images per run", limits=(1, 8), step=1)
+    steps: int = knob(None, "whole", "Steps", limits=(1, 150), step=1)  # None: the preset's
+    guidance_scale: float = knob(None, "number", "Guidance scale (CFG)", limits=(0.0, 30.0), step=0.5)
+    seed: int | None = knob(None, "whole", "Seed", limits=(0, SEED_MAX), optional=True)
+    resolution: int = knob(512, "whole", "Resolution (short side)", limits=(64, 2048), step=64)
+    width: int | None = knob(None, "whole", "Width", limits=(64, 2048), step=64, optional=True)
+    height: int | None = knob(None, "whole", "Height", limits=(64, 2048), step=64, optional=True)
+    resize_mode: str = knob("resize", "text", "Resize mode", choices=RESIZE_MODES)
+    controlnet_scale: float = knob(1.0, "number", "ControlNet strength", limits=(0.0, 2.0), step=0.05)
+    control_start: float = knob(0.0, "number", "Control start", limits=(0.0, 1.0), step=0.05)
+    control_end: float = knob(1.0, "number", "Control end", limits=(0.0, 1.0), step=0.05)
+    guess_mode: bool = knob(False, "switch", "Guess mode", help="Let ControlNet guess the content from the edges "
+                            "alone; works best with a CFG of 3 to 5.")
+    scheduler: str = knob(None, "text", "Scheduler", choices=_labels(SCHEDULERS))
+    fast_decode: bool = knob(False, "switch", "Decode with TAESD (fastest, slightly softer)")
+    lora: str | None = knob(None, "text", "Style LoRA", optional=True)
+    lora_weight: float = knob(0.8, "number", "LoRA weight", limits=(0.0, 2.0), step=0.05)
+    canny_low: int = knob(100, "whole", "Canny low", limits=(1, 255), step=1)
+    canny_high: int = knob(200, "whole", "Canny high", limits=(1, 255), step=1)
+    control_mode: str = knob("full", "text", "What keeps its structure", choices=CONTROL_MODES)
+    control_classes: tuple[int, ...] | None = knob(None, "classes", "Objects (empty: every detected one)",
+                                                   optional=True)
+    control_padding: float = knob(0.0, "number", "Padding", limits=(0.0, 1.0), step=0.05)
+    control_feather: int = knob(0, "whole", "Feather (px)", limits=(0, 64), step=1)
+    background_weight: float = knob(0.0, "number", "Other region's edges", limits=(0.0, 1.0), step=0.05)
+    control_source: str = knob("canny", "text", "Control source", choices=CONTROL_SOURCES)
+    invert_edge_map: bool = knob(False, "switch", "Invert it (black lines on white)")
+    regenerate: str = knob("all", "text", "What to repaint", choices=REGENERATE_MODES,
+                           help="Repaint only the chosen objects (their segmentation masks, or boxes), or everything "
+                                "but them; the rest of the photo is kept pixel for pixel.")
+    detect_conf: float = knob(0.25, "number", "Confidence", limits=(0.0, 1.0), step=0.05)
+    detect_iou: float = knob(0.45, "number", "IoU (overlap)", limits=(0.0, 1.0), step=0.05)
+    detect_classes: tuple[int, ...] | None = knob(None, "classes", "Only these classes (empty: all)", optional=True)
+
+    def __post_init__(self) -> None:
+        _check(request_field("preset"), self.preset)
+        preset = PRESETS[self.preset]
+        for name in ("scheduler", "steps", "guidance_scale"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, getattr(preset, name))
+        for item in fields(self):
+            _check(item, getattr(self, item.name))
+        if self.control_start > self.control_end:
+            raise InvalidRequestError("control_start must not be after control_end")
+        if (self.width is None) != (self.height is None):
+            raise InvalidRequestError("give both width and height, or neither (then resolution sets the size)")
+        for name in ("width", "height"):
+            if getattr(self, name) is not None and getattr(self, name) % 8:
+                raise InvalidRequestError(f"{name} must be a multiple of 8, got {getattr(self, name)}")
+
+    @property
+    def full_prompt(self) -> str:
+        return ", ".join(p for p in (self.prompt.strip(), self.added_prompt.strip()) if p)
+
+
+def request_field(name: str) -> Field:
+    return next(item for item in fields(GenerationRequest) if item.name == name)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_kind(kind: str, value: Any) -> bool:
+    if kind == "whole":
+        return _whole(value)
+    if kind == "number":
+        return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "text":
+        return isinstance(value, str)
+    if kind == "switch":
+        return isinstance(value, bool)
+    return isinstance(value, (tuple, list)) and all(_whole(c) and c >= 0 for c in value)
+
+
+def _check(item: Field, value: Any) -> None:
+    """The field's kind, then its range, length or choices; the message names the field."""
+    meta, name = item.metadata, item.name
+    if value is None and meta["optional"]:
+        return
+    if not _is_kind(meta["kind"], value):
+        raise InvalidRequestError(f"{name} must be {KINDS[meta['kind']]}, got {type(value).__name__} "
+                                  f"{repr(value)[:40]}")
+    if meta["limits"] is not None:
+        low, high = meta["limits"]
+        if not low <= value <= high:
+            raise InvalidRequestError(f"{name} must lie between {low} and {high}, got {value}")
+    if meta["choices"] is not None and value not in meta["choices"]:
+        raise InvalidRequestError(f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}")
+    if meta["kind"] == "text" and meta["choices"] is None and len(value) > MAX_PROMPT_CHARS:
+        raise InvalidRequestError(f"The {name.replace('_', ' ')} is {len(value):,} characters long; at most "
+                                  f"{MAX_PROMPT_CHARS:,} are allowed.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationResult:
+    """What one run produced. `images` is empty when the run was cancelled; `flagged[i]` says the safety checker
+    hid image i; `mask` is what was repainted (PIL "L" at the output size, 255 = repainted, all 255 for "all")."""
+
+    images: list[Any]
+    control_image: Any
+    detections: list[Detection]
+    seed: int
+    seeds: list[int]
+    timings: dict[str, float]
+    run_card: dict[str, Any]
+    mask: Any
+    cancelled: bool = False
+    fidelity: list[dict[str, float]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    flagged: list[bool] = field(default_factory=list)

@@ -1,0 +1,88 @@
+"""Tripwires: the library code this project copies, overrides or leans on, fingerprinted.
+
+When diffusers, Streamlit or Ultralytics change one of these, this test fails with what to re-check, instead of
+the app quietly giving other pixels. After re-checking (and adapting the project's copy), update the fingerprint
+with the value the failure prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+
+import pytest
+
+TRIPWIRES = {
+    "diffusers.schedulers.scheduling_unipc_multistep:UniPCMultistepScheduler.multistep_uni_c_bh_update":
+        ("5114847cda037aa5", "studio/engine/schedulers.py copies diffusers' UniC corrector step for step"),
+    "diffusers.schedulers.scheduling_unipc_multistep:UniPCMultistepScheduler.set_timesteps":
+        ("572971a7a1864352", "AsyncUniPCMultistepScheduler moves the sigmas and sets the begin index after it"),
+    "diffusers.schedulers.scheduling_lcm:LCMScheduler.step":
+        ("3753f050266d0693", "AsyncLCMScheduler swaps in the host timesteps and adds diffusers' noise itself"),
+    "diffusers.schedulers.scheduling_tcd:TCDScheduler.step":
+        ("9e8349da12da159a", "AsyncTCDScheduler swaps in the host timesteps and adds diffusers' noise itself"),
+    "diffusers.utils.torch_utils:randn_tensor":
+        ("df0b4dc6670c0f08", "the LCM/TCD steps draw every step's noise ahead as randn_tensor would"),
+    "diffusers.pipelines.controlnet.pipeline_controlnet_inpaint:StableDiffusionControlNetInpaintPipeline."
+    "prepare_mask_latents":
+        ("71a7905d3b1855f3", "studio/engine/repaint_pipeline.py overrides it to skip an unused VAE encode"),
+    "diffusers.models.attention_processor:AttnProcessor2_0.__call__":
+        ("b0b61b163eca9d2f", "attention_backend.FlashAttnProcessor follows its steps with flash-attn's kernel"),
+    "diffusers.utils.import_utils:is_xformers_available":
+        ("6dd8fbb71141ff9f", "attention_backend.quarantine sets diffusers' private _xformers_available flag"),
+    "ultralytics.utils.events:Events.__init__":
+        ("f31302a8e8d8b4e5", "YOLO_OFFLINE=1 must keep Ultralytics' usage events off (studio/engine/loading.py)"),
+}
+# Values, not functions: a private flag and a hidden Streamlit option the project sets.
+ATTRIBUTES = {
+    "diffusers.utils.import_utils:_xformers_available": "attention_backend.quarantine writes it",
+    "diffusers.utils.import_utils:_flash_attn_available": "attention_backend.quarantine writes it",
+}
+STREAMLIT_OPTION = "runner.postScriptGC"  # .streamlit/config.toml turns it off (README: Reliability)
+
+
+def resolve(name: str):
+    module, _, path = name.partition(":")
+    found = importlib.import_module(module)
+    for part in path.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def fingerprint(function) -> str:
+    """The function's source, each line stripped, hashed: a changed body changes it, a moved file does not."""
+    source = "\n".join(line.strip() for line in inspect.getsource(function).splitlines() if line.strip())
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", TRIPWIRES)
+def test_copied_and_overridden_library_code_is_what_the_project_was_written_against(name):
+    expected, why = TRIPWIRES[name]
+    found = fingerprint(resolve(name))
+    assert found == expected, f"{name} changed (fingerprint {found}): re-check it, because {why}."
+
+
+@pytest.mark.parametrize("name", ATTRIBUTES)
+def test_private_library_flags_the_project_sets_still_exist(name):
+    module, _, attribute = name.partition(":")
+    assert hasattr(importlib.import_module(module), attribute), f"{name} is gone: {ATTRIBUTES[name]}"
+
+
+def test_the_hidden_streamlit_option_the_config_sets_still_exists():
+    from streamlit import config
+
+    assert STREAMLIT_OPTION in config.get_config_options(), (
+        f"Streamlit no longer has {STREAMLIT_OPTION}: .streamlit/config.toml sets it to keep its garbage collection "
+        "from starving the job workers; find its replacement")
+
+
+def test_a_changed_function_trips_the_wire():
+    def original(x):
+        return x + 1
+
+    def edited(x):
+        return x + 2
+
+    assert fingerprint(original) != fingerprint(edited)
+    assert fingerprint(original) == fingerprint(original)
