@@ -12,6 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from helpers import app_page
+from inference_pipeline import GenerationRequest
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def test_generate_from_the_sample_keeps_results_and_history_across_reruns(app):
     generate(app)
     assert not app.exception
     result = app.session_state["result"]
-    assert len(result.images) == 1 and result.images[0].size == (320, 256)  # 512x384 sample, short side 256
+    assert len(result.images) == 1 and result.images[0].size == (344, 256)  # 512x384 sample, short side 256
     assert result.run_card["seed"] == result.seed and result.run_card["request"]["steps"] == 2
     assert any(s.value == f"Results (seed {result.seed})" for s in app.subheader)
     app.text_area(key="prompt").set_value("another prompt").run()
@@ -282,3 +283,64 @@ def test_the_running_job_shows_live_previews(app):
     assert previews, "the job view shows no live preview"
     job.cancel()
     wait_for_the_job(app)
+
+
+def preview_size(app: AppTest) -> tuple[int, int]:
+    """The output size the page's control preview states in its caption."""
+    caption = next(c for c in image_captions(app.main) if c.startswith("Control image preview"))
+    width, height = re.search(r"(\d+)x(\d+)", caption).groups()
+    return int(width), int(height)
+
+
+@pytest.mark.parametrize("sample, resolution, size", [
+    ("Shapes scene", 320, None), ("Bus (photo)", 320, None), ("Two people (photo)", 256, None),
+    ("Shapes scene", 512, (384, 256, "crop")), ("Bus (photo)", 512, (320, 448, "fill")),
+    ("Two people (photo)", 512, (256, 320, "resize"))],
+    ids=["4:3", "3:4", "16:9", "crop", "fill", "resize"])
+def test_the_page_and_the_python_api_give_the_same_output_size(app, tiny_pipeline, sample, resolution, size):
+    from app import SAMPLES
+    from inference_pipeline import load_image
+
+    app.selectbox(key="sample").set_value(sample)
+    app.slider(key="resolution").set_value(resolution)
+    if size:
+        app.toggle(key="set_size").set_value(True)
+        app.slider(key="width").set_value(size[0])
+        app.slider(key="height").set_value(size[1])
+        app.selectbox(key="resize_mode").set_value(size[2])
+    app.run()
+    on_the_page = preview_size(app)
+    request = GenerationRequest(steps=1, resolution=resolution, seed=1, **(
+        dict(width=size[0], height=size[1], resize_mode=size[2]) if size else {}))
+    result = tiny_pipeline.generate(load_image(SAMPLES[sample]), request)
+    assert result.images[0].size == result.control_image.size == on_the_page
+    if size:
+        assert on_the_page == size[:2]
+
+
+def test_an_output_too_large_disables_generate_with_the_reason_and_keeps_the_settings(app):
+    app.selectbox(key="control_mode").set_value("objects")
+    app.slider(key="canny_low").set_value(80)
+    app.slider(key="resolution").set_value(2048).run()  # the 512x384 sample: 2731x2048, over MAX_SIDE
+    assert not app.exception
+    generate_button = next(b for b in app.button if b.label == "Generate")
+    assert generate_button.disabled
+    errors = [e.value for e in app.error]
+    assert any("The output would be 2728x2048 pixels; its long side may be at most 2048" in e for e in errors), errors
+    assert not any("Something went wrong" in e for e in errors)
+    assert (app.slider(key="resolution").value, app.selectbox(key="control_mode").value,
+            app.slider(key="canny_low").value) == (2048, "objects", 80)
+    app.slider(key="resolution").set_value(256).run()
+    assert not next(b for b in app.button if b.label == "Generate").disabled and not app.error
+    assert preview_size(app) == (344, 256)
+
+
+def test_every_request_widget_is_built_from_the_fields_metadata(app):
+    from studio.core.request import request_field
+
+    for name in ("steps", "guidance_scale", "resolution", "controlnet_scale", "canny_low", "detect_conf"):
+        meta, slider = request_field(name).metadata, app.slider(key=name)
+        assert (slider.label, slider.min, slider.max, slider.step) == (meta["label"], *meta["limits"], meta["step"])
+    for name in ("scheduler", "resize_mode", "control_mode", "regenerate"):
+        meta = request_field(name).metadata
+        assert app.selectbox(key=name).options == list(meta["choices"].values())

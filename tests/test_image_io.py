@@ -121,3 +121,17 @@ def test_paths_and_pil_images_are_accepted_too(tmp_path):
 def test_the_pixel_limit_is_a_setting():
     with pytest.raises(InvalidImageError, match="more than the 10,000 allowed"):
         load_image(encode(Image.new("L", (300, 300))), max_pixels=10_000)
+
+
+def test_loading_never_touches_the_process_wide_warning_filters():
+    """Several threads decode uploads at once; `warnings.catch_warnings` would swap the one global filter list
+    under all of them."""
+    import warnings
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 12000), "white").save(buffer, format="PNG")  # refused: too long for its width
+    filters = list(warnings.filters)
+    for data in (buffer.getvalue(), b"not a picture"):
+        with pytest.raises(InvalidImageError):
+            load_image(data)
+    assert warnings.filters == filters

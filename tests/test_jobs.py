@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -116,11 +117,11 @@ def test_two_workers_serve_two_jobs_at_once(two_workers, tiny_pipeline, second_p
 
 def test_given_detections_are_used_instead_of_detecting_again(queue, tiny_pipeline, photo):
     detections = tiny_pipeline.detect(photo)
-    runs = tiny_pipeline.detector_runs
+    runs = tiny_pipeline.detector.runs
     job = queue.submit(photo, QUICK, owner="a", detections=detections)
     wait_for(lambda: not job.active)
     assert job.state == DONE and job.result.detections == detections
-    assert tiny_pipeline.detector_runs == runs
+    assert tiny_pipeline.detector.runs == runs
 
 
 def test_queue_positions_and_estimated_start_from_measured_speed(queue, tiny_pipeline, photo):
@@ -244,3 +245,43 @@ def test_a_job_gives_the_pixels_of_a_direct_call_in_any_thread(queue, photo, tin
     assert np.array_equal(np.asarray(job.result.images[0]), main)
     assert len(others) == 2 and all(np.array_equal(pixels, main) for pixels, _ in others)
     assert [count for _, count in others] == [CPU_THREADS, CPU_THREADS]
+
+
+def test_a_hub_lora_is_fetched_before_its_job_takes_a_worker(queue, tiny_pipeline, photo, monkeypatch, tmp_path):
+    """An 8 s download must not hold the only worker while a 1-step job of another visitor waits: the LoRA is
+    fetched first, the other job runs meanwhile, and the worker then finds the file already here."""
+    from helpers import make_lora
+    from studio.engine import loras
+
+    lora = make_lora(tiny_pipeline.model_ids["sd15"] + "/unet", tmp_path)
+    downloads = []
+
+    def slow_download(repo_id, settings):
+        downloads.append(threading.current_thread().name)
+        time.sleep(2.0)
+        return str(lora)
+
+    monkeypatch.setattr(loras, "_download", slow_download)
+    styled = queue.submit(photo, replace(QUICK, lora="someone/ink-style-lora"), owner="a")
+    assert styled.stage == "fetch" and queue.position(styled) is None
+    plain = queue.submit(photo, QUICK, owner="b")
+    wait_for(lambda: not styled.active and not plain.active)
+    assert (styled.state, plain.state) == (DONE, DONE), styled.message
+    assert plain.finished < styled.started, "the other visitor's job ran during the download"
+    assert len(downloads) == 1 and downloads[0].startswith("lora-fetch"), "one download, off the workers"
+    assert [entry["role"] for entry in styled.result.run_card["loras"]] == ["style"]
+    assert styled.result.run_card["request"]["lora"] == "someone/ink-style-lora"
+
+
+def test_a_lora_that_cannot_be_fetched_fails_its_job_with_the_reason(queue, photo, monkeypatch):
+    from studio.core.errors import LoraError
+    from studio.engine import loras
+
+    def offline(repo_id, settings):
+        raise LoraError(f"The LoRA '{repo_id}' could not be looked up on the Hub (ConnectError).")
+
+    monkeypatch.setattr(loras, "_download", offline)
+    job = queue.submit(photo, replace(QUICK, lora="someone/unreachable-lora"), owner="a")
+    wait_for(lambda: not job.active)
+    assert job.state == FAILED and job.message == ("The LoRA 'someone/unreachable-lora' could not be looked up on "
+                                                   "the Hub (ConnectError).")

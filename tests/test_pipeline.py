@@ -132,3 +132,17 @@ def test_empty_prompts_are_allowed(tiny_pipeline, photo):
     request = GenerationRequest(prompt="", added_prompt="", negative_prompt="", steps=1, resolution=64, seed=1)
     result = tiny_pipeline.generate(photo, request)
     assert result.images and result.warnings == []
+
+
+def test_loading_leaves_the_users_ultralytics_settings_file_alone(model_cache):
+    """Ultralytics' usage events stay off through YOLO_OFFLINE, not by writing `sync: false` into the user's own
+    settings file."""
+    from ultralytics.utils import SETTINGS
+
+    before = SETTINGS.file.read_bytes() if SETTINGS.file.exists() else None
+    InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cpu"))
+    after = SETTINGS.file.read_bytes() if SETTINGS.file.exists() else None
+    assert after == before
+    from ultralytics.utils.events import events
+
+    assert not events.enabled

@@ -96,7 +96,7 @@ def hub(monkeypatch, tmp_path):
 
 def settings(**overrides) -> Settings:
     values = dict(models="sd15", sd15_model="sd/sd15", controlnet_model="cn/canny", taesd_model="mb/taesd",
-                  preset_loras=(("fast", "org/tcd"), ("turbo", "org/lcm")), yolo_model=str(Path(__file__)))
+                  preset_lora_fast="org/tcd", preset_lora_turbo="org/lcm", yolo_model=str(Path(__file__)))
     return Settings(**{**values, **overrides})
 
 
@@ -116,8 +116,8 @@ def test_the_files_chosen_are_the_ones_diffusers_loads_in_fp16():
 
 def test_local_sources_are_left_alone(tmp_path):
     local = settings(sd15_model=str(tmp_path), taesd_model=None)
-    assert [item.what for item in prefetch.wanted(local)] == ["ControlNet Canny", "Fast preset LoRA",
-                                                               "Turbo preset LoRA"]
+    assert [item.what for item in prefetch.wanted(local)] == ["ControlNet", "Fast preset's distillation LoRA",
+                                                               "Turbo preset's distillation LoRA"]
 
 
 def test_prefetch_fetches_everything_once_with_the_total_up_front(hub):

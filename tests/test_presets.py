@@ -138,9 +138,35 @@ def test_prompt_embeddings_are_computed_once_per_prompt_and_again_after_a_lora_c
         hook.remove()
 
 
-def test_a_missing_distillation_lora_says_how_to_fetch_it(model_cache, photo, tmp_path):
-    pipe = InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cpu"))
-    pipe.model_ids["lora_fast"] = str(tmp_path / "gone" / "pytorch_lora_weights.safetensors")
-    with pytest.raises(LoraError, match=r"launch.py --prefetch.*Quality preset"):
+def test_a_missing_distillation_lora_says_how_to_fetch_it(model_cache, photo):
+    """Real-model settings (local folders) whose Fast LoRA is a Hub id that is not cached, with no Hub: the app
+    starts, and the preset says what to do."""
+    from studio.engine import tiny_models
+
+    paths = tiny_models.ensure_tiny_models(model_cache)
+    pipe = InferencePipeline(settings=Settings(models="sd15", sd15_model=str(paths.sd15), controlnet_model=str(
+        paths.controlnet), yolo_model=str(paths.yolo), taesd_model=None, preset_lora_fast="someone/uncached-tcd-lora",
+        cache_dir=model_cache, device="cpu"))
+    assert "fast" in pipe.missing_loras and "fast" not in pipe.distill_loras
+    with pytest.raises(LoraError, match=r"'someone/uncached-tcd-lora' is not available here \(it is not in the local "
+                                        r"Hugging Face cache.*launch.py --prefetch.*Quality preset"):
         pipe.generate(photo, replace(BASE, preset="fast"))
     assert pixels(pipe.generate(photo, BASE)).size  # the base model still works
+
+
+def test_switching_presets_never_asks_the_hub(tiny_pipeline, photo, monkeypatch):
+    """The distillation LoRAs are local files from the start: a switch under the GPU lock reads a file."""
+    import huggingface_hub
+
+    from studio.engine import loading
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a preset switch asked the Hub")
+
+    for name in ("hf_hub_download", "snapshot_download", "model_info"):
+        monkeypatch.setattr(huggingface_hub, name, no_network)
+    monkeypatch.setattr(loading, "hub_reachable", no_network)
+    for preset in ("quality", "fast", "turbo", "quality"):
+        result = tiny_pipeline.generate(photo, replace(BASE, preset=preset, steps=None, guidance_scale=None,
+                                                       scheduler=None))
+        assert result.images and result.run_card["preset"] == preset

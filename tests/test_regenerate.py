@@ -75,7 +75,7 @@ def test_all_repaints_everything_and_says_so(tiny_pipeline, scene):
 
 def test_no_matching_object_repaints_everything_with_a_warning(tiny_pipeline, scene):
     result = tiny_pipeline.generate(scene, replace(BASE, regenerate="objects", control_classes=(9,)))
-    assert any("The whole picture was repainted instead." in w for w in result.warnings)
+    assert any("The whole picture is repainted instead." in w for w in result.warnings)
     assert np.asarray(result.mask).min() == 255
 
 

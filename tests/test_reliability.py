@@ -11,6 +11,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from inference_pipeline import GenerationError, GenerationRequest
 from helpers import pixels
+from studio.core.control_image import build_control_image, place_image
 
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 14.74 GiB"
 
@@ -55,6 +56,11 @@ def test_persistent_oom_walks_the_chain_down_to_a_smaller_size(tiny_pipeline, ph
     oom_unet["fails"] = lambda sample: sample.shape[-1] >= 16  # 128 px = 16 latents; only a smaller size fits
     result = tiny_pipeline.generate(photo, request)
     assert result.images[0].size == (96, 112) and result.control_image.size == (96, 112)
+    control = np.asarray(result.control_image)
+    assert set(np.unique(control)) <= {0, 255}, "the smaller control image is an edge map, not a blurred one"
+    expected = build_control_image(place_image(photo, (96, 112), request.resize_mode)[0], low=request.canny_low,
+                                   high=request.canny_high)
+    assert np.array_equal(control, np.asarray(expected)), "Canny of the photo at the new size"
     assert result.warnings == ["The GPU ran out of memory; the run succeeded with attention slicing, VAE tiling, "
                                "a smaller size (96x112)."]
     assert oom_unet["raised"] == 3  # full size, with slicing, with tiling; CPU offload is skipped on the CPU

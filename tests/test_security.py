@@ -367,7 +367,7 @@ def test_02_streamlits_upload_limit_follows_max_upload_mb(tmp_path, monkeypatch,
     with pytest.raises(launch.LaunchError, match="MAX_UPLOAD_MB must be a whole number"):
         launch.start(port, "none", "tiny", state_dir=tmp_path, quiet=True)
     makefile = (ROOT / "Makefile").read_text()
-    assert "--server.maxUploadSize $${MAX_UPLOAD_MB:-20}" in makefile
+    assert "-m studio.core.settings MAX_UPLOAD_MB) && $(PY) -m streamlit run app.py --server.maxUploadSize $$size" in makefile
 
 
 # 7. the ngrok token: never on a command line, never printed ----------------------------------------------------------
@@ -484,7 +484,10 @@ def test_04_only_offered_loras_resolve_and_every_refusal_reads_the_same(lora_dir
             resolve(probe, settings)
         refusals.add(str(error.value))
     assert refusals == {REFUSED}, "a file, a folder and nothing must not answer differently"
-    assert resolve("anything/at-all", Settings(allow_any_lora=True)) == "anything/at-all"
+    free = Settings(allow_any_lora=True)  # a private machine: any local file, or any Hub id (downloaded)
+    assert resolve(str(lora_dir), free) == str(lora_dir)
+    with pytest.raises(LoraError, match="'anything/at-all' could not be looked up on the Hub"):
+        resolve("anything/at-all", free)  # this test run is offline
 
 
 class _FakeHub:

@@ -26,11 +26,11 @@ def test_an_unreadable_switch_is_an_error_naming_it(monkeypatch):
 
 
 def test_gpus_setting(monkeypatch):
-    assert parse_gpus("all") is None and parse_gpus("") is None
-    assert parse_gpus("0, 1") == (0, 1)
+    assert parse_gpus("GPUS", "all") is None and parse_gpus("GPUS", "") is None
+    assert parse_gpus("GPUS", "0, 1") == (0, 1)
     for bad in ("a", "0,0", "-1"):
         with pytest.raises(ValueError, match="GPUS"):
-            parse_gpus(bad)
+            parse_gpus("GPUS", bad)
     monkeypatch.setenv("GPUS", "1")
     assert Settings.from_env().gpus == (1,)
 
@@ -92,3 +92,55 @@ def test_hub_check_is_off_when_offline():
     from studio.engine.loading import hub_reachable
 
     assert hub_reachable(5.0) is False  # the test run sets HF_HUB_OFFLINE=1
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("MAX_PIXELS", "40M", "MAX_PIXELS must be a whole number of pixels (at least 1), not '40M'"),
+    ("MAX_UPLOAD_MB", "0", "MAX_UPLOAD_MB must be a whole number of megabytes (at least 1), not '0'"),
+    ("MAX_ASPECT", "wide", "MAX_ASPECT must be a number of times the short side (at least 1), not 'wide'"),
+    ("MAX_SIDE", "32", "MAX_SIDE must be a whole number of pixels (at least 64), not '32'"),
+    ("PREVIEW_CACHE_MB", "-5", "PREVIEW_CACHE_MB must be a whole number of megabytes"),
+    ("MODELS", "huge", "MODELS must be one of tiny, sd15, not 'huge'"),
+    ("GPUS", "a", "GPUS must be 'all' or comma-separated GPU indices"),
+])
+def test_every_bad_value_names_its_variable(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError) as caught:
+        Settings.from_env()
+    assert str(caught.value).startswith(message)
+
+
+def test_each_variable_sets_its_field_and_unset_ones_keep_the_one_default(monkeypatch):
+    from studio.core.settings import variables
+
+    names = variables()
+    assert {"MODELS", "MAX_PIXELS", "PREVIEW_CACHE_MB", "PRESET_LORA_FAST", "TAESD_MODEL"} <= set(names)
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    assert Settings.from_env() == Settings()
+    monkeypatch.setenv("MAX_PIXELS", "1000000")
+    monkeypatch.setenv("TAESD_MODEL", "none")
+    monkeypatch.setenv("LORA_HUB_IDS", " a/b , c/d ")
+    settings = Settings.from_env()
+    assert (settings.max_pixels, settings.taesd_model, settings.lora_hub_ids) == (1_000_000, None, ("a/b", "c/d"))
+    assert Settings.from_env(max_pixels=5).max_pixels == 5  # a keyword wins over the environment
+
+
+def test_the_launcher_and_make_run_read_the_upload_limit_with_the_apps_parser(monkeypatch):
+    import subprocess
+    import sys
+
+    import launch
+    from conftest import ROOT
+
+    monkeypatch.setenv("MAX_UPLOAD_MB", "0")
+    with pytest.raises(launch.LaunchError, match="MAX_UPLOAD_MB must be a whole number of megabytes"):
+        launch.max_upload_mb()
+    refused = subprocess.run([sys.executable, "-m", "studio.core.settings", "MAX_UPLOAD_MB"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert refused.returncode == 1 and "MAX_UPLOAD_MB must be" in refused.stderr
+    monkeypatch.setenv("MAX_UPLOAD_MB", "7")
+    read = subprocess.run([sys.executable, "-m", "studio.core.settings", "MAX_UPLOAD_MB"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert (read.returncode, read.stdout.strip(), launch.max_upload_mb()) == (0, "7", 7)
+    assert "-m studio.core.settings MAX_UPLOAD_MB" in (ROOT / "Makefile").read_text()
