@@ -304,7 +304,7 @@ def test_the_page_and_the_python_api_give_the_same_output_size(app, tiny_pipelin
     app.selectbox(key="sample").set_value(sample)
     app.slider(key="resolution").set_value(resolution)
     if size:
-        app.toggle(key="set_size").set_value(True)
+        app.toggle(key="set_size").set_value(True).run()  # the width and height sliders unlock
         app.slider(key="width").set_value(size[0])
         app.slider(key="height").set_value(size[1])
         app.selectbox(key="resize_mode").set_value(size[2])

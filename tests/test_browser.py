@@ -259,3 +259,19 @@ def test_repainting_the_objects_shows_the_mask_over_the_preview_and_the_result(s
     ARTIFACTS.mkdir(exist_ok=True)
     wait_until_idle(page)
     page.screenshot(path=str(ARTIFACTS / "app-repaint-objects.png"), full_page=True)
+
+
+def test_an_output_too_large_disables_generate_with_its_reason_and_keeps_the_settings(server, page):
+    page.goto(server)
+    page.get_by_text("Control image preview").wait_for(timeout=120_000)
+    press(page, "Steps", "Home")  # a setting changed before: it must survive the refusal
+    press(page, "Resolution", "End")  # 2048 on the 512x384 sample: 2728x2048, over MAX_SIDE
+    wait_until_idle(page)
+    page.get_by_text("The output would be 2728x2048 pixels").first.wait_for(timeout=60_000)
+    assert page.get_by_role("button", name="Generate").is_disabled()
+    assert page.get_by_text("Something went wrong").count() == 0
+    assert (slider(page, "Resolution").input_value(), slider(page, "Steps").input_value()) == ("2048", "1")
+    press(page, "Resolution", "Home")
+    wait_until_idle(page)
+    assert page.get_by_role("button", name="Generate").is_enabled()
+    assert page.get_by_text("The output would be").count() == 0

@@ -59,3 +59,23 @@ def test_pipeline_benchmark_script_writes_its_rows_and_table(tmp_path):
     assert set(switch["steady_s"]) == {"quality", "fast", "turbo"} and min(switch["steady_s"].values()) > 0
     assert "| project-preset-switch | quality->fast | fast->quality | quality->turbo |" in proc.stdout
     assert "| config | size | batch | steps | s / image |" in proc.stdout
+
+
+def test_a_forward_that_reads_back_to_the_host_is_caught_in_its_own_thread_only():
+    """The check that runs before any capture (a failed capture would break PyTorch's CUDA state for good)."""
+    import threading
+
+    import torch
+
+    x = torch.ones(4)
+    with cuda_graphs.HostReads() as reads:
+        (x * 2).sum()
+    assert reads.found is None, "arithmetic stays on the device"
+    other: list[float] = []
+    with cuda_graphs.HostReads() as reads:
+        worker = threading.Thread(target=lambda: other.append((x + 1).sum().item()))
+        worker.start()
+        worker.join()
+        assert reads.found is None, "another thread's read is none of this mode's business"
+        (x * 2).sum().item()
+    assert reads.found == "_local_scalar_dense.default" and other == [8.0]

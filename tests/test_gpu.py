@@ -191,15 +191,14 @@ def test_a_controlnet_capture_failure_leaves_the_unet_replaying(model_cache, eag
     controlnet = pipe.pipe.controlnet.__dict__["forward"]
     forward = controlnet.eager
 
-    def syncs_while_captured(*args, **kwargs):
+    def reads_back(*args, **kwargs):
         out = forward(*args, **kwargs)
-        if torch.cuda.is_current_stream_capturing():
-            out[1].float().sum().item()  # a host synchronisation: not allowed in a capture
+        out[1].float().sum().item()  # a host synchronisation, as some models' forwards do: not capturable
         return out
 
-    controlnet.eager = syncs_while_captured
+    controlnet.eager = reads_back
     failures = pipe.generate(scene, BASE).run_card["fast_path"]["failures"]
-    assert list(failures) == ["ControlNetModel"] and "capture" in failures["ControlNetModel"].lower()
+    assert list(failures) == ["ControlNetModel"] and "reads values back to the host" in failures["ControlNetModel"]
     unet = pipe.pipe.unet.__dict__["forward"]
     assert isinstance(unet, cuda_graphs.GraphedForward) and unet.graphs and unet.failure is None
     replays = pipe.denoiser.graph_stats.replays

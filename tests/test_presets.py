@@ -170,3 +170,20 @@ def test_switching_presets_never_asks_the_hub(tiny_pipeline, photo, monkeypatch)
         result = tiny_pipeline.generate(photo, replace(BASE, preset=preset, steps=None, guidance_scale=None,
                                                        scheduler=None))
         assert result.images and result.run_card["preset"] == preset
+
+
+def test_switching_back_to_a_preset_reuses_its_fused_weights(tiny_pipeline, photo, monkeypatch, tmp_path):
+    """The weights a set changed are kept: the second switch to Fast copies them instead of loading the LoRA
+    again, and gives the same pixels; Quality gets the base weights back exactly."""
+    fast = replace(BASE, preset="fast", steps=None, guidance_scale=None, scheduler=None)
+    quality = pixels(tiny_pipeline.generate(photo, BASE))
+    first = pixels(tiny_pipeline.generate(photo, fast))
+    loads = []
+    original = tiny_pipeline._load_lora
+    monkeypatch.setattr(tiny_pipeline, "_load_lora", lambda *args: loads.append(args) or original(*args))
+    assert np.array_equal(pixels(tiny_pipeline.generate(photo, BASE)), quality)
+    assert np.array_equal(pixels(tiny_pipeline.generate(photo, fast)), first)
+    assert loads == [], "no LoRA was loaded again"
+    styled = replace(fast, lora=str(make_lora(tiny_pipeline.model_ids["sd15"] + "/unet", tmp_path)))
+    tiny_pipeline.generate(photo, styled)  # a new set: loaded and fused
+    assert [adapter for _, adapter in loads] == ["distill", "style"] and len(tiny_pipeline.loras._fused) <= 2

@@ -11,8 +11,12 @@ A replay returns the captured *static* output tensors: the next replay of the sa
 of the same size, which shares its memory pool) overwrites them. diffusers' loop consumes each output before
 the next call; a caller that keeps an output longer must copy it first.
 
-A capture failure switches that one module back to eager execution and records why (`GraphStats.failures`);
-the other modules keep replaying. Weights changed in place (a LoRA fused, the base weights copied back) need
+A module that reads values back to the host (`.item()`, `.cpu()`, `nonzero`, ...) cannot be captured, and a
+capture that fails leaves PyTorch's CUDA random-number state and allocator in a state no later run recovers
+from (every later capture, and Ultralytics' random numbers, then fail too). So the first warm-up call of each
+signature runs under `HostReads`, a dispatch mode of the calling thread alone, and a module caught reading
+back runs eagerly before any capture is tried; that one module, recorded in `GraphStats.failures`, while the
+other modules keep replaying. Weights changed in place (a LoRA fused, the base weights copied back) need
 no new capture; weights that moved to new memory do, and `refresh` finds out which.
 """
 
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 MAX_GRAPHS_PER_MODULE = 4
@@ -43,6 +48,37 @@ class GraphStats:
     replays: int = 0
     capture_seconds: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)  # module -> why it runs eagerly
+
+
+# Operators that wait for the GPU and copy a value back to the host: not allowed inside a capture.
+HOST_READ_OPS = ("_local_scalar_dense", "nonzero", "is_nonzero", "masked_select", "unique", "_unique2", "equal")
+
+
+class HostReads(TorchDispatchMode):
+    """Notes the first operator of a forward that reads back to the host (a scalar, a data-dependent shape, a copy
+    to the CPU). A dispatch mode belongs to the calling thread: other threads' work is not looked at."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: str | None = None
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if self.found is None and reads_back(func.__name__.split(".")[0], args, kwargs):
+            self.found = func.__name__
+        return func(*args, **kwargs)
+
+
+def reads_back(name: str, args: tuple, kwargs: dict) -> bool:
+    """True for an operator that waits for the GPU and brings a value to the host."""
+    if name in HOST_READ_OPS:
+        return True
+    if name == "_to_copy":  # .cpu(), .to("cpu")
+        device = kwargs.get("device")
+        return device is not None and torch.device(device).type == "cpu" and args[0].device.type == "cuda"
+    if name == "copy_":  # cpu_tensor.copy_(cuda_tensor)
+        return args[0].device.type == "cpu" and args[1].device.type == "cuda"
+    return False
 
 
 @dataclass
@@ -131,7 +167,11 @@ class GraphedForward:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # lazy initialisation and autotuning must happen outside the capture
-                for _ in range(WARMUP_CALLS):
+                with HostReads() as reads:
+                    self.eager(*args, **kwargs)
+                if reads.found is not None:
+                    raise RuntimeError(f"it reads values back to the host ({reads.found}), which a capture cannot do")
+                for _ in range(WARMUP_CALLS - 1):
                     self.eager(*args, **kwargs)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
@@ -140,7 +180,7 @@ class GraphedForward:
             with CAPTURE_LOCK, torch.cuda.graph(graph, pool=self.pools.get(shape), stream=side,
                                                 capture_error_mode="thread_local"):
                 output = self.eager(*args, **kwargs)
-        except Exception as exc:  # e.g. an op that synchronises with the host cannot be captured
+        except Exception as exc:  # found before the capture, or (unforeseen) the capture itself failed
             with contextlib.suppress(RuntimeError):  # a failed capture can leave an error for the next sync too
                 torch.cuda.synchronize()
             lines = str(exc).splitlines() or [""]
