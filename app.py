@@ -434,7 +434,9 @@ def job_view(jobs: JobQueue) -> None:
     job = st.session_state.get("job")
     if job is None or not job.active:
         st.rerun()
-    if job.state == QUEUED:
+    if job.stage == "fetch":  # its style LoRA comes from the Hub first; then it joins the queue
+        st.progress(0.0, text=STAGES["fetch"] + "…")
+    elif job.state == QUEUED:
         position, eta = jobs.position(job), jobs.eta_s(job)
         if position is not None:
             wait = f"; it starts in about {eta:.0f} s" if eta is not None else ""
