@@ -43,3 +43,11 @@ def photo() -> Image.Image:
     canvas[20:60, 10:50] = (200, 40, 40)
     canvas[50:90, 40:75] = (30, 90, 200)
     return Image.fromarray(canvas)
+
+
+@pytest.fixture
+def app_env(model_cache, monkeypatch) -> None:
+    """The environment the page runs under in tests: the tiny models, on the CPU, built once per run."""
+    monkeypatch.setenv("MODELS", "tiny")
+    monkeypatch.setenv("DEVICE", "cpu")
+    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))

@@ -16,10 +16,7 @@ from inference_pipeline import GenerationRequest
 
 
 @pytest.fixture
-def app(model_cache, monkeypatch) -> AppTest:
-    monkeypatch.setenv("MODELS", "tiny")
-    monkeypatch.setenv("DEVICE", "cpu")
-    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
+def app(app_env) -> AppTest:
     app = app_page()
     app.run()
     assert not app.exception
@@ -135,12 +132,9 @@ def test_loras_are_chosen_from_the_offered_list_and_one_that_does_not_fit_is_exp
         st.cache_resource.clear()
 
 
-def test_the_password_gate_blocks_the_page_until_the_password_is_given(model_cache, monkeypatch, caplog, capsys):
+def test_the_password_gate_blocks_the_page_until_the_password_is_given(app_env, monkeypatch, caplog, capsys):
     secret = "correct horse battery staple"
     monkeypatch.setenv("APP_PASSWORD", secret)
-    monkeypatch.setenv("MODELS", "tiny")
-    monkeypatch.setenv("DEVICE", "cpu")
-    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
     app = app_page().run()
     assert not app.exception
     assert len(app.file_uploader) == 0 and len(app.sidebar.markdown) == 0, "nothing behind the gate is shown"

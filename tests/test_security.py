@@ -25,13 +25,6 @@ def encoded(fmt: str, size: tuple[int, int] = (32, 32), **kwargs) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-def app_env(model_cache, monkeypatch):
-    monkeypatch.setenv("MODELS", "tiny")
-    monkeypatch.setenv("DEVICE", "cpu")
-    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
-
-
 # 6. prompt length ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("field", ["prompt", "added_prompt", "negative_prompt"])
