@@ -285,3 +285,15 @@ def test_a_lora_that_cannot_be_fetched_fails_its_job_with_the_reason(queue, phot
     wait_for(lambda: not job.active)
     assert job.state == FAILED and job.message == ("The LoRA 'someone/unreachable-lora' could not be looked up on "
                                                    "the Hub (ConnectError).")
+
+
+def test_an_unexpected_error_while_fetching_ends_the_job_with_a_short_message(queue, photo, monkeypatch):
+    from studio.engine import loras
+
+    def broken(repo_id, settings):
+        raise KeyError("siblings")
+
+    monkeypatch.setattr(loras, "_download", broken)
+    job = queue.submit(photo, replace(QUICK, lora="someone/broken-listing-lora"), owner="a")
+    wait_for(lambda: not job.active, timeout_s=30)
+    assert job.state == FAILED and job.message.startswith("The LoRA could not be fetched (KeyError: 'siblings')")

@@ -218,6 +218,11 @@ class JobQueue:
         except LoraError as exc:
             job.message, job.state, job.finished = str(exc), FAILED, time.time()
             return
+        except Exception as exc:  # a bug: the job must end, not wait in "fetch" for ever
+            log.exception("fetching the LoRA of job %s failed", job.id)
+            job.message = f"The LoRA could not be fetched ({short_error(exc)}). It was logged; try again."
+            job.state, job.finished = FAILED, time.time()
+            return
         job.stage = None
         self._queue(job)
 
