@@ -251,7 +251,8 @@ def test_an_error_outside_attention_is_not_blamed_on_the_backend(tiny_pipeline, 
 
 
 def test_importing_the_pipeline_module_does_not_import_diffusers():
-    proc = run_python("import sys, inference_pipeline, studio.engine.tiny_models, studio.serving.jobs; print('diffusers' in sys.modules)")
+    proc = run_python("import sys, inference_pipeline, studio.engine.tiny_models, studio.serving.jobs; "
+                      "print('diffusers' in sys.modules)")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
 

@@ -54,3 +54,18 @@ def test_the_cache_budget_comes_from_preview_cache_mb(tiny_pipeline):
 
     pipe = type("Stub", (), {"settings": replace(tiny_pipeline.settings, preview_cache_mb=3)})()
     assert Previews(pipe)._images.max_bytes == 3 * 2**20
+
+
+def test_one_preview_is_built_once_per_image_and_request(tiny_pipeline, monkeypatch):
+    from inference_pipeline import GenerationRequest
+
+    previews = Previews(tiny_pipeline)
+    image, key = previews.image(png(96, 64, 200))
+    built = []
+    original = tiny_pipeline.preview_from
+    monkeypatch.setattr(tiny_pipeline, "preview_from", lambda *args: built.append(1) or original(*args))
+    request = GenerationRequest(resolution=64)
+    first = previews.preview(image, key, request)
+    assert previews.preview(image, key, request) is first and len(built) == 1
+    assert previews.preview(image, key, GenerationRequest(resolution=64, canny_low=50)) is not first
+    assert len(built) == 2

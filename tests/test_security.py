@@ -360,7 +360,8 @@ def test_02_streamlits_upload_limit_follows_max_upload_mb(tmp_path, monkeypatch,
     with pytest.raises(launch.LaunchError, match="MAX_UPLOAD_MB must be a whole number"):
         launch.start(port, "none", "tiny", state_dir=tmp_path, quiet=True)
     makefile = (ROOT / "Makefile").read_text()
-    assert "-m studio.core.settings MAX_UPLOAD_MB) && $(PY) -m streamlit run app.py --server.maxUploadSize $$size" in makefile
+    assert ("-m studio.core.settings MAX_UPLOAD_MB) && $(PY) -m streamlit run app.py --server.maxUploadSize $$size"
+            in makefile)
 
 
 # 7. the ngrok token: never on a command line, never printed ----------------------------------------------------------

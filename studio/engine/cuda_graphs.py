@@ -2,7 +2,8 @@
 
 At batch 1 the GPU spends most of a denoising step waiting for Python and kernel launches; a CUDA
 graph replays the whole forward pass with one launch. `enable(pipe)` wraps the `forward` of the UNet
-and the ControlNet and the VAE's `decode` (a few-step run spends as long decoding as denoising): the first call with a new input signature (shapes, dtypes, flags) is captured, later
+and the ControlNet and the VAE's `decode` (a few-step run spends as long decoding as denoising): the first
+call with a new input signature (shapes, dtypes, flags) is captured, later
 calls copy their tensors into the captured inputs and replay. diffusers' own denoising loop is unchanged,
 so control start/end, guess mode and every scheduler work as before; the ControlNet's float
 `conditioning_scale` becomes a tensor so that changing it needs no new capture.
@@ -212,26 +213,26 @@ def enable(pipe: Any, compile: bool = False, extra_unets: tuple = ()) -> GraphSt
     its own CUDA graphs, whose reused outputs clash with the ControlNet feeding the UNet); the
     compilation runs during the first capture of each shape and takes minutes."""
     stats, pools = GraphStats(), _Pools()
-    scalars_of = {name: scalars for name, _, scalars in GRAPHED}
-    for module, method in _wrapped(pipe, extra_unets):
-        scalars = next((scalars_of[name] for name in scalars_of if getattr(pipe, name) is module), ())
+    for module, method, scalars in _wrapped(pipe, extra_unets):
         forward = getattr(module, method)
         forward = torch.compile(forward) if compile else forward
         setattr(module, method, GraphedForward(module, forward, pools, stats, scalars))
     return stats
 
 
-def _wrapped(pipe: Any, extra_unets: tuple) -> list[tuple[Any, str]]:
-    return [(getattr(pipe, name), method) for name, method, _ in GRAPHED] + [(unet, "forward") for unet in extra_unets]
+def _wrapped(pipe: Any, extra_unets: tuple) -> list[tuple[Any, str, tuple[str, ...]]]:
+    """(module, method, float keyword arguments turned into tensors) for everything graphed."""
+    return [(getattr(pipe, name), method, scalars) for name, method, scalars in GRAPHED] + \
+        [(unet, "forward", ()) for unet in extra_unets]
 
 
 def disable(pipe: Any, extra_unets: tuple = ()) -> None:
     """Back to plain eager forwards (drops every captured graph)."""
-    for module, method in _wrapped(pipe, extra_unets):
+    for module, method, _ in _wrapped(pipe, extra_unets):
         module.__dict__.pop(method, None)
 
 
 def moved(pipe: Any, extra_unets: tuple = ()) -> list[str]:
     """The graphed modules whose weights moved to other memory since they were wrapped (their graphs are stale)."""
-    return [type(module).__name__ for module, method in _wrapped(pipe, extra_unets)
+    return [type(module).__name__ for module, method, _ in _wrapped(pipe, extra_unets)
             if isinstance(module.__dict__.get(method), GraphedForward) and module.__dict__[method].weights_moved()]

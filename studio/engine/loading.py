@@ -75,7 +75,7 @@ class ModelLoader:
         self.check_models_can_be_had()
         pipe = self.diffusion()
         distill, missing = self.distill_loras()
-        return Loaded(pipe, self.detector(), self.optional("taesd"), self.optional("inpaint"), distill, missing)
+        return Loaded(pipe, self.detector(), self.taesd(), self.inpaint_unet(), distill, missing)
 
     def check_models_can_be_had(self) -> None:
         """Without the Hub, name every required model that is neither a local file or folder nor in the caches,
@@ -157,21 +157,27 @@ class ModelLoader:
                 f"Could not load the detector '{source}': {short_error(exc)}. Ways out: set YOLO_MODEL to a local "
                 f".pt file, give this machine internet access, or start with MODELS=tiny.") from exc
 
-    def optional(self, key: str) -> Any | None:
-        """TAESD (live previews, fast decode; without it previews use a linear map) or the inpainting UNet
-        (without it the base UNet inpaints); None when not configured. A TAESD that fails to load is left out
-        with a warning; an inpainting model that was asked for and fails stops the start."""
-        if key not in self.sources:
+    def taesd(self) -> Any | None:
+        """TAESD for live previews and the fast decode, or None (not configured, or it fails to load: then
+        previews use a linear latent-to-RGB map and the app still starts)."""
+        if "taesd" not in self.sources:
             return None
-        from diffusers import AutoencoderTiny, UNet2DConditionModel
+        from diffusers import AutoencoderTiny
 
-        if key == "inpaint":
-            return self.from_pretrained(UNet2DConditionModel, key, subfolder="unet").to(self.device)
         try:
-            return self.from_pretrained(AutoencoderTiny, key).to(self.device)
+            return self.from_pretrained(AutoencoderTiny, "taesd").to(self.device)
         except ModelLoadError as exc:
             log.warning("%s Live previews use a linear approximation instead.", exc)
             return None
+
+    def inpaint_unet(self) -> Any | None:
+        """The 9-channel UNet of an inpainting checkpoint, or None (then the base UNet inpaints); one that was asked
+        for and fails stops the start."""
+        if "inpaint" not in self.sources:
+            return None
+        from diffusers import UNet2DConditionModel
+
+        return self.from_pretrained(UNet2DConditionModel, "inpaint", subfolder="unet").to(self.device)
 
     def distill_loras(self) -> tuple[dict[str, str], dict[str, str]]:
         """Each preset's distillation LoRA as a local file: ({preset: path}, {preset: why it has none})."""

@@ -46,8 +46,8 @@ def resolve(choice: str, settings: Settings) -> str:
 
 def needs_download(choice: str, settings: Settings) -> bool:
     """True when resolving `choice` may ask the Hub: the job queue then resolves it before the job takes a worker."""
-    offered_hub = choice in settings.lora_hub_ids or (settings.allow_any_lora and not Path(choice).expanduser().exists())
-    return offered_hub and (choice, settings) not in _downloaded
+    free_hub_id = settings.allow_any_lora and not Path(choice).expanduser().exists()
+    return (choice in settings.lora_hub_ids or free_hub_id) and (choice, settings) not in _downloaded
 
 
 _downloaded: dict[tuple[str, Settings], str] = {}

@@ -216,8 +216,9 @@ class InferencePipeline:
                         regenerate=regenerate_card(request, prepared.detections, prepared.mask))
         mask = prepared.mask if prepared.mask is not None else Image.new("L", control.size, 255)
         return GenerationResult(images=images, control_image=control, detections=prepared.detections, seed=seed,
-                                seeds=seeds, timings=timings, run_card=card, mask=mask, cancelled=denoised.images is None,
-                                fidelity=fidelity, warnings=warnings, flagged=denoised.flagged)
+                                seeds=seeds, timings=timings, run_card=card, mask=mask,
+                                cancelled=denoised.images is None, fidelity=fidelity, warnings=warnings,
+                                flagged=denoised.flagged)
 
     def engine_card(self, request: GenerationRequest) -> dict[str, Any]:
         """What the run card says of this pipeline: models, scheduler, decoder, device, attention, fast path."""

@@ -5,7 +5,8 @@ ran YOLO and ran Canny again. Here:
 - an upload is decoded once per content (keyed by a hash of its bytes); a bad one is remembered as its message
   (a string: an exception would hold its traceback and, through it, a copy of the upload);
 - detections are computed once per (image, confidence, IoU, classes): a Canny slider never runs the detector;
-- the control image is rebuilt from cached detections, which takes milliseconds, so it follows the sliders.
+- the control image is rebuilt from cached detections, which takes milliseconds, so it follows the sliders, and
+  the last ones are kept per (image, request), so one rerun builds each once.
 The caches are shared by every browser session of the server and bounded by bytes (PREVIEW_CACHE_MB).
 """
 
@@ -38,6 +39,11 @@ def detections_bytes(detections: list[Detection]) -> int:
     return sum(DETECTION_BYTES + 16 * len(d.polygon or ()) for d in detections)
 
 
+def preview_bytes(preview: ControlPreview) -> int:
+    """The placed photo, the control image and the mask."""
+    return sum(image_bytes(image) for image in (preview.picture, preview.control_image, preview.mask) if image)
+
+
 class Previews:
     """Decoded uploads, detections and control images for the page, from one pipeline's detector."""
 
@@ -46,6 +52,8 @@ class Previews:
         budget = max_bytes if max_bytes is not None else pipeline.settings.preview_cache_mb * 2**20
         self._images = ByteLRU(budget, image_bytes)
         self._detections = ByteLRU(max(budget // 64, 2**20), detections_bytes)
+        # the page asks twice per rerun (Generate's check and the control panel): one build serves both
+        self._previews = ByteLRU(max(budget // 4, 2**20), preview_bytes)
 
     def image(self, data: bytes | str | Path) -> tuple[Any, str]:
         """The RGB image of an upload's bytes (or a file path) and the key that names it in the caches.
@@ -78,4 +86,5 @@ class Previews:
         """Detections (cached) and the control image this request would use, with the repaint mask when it
         repaints part of the picture (rebuilt: milliseconds). Raises InvalidRequestError when the output would
         be too large."""
-        return self.pipeline.preview_from(image, self.detections(image, key, request), request)
+        return self._previews.get_or_make(
+            (key, request), lambda: self.pipeline.preview_from(image, self.detections(image, key, request), request))
