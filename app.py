@@ -24,13 +24,13 @@ from typing import Any
 
 import streamlit as st
 
-from studio.core.control_image import overlay_mask
-from studio.core.detections import draw_detections
+from studio.core.control_image import outline_mask, overlay_mask
+from studio.core.detections import Detection, draw_detections
 from studio.core.downloads import detections_csv, file_name, result_files, zip_of
 from studio.core.errors import EXPECTED_ERRORS, InvalidImageError, InvalidRequestError, ModelLoadError
 from studio.core.preparation import ControlPreview
 from studio.core.presets import PRESETS
-from studio.core.request import MAX_PROMPT_CHARS, SEED_MAX, GenerationRequest, request_field
+from studio.core.request import DETAIL_STRENGTH, MAX_PROMPT_CHARS, SEED_MAX, GenerationRequest, request_field
 from studio.core.run_card import a1111_parameters
 from studio.core.settings import Settings
 from studio.engine.loras import offered as offered_loras
@@ -76,7 +76,8 @@ STAGES = {"fetch": "Fetching the style LoRA", "detect": "Detecting objects", "co
 # Widgets are keyed by GenerationRequest's field names and take its defaults; these fields have widgets of the
 # page's own (a random-seed toggle, a width/height switch, one start/end slider, names instead of class ids).
 PAGE_CONVERTED = ("seed", "width", "height", "control_start", "control_end", "lora", "control_source",
-                  "control_classes", "detect_classes")
+                  "control_classes", "detect_classes", "objects", "object_prompts", "object_negative_prompts")
+PICK, OBJECT_PROMPT = "pick-", "object-prompt-"  # the objects list's widgets: a checkbox and a prompt per object id
 PAGE_DEFAULTS: dict[str, Any] = {
     "prompt": "a cozy cottage in a watercolor painting", "randomize_seed": True, "seed": 1, "set_size": False,
     "width": 512, "height": 512, "lora": "", "own_control": False, "detect_classes": [], "control_classes": [],
@@ -346,8 +347,25 @@ def request_from_state(names: dict[int, str]) -> GenerationRequest:
         control_start=state.control_range[0], control_end=state.control_range[1], lora=state.lora.strip() or None,
         control_source="edge_map" if state.own_control else "canny",
         control_classes=tuple(ids[n] for n in state.control_classes if n in ids) or None,
-        detect_classes=tuple(ids[n] for n in state.detect_classes if n in ids) or None)
+        detect_classes=tuple(ids[n] for n in state.detect_classes if n in ids) or None,
+        objects=tuple(sorted(object_id for object_id, _ in object_widgets(PICK) if state[PICK + str(object_id)]))
+        or None, object_prompts={object_id: state[key] for object_id, key in object_widgets(OBJECT_PROMPT)})
     return GenerationRequest(**values)
+
+
+def object_widgets(prefix: str) -> list[tuple[int, str]]:
+    """(object id, state key) of the objects list's widgets of one kind."""
+    return [(int(key.removeprefix(prefix)), key) for key in list(st.session_state)
+            if isinstance(key, str) and key.startswith(prefix) and key.removeprefix(prefix).isdigit()]
+
+
+def forget_objects_of_another_image(key: str | None) -> None:
+    """Object ids name the objects of one picture: a new picture starts with none picked and no object prompts."""
+    state = st.session_state
+    if state.get("objects_of") != key:
+        for _, widget in object_widgets(PICK) + object_widgets(OBJECT_PROMPT):
+            del state[widget]
+        state.objects_of = key
 
 
 @st.fragment
@@ -357,7 +375,10 @@ def control_panel(previews: Previews, image: Any, key: str | None, names: dict[i
     preview_slot = st.container()
     left, right = st.columns(2)
     choice(left, "control_mode")
-    choice(right, "regenerate")
+    choice(right, "regenerate", on_change=use_mode_defaults)
+    if image is not None:
+        objects_panel(image, previews.detections(image, key, request_from_state(names)))
+    repaint_panel()
     guided = st.session_state.control_mode != "full" or st.session_state.regenerate != "all"
     detected = st.session_state.get("detected_labels", [])
     st.multiselect(request_field("control_classes").metadata["label"],
@@ -389,6 +410,62 @@ def control_panel(previews: Previews, image: Any, key: str | None, names: dict[i
             st.image(preview.control_image, caption=f"Control image preview, {width}x{height}", width="stretch")
         for warning in preview.warnings:
             st.warning(warning)
+        detail_crops(preview)
+
+
+def detail_crops(preview: ControlPreview) -> None:
+    """Each detail pass's crop at the size it will be sampled, its mask outlined: what the run will repaint."""
+    passes = [p for p in preview.passes if not p.whole]
+    if not passes:
+        return
+    st.caption("Detail crops, each at the size it is sampled (red: its mask)")
+    for column, plan in zip(st.columns(min(len(passes), 4)) * ((len(passes) + 3) // 4), passes):
+        det = plan.objects[0]
+        column.image(outline_mask(plan.crop(preview.picture), plan.working_mask()), width="stretch",
+                     caption=f"#{det.id} {det.label} · {plan.size[0]}x{plan.size[1]}")
+
+
+def use_mode_defaults() -> None:
+    """A detail pass restyles (strength 0.4, colours kept); the other repaints start from noise."""
+    detailing = st.session_state.regenerate == "detail" or st.session_state.detail_output
+    st.session_state.strength = DETAIL_STRENGTH if detailing else 1.0
+    st.session_state.color_match = detailing
+
+
+def objects_panel(image: Any, detections: list[Detection]) -> None:
+    """The detected objects one by one: a crop, a checkbox and an optional prompt each. None ticked: every object
+    of the chosen classes."""
+    if not detections:
+        return
+    with st.expander(f"Objects ({len(detections)}): pick them one by one, each with its own prompt"):
+        st.caption("None ticked: every object of the chosen classes. A ticked object is highlighted in the "
+                   "detections.")
+        for det in detections:
+            thumb, fields_column = st.columns([1, 4], vertical_alignment="center")
+            crop = image.crop(tuple(int(round(v)) for v in det.box))
+            crop.thumbnail((64, 64))
+            thumb.image(crop)
+            fields_column.checkbox(f"#{det.id} {det.label} {det.confidence:.2f}", key=PICK + str(det.id))
+            fields_column.text_input(f"Prompt of #{det.id}", key=OBJECT_PROMPT + str(det.id),
+                                     max_chars=MAX_PROMPT_CHARS, placeholder="its own prompt (empty: the main prompt)",
+                                     label_visibility="collapsed")
+
+
+def repaint_panel() -> None:
+    """How a repaint runs: its strength and colour correction, and the detail pass's crops and filters."""
+    state = st.session_state
+    repainting = state.regenerate != "all" or state.detail_output
+    slider(st, "strength", disabled=not repainting)
+    switch(st, "color_match", disabled=not repainting)
+    with st.expander("Detail pass (ADetailer)", expanded=state.regenerate == "detail"):
+        switch(st, "detail_output", disabled=state.regenerate != "all", on_change=use_mode_defaults)
+        left, right = st.columns(2)
+        slider(left, "detail_resolution")
+        slider(right, "detail_padding")
+        left, right = st.columns(2)
+        meta = request_field("max_objects").metadata
+        left.number_input(meta["label"], *(int(v) for v in meta["limits"]), key="max_objects", placeholder="all")
+        slider(right, "min_object_area")
 
 
 def page_request(previews: Previews, image: Any, key: str | None, names: dict[int, str]
@@ -510,6 +587,8 @@ def results_panel() -> None:
         st.image(overlay_mask(result.images[0], result.mask), width="stretch",
                  caption=f"Repainted ({regenerated['repainted_share']:.0%} of the picture, tinted red, from "
                          f"{regenerated['mask_source']} masks); the rest is the input, pixel for pixel")
+    if card["objects"]:
+        objects_table(card["objects"])
     with st.expander("Control image, detections and run card"):
         left, right = st.columns(2)
         left.image(result.control_image, caption="Control image")
@@ -523,6 +602,15 @@ def results_panel() -> None:
         right.download_button("Run card (JSON)", json.dumps(card, indent=2), file_name("run_card", result.seed, card,
                                                                                        "json"),
                               "application/json", on_click="ignore")
+
+
+def objects_table(entries: list[dict]) -> None:
+    """Each repainted object: its prompt, where and at what size it was sampled, and how visible its seam is."""
+    st.dataframe([{"image": e["image"] + 1, "object": f"#{e['id']} {e['class']}", "prompt": e["prompt"],
+                   "sampled at": "x".join(map(str, e["working_size"])), "strength": e["strength"],
+                   "seam (ΔE00)": e["seam"]} for e in entries], hide_index=True)
+    st.caption("Seam: the colour step along each mask's border against the photo's, in CIEDE2000 (2 or less is hard "
+               "to see). The zip holds each detail crop as it was sampled, and its mask.")
 
 
 def side_by_side_panel() -> None:
@@ -588,13 +676,14 @@ def main() -> None:
     input_column, control_column, output_column = st.columns([1, 1, 1.2], gap="medium")
     with input_column:
         image, key = input_panel(previews)
+        forget_objects_of_another_image(key)
         prompt_panel()
         request, preview, problem = page_request(previews, image, key, names)
         generate_panel(jobs, image, request, preview, problem)
         if image is not None and request is not None:
             detections = previews.detections(image, key, request)
             st.session_state.detected_labels = sorted({d.label for d in detections})
-            st.image(draw_detections(image, detections), caption=f"{len(detections)} detections",
+            st.image(draw_detections(image, detections, request.objects), caption=f"{len(detections)} detections",
                      width="stretch")
         generation_panel(jobs.pipelines[0].settings, jobs)
     with control_column:

@@ -37,34 +37,44 @@ import attention_backend  # noqa: E402  (must run before diffusers is imported)
 
 PROMPT = "a cozy cottage in a watercolor painting"
 SEED = 1234
-# (config, runner, short side, images per call, preset, TAESD final decode, what to repaint)
+# (config, runner, short side, images per call, preset, TAESD final decode, what to repaint, photo)
 ROWS = (
-    ("diffusers-default", "diffusers", 512, 1, "quality", False, "all"),
-    ("seed-sliced", "sliced", 512, 1, "quality", False, "all"),
-    ("project-eager", "project-eager", 512, 1, "quality", False, "all"),
-    ("project-default", "project", 512, 1, "quality", False, "all"),
-    ("project-fast", "project", 512, 1, "fast", False, "all"),
-    ("project-turbo", "project", 512, 1, "turbo", False, "all"),
-    ("project-turbo-taesd", "project", 512, 1, "turbo", True, "all"),
-    ("project-fast-eager", "project-eager", 512, 1, "fast", False, "all"),
-    ("project-inpaint-objects", "project", 512, 1, "quality", False, "objects"),
-    ("project-inpaint-objects-eager", "project-eager", 512, 1, "quality", False, "objects"),
-    ("diffusers-default-768", "diffusers", 768, 1, "quality", False, "all"),
-    ("project-default-768", "project", 768, 1, "quality", False, "all"),
-    ("project-default-batch4", "project", 512, 4, "quality", False, "all"),
-    ("project-compile", "project-compile", 512, 1, "quality", False, "all"),
+    ("diffusers-default", "diffusers", 512, 1, "quality", False, "all", "square"),
+    ("seed-sliced", "sliced", 512, 1, "quality", False, "all", "square"),
+    ("project-eager", "project-eager", 512, 1, "quality", False, "all", "square"),
+    ("project-default", "project", 512, 1, "quality", False, "all", "square"),
+    ("project-fast", "project", 512, 1, "fast", False, "all", "square"),
+    ("project-turbo", "project", 512, 1, "turbo", False, "all", "square"),
+    ("project-turbo-taesd", "project", 512, 1, "turbo", True, "all", "square"),
+    ("project-fast-eager", "project-eager", 512, 1, "fast", False, "all", "square"),
+    ("project-inpaint-objects", "project", 512, 1, "quality", False, "objects", "square"),
+    ("project-inpaint-objects-eager", "project-eager", 512, 1, "quality", False, "objects", "square"),
+    ("diffusers-default-768", "diffusers", 768, 1, "quality", False, "all", "square"),
+    ("project-default-768", "project", 768, 1, "quality", False, "all", "square"),
+    ("project-default-batch4", "project", 512, 4, "quality", False, "all", "square"),
+    ("project-compile", "project-compile", 512, 1, "quality", False, "all", "square"),
+    ("project-default-1024x768", "project", 768, 1, "quality", False, "all", "wide"),
+    ("project-detail-3-objects", "project", 768, 1, "quality", False, "detail", "wide"),
+    ("project-detail-3-objects-fast", "project", 768, 1, "fast", False, "detail", "wide"),
 )
 # project-preset-switch: the presets one pipeline goes through, in order
 SWITCHES = ("quality", "fast", "quality", "turbo")
 # The benchmarks' detector has random weights and finds nothing: a repaint row repaints one fixed detection, a
 # box over the middle of the photo (a sixth of it), as a person who picked one object would.
 MIDDLE = (0.3, 0.3, 0.7, 0.7)
+# A detail row details three objects of the wide photo (the sample scene at 1024x768): its circle, square and
+# triangle, as the fixture detector finds them, in the photo's pixels.
+THREE_OBJECTS = (("circle", (784, 80, 960, 258)), ("square", (140, 338, 400, 596)), ("triangle", (462, 304, 738, 576)))
 
 
-def square_photo():
+def photos() -> dict[str, Any]:
+    """The square photo (a crop of the sample scene) and the wide one (the whole scene at 1024x768)."""
+    from PIL import Image
+
     from studio.core.image_io import load_image
 
-    return load_image(ROOT / "assets" / "sample_scene.png").crop((64, 0, 448, 384))
+    scene = load_image(ROOT / "assets" / "sample_scene.png")
+    return {"square": scene.crop((64, 0, 448, 384)), "wide": scene.resize((1024, 768), Image.Resampling.LANCZOS)}
 
 
 class Bench:
@@ -77,7 +87,8 @@ class Bench:
         self.torch, self.profile = torch, profile
         self.folders, self.device, self.steps, self.repeats = folders, device, steps, repeats
         self.dtype = torch.float16 if device == "cuda" else torch.float32
-        self.photo = square_photo()
+        self.photos = photos()
+        self.photo = self.photos["square"]
 
     def request(self, size: int, batch: int, preset: str = "quality", fast_decode: bool = False,
                 regenerate: str = "all"):
@@ -85,7 +96,8 @@ class Bench:
 
         steps = self.steps if preset == "quality" else None  # the preset's own
         return GenerationRequest(prompt=PROMPT, preset=preset, steps=steps, resolution=size, num_images=batch,
-                                 seed=SEED, fast_decode=fast_decode, regenerate=regenerate)
+                                 seed=SEED, fast_decode=fast_decode, regenerate=regenerate,
+                                 detail_resolution=512 if self.device == "cuda" else 64)
 
     def diffusers_call(self, size: int, batch: int, sliced: bool) -> Callable[[], list[Any]]:
         from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UniPCMultistepScheduler
@@ -127,25 +139,32 @@ class Bench:
         return InferencePipeline(settings=settings)
 
     def project_call(self, pipe, size: int, batch: int, preset: str, fast_decode: bool = False,
-                     regenerate: str = "all") -> Callable[[], list[Any]]:
+                     regenerate: str = "all", photo: str = "square") -> Callable[[], list[Any]]:
         """What Generate costs: the page's preview is made before the click and handed to the job."""
-        request = self.request(size, batch, preset, fast_decode, regenerate)
-        detections = pipe.detect(self.photo)
-        if regenerate != "all":
-            from studio.core.detections import Detection
-
-            width, height = self.photo.size
-            box = (MIDDLE[0] * width, MIDDLE[1] * height, MIDDLE[2] * width, MIDDLE[3] * height)
-            detections = [Detection("object", 0, 1.0, box)]
-        preview = pipe.preview_from(self.photo, detections, request)
+        request, picture = self.request(size, batch, preset, fast_decode, regenerate), self.photos[photo]
+        preview = pipe.preview_from(picture, self.detections(pipe, picture, regenerate), request)
 
         def call() -> list[Any]:
-            result = pipe.generate(self.photo, request, preview=preview)
+            result = pipe.generate(picture, request, preview=preview)
             self.fast_path, self.steps_run = result.run_card["fast_path"], result.run_card["steps_done"]
             self.timings = result.timings
             return result.images
 
         return call
+
+    def detections(self, pipe, picture: Any, regenerate: str) -> list[Any]:
+        """The detector's answer, or where a row repaints objects, fixed ones (the random detector finds none)."""
+        from studio.core.detections import Detection
+
+        width, height = picture.size
+        if regenerate == "detail":
+            scale = width / 1024
+            return [Detection(label, i, 0.9 - 0.1 * i, tuple(v * scale for v in box))
+                    for i, (label, box) in enumerate(THREE_OBJECTS)]
+        if regenerate != "all":
+            return [Detection("object", 0, 1.0, (MIDDLE[0] * width, MIDDLE[1] * height, MIDDLE[2] * width,
+                                                 MIDDLE[3] * height))]
+        return pipe.detect(picture)
 
     def timed(self, call: Callable[[], list[Any]]) -> float:
         started = time.perf_counter()
@@ -193,7 +212,7 @@ class Bench:
                   averages.table(sort_by=sort, row_limit=20, max_name_column_width=50), flush=True)
 
     def run(self, config: str, runner: str, size: int, batch: int, preset: str, fast_decode: bool,
-            regenerate: str) -> tuple[dict[str, Any], Any]:
+            regenerate: str, photo: str) -> tuple[dict[str, Any], Any]:
         torch = self.torch
         gc.collect()
         if self.device == "cuda":
@@ -203,7 +222,7 @@ class Bench:
             call = self.diffusers_call(size, batch, sliced=runner == "sliced")
         else:
             pipe = self.pipeline(graphs=runner != "project-eager", compile=runner == "project-compile")
-            call = self.project_call(pipe, size, batch, preset, fast_decode, regenerate)
+            call = self.project_call(pipe, size, batch, preset, fast_decode, regenerate, photo)
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -220,13 +239,15 @@ class Bench:
         per_call = statistics.median(seconds)
         if config in self.profile:
             self.print_profile(config, call)
-        row = {"config": config, "size": size, "batch": batch, "preset": preset, "steps": self.steps_run,
+        row = {"config": config, "size": size, "photo": photo, "batch": batch, "preset": preset, "steps": self.steps_run,
                "taesd_decode": fast_decode, "regenerate": regenerate, "seconds_per_image": round(per_call / batch, 4),
                "steps_per_second": round(self.steps_run / per_call, 2), "warmup_s": round(warmup, 2),
                "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if self.device == "cuda"
                else None}
         if runner.startswith("project"):
             row["fast_path"], row["last_call_timings"] = self.fast_path, self.timings
+        if regenerate == "detail":
+            row["seconds_per_object"] = round(per_call / (batch * len(THREE_OBJECTS)), 4)
         del call
         return row, images[0]  # type: ignore[index]
 
@@ -296,14 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         bench = Bench(build_folders(Path(folder), args.quick), device, steps, repeats,
                       tuple(filter(None, args.profile.split(","))))
-        for config, runner, size, batch, preset, fast_decode, regenerate in rows_to_run:
+        for config, runner, size, batch, preset, fast_decode, regenerate, photo in rows_to_run:
             size = 64 if args.quick else size
-            row, image = bench.run(config, runner, size, batch, preset, fast_decode, regenerate)
+            row, image = bench.run(config, runner, size, batch, preset, fast_decode, regenerate, photo)
             pixels = np.asarray(image, dtype=np.float32) / 255.0
             if runner == "diffusers":
                 references[size] = pixels
-            reference = references.get(size) if (preset, fast_decode, regenerate) == ("quality", False, "all") else None
-            same_run = (size, batch, preset, fast_decode, regenerate)
+            reference = references.get(size) if (preset, fast_decode, regenerate, photo) == \
+                ("quality", False, "all", "square") else None
+            same_run = (size, batch, preset, fast_decode, regenerate, photo)
             if runner == "project":
                 fast_path_images[same_run] = pixels
             elif runner == "project-eager" and same_run in fast_path_images:  # the fast path's pixels, eager

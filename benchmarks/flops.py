@@ -1,4 +1,5 @@
-"""FLOPs of one SD1.5 + ControlNet evaluation, the VAE decode and TAESD's decode at 512x512, counted by PyTorch.
+"""FLOPs of one SD1.5 + ControlNet evaluation, the VAE decode and encode and TAESD's decode at 512x512, counted by
+PyTorch.
 
 The models are built with SD1.5's real shapes on the meta device (no memory, no weights) and run once under
 `torch.utils.flop_counter.FlopCounterMode`; the README's T4 estimates divide these by a T4's measured rate.
@@ -44,6 +45,7 @@ def main() -> None:
 
     rows = {"UNet + ControlNet, one evaluation (batch 1)": count(evaluation),
             "VAE decode": count(lambda: vae.decode(latents)),
+            "VAE encode (a repaint's or detail crop's photo)": count(lambda: vae.encode(hint)),
             "TAESD decode": count(lambda: taesd.decode(latents))}
     print("| 512x512 | TFLOP |\n| --- | --- |")
     for name, tflop in rows.items():

@@ -240,7 +240,7 @@ def test_download_all_zip_holds_every_file_of_the_run(app, served_files):
         assert names == sorted(f"{kind}-{result.seed}-{stamp}.{ext}" for kind, ext in
                                (("result", "png"), ("control", "png"), ("detections", "csv"), ("run_card", "json")))
         assert read_run_card(archive.read(f"result-{result.seed}-{stamp}.png"))["seed"] == result.seed
-        assert archive.read(f"detections-{result.seed}-{stamp}.csv").decode().startswith("label,class_id")
+        assert archive.read(f"detections-{result.seed}-{stamp}.csv").decode().startswith("id,label,class_id")
     assert f"result-{result.seed}-{stamp}.png" in served_files, "the single PNG download is named the same way"
 
 
@@ -338,3 +338,30 @@ def test_every_request_widget_is_built_from_the_fields_metadata(app):
     for name in ("scheduler", "resize_mode", "control_mode", "regenerate"):
         meta = request_field(name).metadata
         assert app.selectbox(key=name).options == list(meta["choices"].values())
+
+
+def test_objects_are_listed_one_by_one_and_a_picked_one_with_its_prompt_is_the_only_one_detailed(app):
+    picks = [box.label for box in app.checkbox if box.key and box.key.startswith("pick-")]
+    assert picks == ["#0 circle 0.96", "#1 square 0.96", "#2 triangle 0.95", "#3 square 0.91"]
+    app.selectbox(key="regenerate").set_value("detail").run()
+    assert (app.slider(key="strength").value, app.checkbox(key="color_match").value) == (0.4, True)
+    app.checkbox(key="pick-3").check().run()
+    app.text_input(key="object-prompt-3").input("a red box").run()
+    crops = [caption for caption in image_captions(app.main) if caption.startswith("#")]
+    assert crops == ["#3 square · 512x512"], "the one detail crop, at the size it will be sampled"
+    generate(app)
+    card = app.session_state["result"].run_card
+    assert [(e["id"], e["prompt"]) for e in card["objects"]] == [(3, "a red box")]
+    assert list(card["request"]["objects"]) == [3] and card["regenerate"]["objects"] == [3]
+    table = app.dataframe[0].value
+    assert list(table["object"]) == ["#3 square"] and list(table["prompt"]) == ["a red box"]
+
+
+def test_another_picture_starts_with_no_object_picked(app):
+    app.checkbox(key="pick-1").check().run()
+    app.text_input(key="object-prompt-1").input("a cat").run()
+    app.selectbox(key="sample").set_value("Bus (photo)").run()
+    assert not app.exception
+    picks = [box for box in app.checkbox if box.key and box.key.startswith("pick-")]
+    prompts = [field for field in app.text_input if field.key and field.key.startswith("object-prompt-")]
+    assert picks and not any(box.value for box in picks) and not any(field.value for field in prompts)

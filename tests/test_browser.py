@@ -275,3 +275,40 @@ def test_an_output_too_large_disables_generate_with_its_reason_and_keeps_the_set
     wait_until_idle(page)
     assert page.get_by_role("button", name="Generate").is_enabled()
     assert page.get_by_text("The output would be").count() == 0
+
+
+def test_one_of_two_squares_picked_with_a_prompt_is_the_only_object_in_the_card_and_the_zip(server, page, tmp_path):
+    import json
+    import zipfile
+
+    page.goto(server)
+    page.get_by_text("Control image preview").first.wait_for(timeout=120_000)
+    page.get_by_text(re.compile(r"Objects \(4\): pick them one by one")).click()
+    page.get_by_text("#3 square", exact=False).first.wait_for(timeout=30_000)
+    page.locator("[data-testid='stCheckbox']").filter(has_text="#3 square").click()
+    wait_until_idle(page)
+    prompt = page.get_by_placeholder("its own prompt (empty: the main prompt)").nth(3)
+    prompt.fill("a red box")
+    prompt.press("Enter")
+    wait_until_idle(page)
+    page.locator("[data-testid='stSelectbox']").filter(has_text="What to repaint").click()
+    page.get_by_role("option", name="Each chosen object in detail").click()
+    page.get_by_text(re.compile(r"#3 square · \d+x\d+")).wait_for(timeout=60_000)  # the crop, before the run
+    press(page, "Steps", "Home", "ArrowRight")
+    wait_until_idle(page)
+    page.get_by_role("button", name="Generate").click()
+    results_seed(page)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download all (zip)").click()
+    saved = tmp_path / "all.zip"
+    download.value.save_as(saved)
+    with zipfile.ZipFile(saved) as archive:
+        names = archive.namelist()
+        card = json.loads(archive.read(next(n for n in names if n.startswith("run_card"))))
+    assert sorted(n.split("-")[0] + "-" + n.split("-")[1] for n in names if n.startswith("object")) == \
+        ["object3-crop", "object3-mask"]
+    assert [(e["id"], e["class"], e["prompt"]) for e in card["objects"]] == [(3, "square", "a red box")]
+    assert card["request"]["object_prompts"] == {"3": "a red box"} and card["request"]["objects"] == [3]
+    ARTIFACTS.mkdir(exist_ok=True)
+    wait_until_idle(page)
+    page.screenshot(path=str(ARTIFACTS / "app-detail-one-object.png"), full_page=True)

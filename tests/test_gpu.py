@@ -71,11 +71,11 @@ def test_fast_path_matches_eager_for_every_preset(fast, eager, scene, preset, fa
                                             fast_decode=fast_decode))
 
 
-@pytest.mark.parametrize("mode", ["objects", "background"])
+@pytest.mark.parametrize("mode", ["objects", "background", "detail"])
 def test_fast_path_matches_eager_when_repainting_part_of_the_picture(fast, eager, scene, mode):
     """The inpainting pipeline over the same graphed modules (4-channel base UNet): same pixels, and outside the
-    mask the input itself."""
-    request = replace(BASE, regenerate=mode)
+    mask the input itself; the detail pass too, one graph per working size, at strength 0.4."""
+    request = replace(BASE, regenerate=mode, detail_resolution=192)
     assert_same(fast, eager, scene, request)
     assert {fast.pipe.unet.dtype, fast.pipe.vae.dtype, fast.pipe.controlnet.dtype} == {torch.float16}
     result = fast.generate(scene, request)

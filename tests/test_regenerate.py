@@ -69,7 +69,7 @@ def test_feather_blends_the_border_and_chosen_classes_limit_the_mask(tiny_pipeli
 def test_all_repaints_everything_and_says_so(tiny_pipeline, scene):
     result = tiny_pipeline.generate(scene, BASE)
     assert np.asarray(result.mask).min() == 255
-    assert result.run_card["regenerate"] == {"mode": "all", "mask_source": None, "classes": [],
+    assert result.run_card["regenerate"] == {"mode": "all", "mask_source": None, "classes": [], "objects": [],
                                              "repainted_share": 1.0}
 
 

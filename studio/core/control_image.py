@@ -21,7 +21,8 @@ CONTROL_MODES = {"full": "Whole image", "objects": "Only the chosen objects", "b
                  "outlines": "Objects' edges and outlines"}
 RESIZE_MODES = {"resize": "Just resize", "crop": "Crop and resize", "fill": "Resize and fill"}
 REGENERATE_MODES = {"all": "Everything", "objects": "Only the chosen objects",
-                    "background": "Everything but the chosen objects"}
+                    "background": "Everything but the chosen objects",
+                    "detail": "Each chosen object in detail, at its own resolution"}
 Box = tuple[float, float, float, float]
 Polygon = tuple[tuple[float, float], ...]
 OUTLINE_PX = 3
@@ -129,6 +130,8 @@ def repaint_mask(size: tuple[int, int], detections: Sequence, mode: str, classes
     width, height = size
     if mode == "all":
         return np.ones((height, width), np.float32)
+    if mode == "detail":
+        mode = "objects"
     selected = chosen(detections, classes)
     if not selected:
         raise NoMatchingDetectionsError("No detected object matches the chosen classes, so there is nothing to "
@@ -179,6 +182,15 @@ def overlay_mask(image: Image.Image, mask: Image.Image, color: tuple[int, int, i
     pixels = np.asarray(image.convert("RGB"), np.float32)
     tinted = pixels * (1.0 - weight) + np.asarray(color, np.float32) * weight
     return Image.fromarray(np.round(tinted).astype(np.uint8))
+
+
+def outline_mask(image: Image.Image, mask: Image.Image, color: tuple[int, int, int] = (255, 48, 48)) -> Image.Image:
+    """`image` with the border of the mask's inside (where it is at least half) drawn over it."""
+    inside = (np.asarray(mask.convert("L").resize(image.size)) >= 128).astype(np.uint8)
+    contours, _ = cv2.findContours(inside, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    canvas = np.ascontiguousarray(np.asarray(image.convert("RGB")).copy())
+    cv2.drawContours(canvas, contours, -1, color, max(1, round(min(image.size) / 200)))
+    return Image.fromarray(canvas)
 
 
 def edge_map_control(image: Image.Image, invert: bool = False) -> Image.Image:

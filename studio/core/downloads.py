@@ -27,24 +27,37 @@ def file_name(kind: str, seed: int, card: dict, extension: str) -> str:
 def detections_csv(detections: list) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["label", "class_id", "confidence", "x1", "y1", "x2", "y2"])
+    writer.writerow(["id", "label", "class_id", "confidence", "x1", "y1", "x2", "y2"])
     for det in detections:
-        writer.writerow([det.label, det.class_id, f"{det.confidence:.4f}", *(f"{v:.1f}" for v in det.box)])
+        writer.writerow([det.id, det.label, det.class_id, f"{det.confidence:.4f}", *(f"{v:.1f}" for v in det.box)])
     return buffer.getvalue()
 
 
 def result_files(result: Any) -> dict[str, bytes]:
     """Every file of a run by name: each shown image (A1111 infotext of its own seed inside), the control
-    image, the repaint mask when there is one, the detections as CSV and the run card as JSON."""
+    image, the repaint mask when there is one, each detailed object's crop and mask, the detections as CSV and
+    the run card as JSON."""
     card, seed = result.run_card, result.seed
     files = {file_name("result", result.seeds[i], card, "png"): png_with_run_card(image, card, i)
              for i, image in enumerate(result.images) if not result.flagged[i]}
     files[file_name("control", seed, card, "png")] = png_with_run_card(result.control_image, card)
     if card.get("regenerate", {}).get("mode", "all") != "all":
         files[file_name("mask", seed, card, "png")] = png_with_run_card(result.mask, card)
+    for outcome in result.objects:  # each detail crop as it was sampled, and its mask there
+        entry = outcome.entry
+        if entry["crop_box"][2:] != card["size"] or entry["crop_box"][:2] != [0, 0]:
+            number = f"object{entry['id']}"
+            files[file_name(f"{number}-crop", result.seeds[outcome.image], card, "png")] = png_of(outcome.crop)
+            files[file_name(f"{number}-mask", result.seeds[outcome.image], card, "png")] = png_of(outcome.mask)
     files[file_name("detections", seed, card, "csv")] = detections_csv(result.detections).encode()
     files[file_name("run_card", seed, card, "json")] = json.dumps(card, indent=2).encode()
     return files
+
+
+def png_of(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def zip_of(files: dict[str, bytes]) -> bytes:

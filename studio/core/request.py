@@ -24,7 +24,9 @@ SEED_MAX = 2**32 - 1
 MAX_PROMPT_CHARS = 1000  # CLIP reads 75 tokens (a few hundred characters); more only costs time and memory
 CONTROL_SOURCES = {"canny": "Canny of the photo", "edge_map": "The upload is an edge map"}
 KINDS = {"whole": "a whole number", "number": "a finite number", "text": "text", "switch": "true or false",
-         "classes": "a list of class ids (whole numbers)"}
+         "classes": "a list of class ids (whole numbers)", "ids": "a list of object ids (whole numbers)",
+         "prompts": "a mapping from object ids (whole numbers) to prompts (text)"}
+DETAIL_STRENGTH = 0.4  # ADetailer's default denoising strength: the object restyled, its colours and shape kept
 
 
 def knob(default: Any, kind: str, label: str = "", *, limits: tuple[float, float] | None = None,
@@ -37,6 +39,21 @@ def knob(default: Any, kind: str, label: str = "", *, limits: tuple[float, float
 
 def _labels(items: Mapping[str, Any]) -> dict[str, str]:
     return {name: getattr(item, "label", item) for name, item in items.items()}
+
+
+class ObjectPrompts(dict):
+    """Prompts by object id: a dict that cannot change after it is made, so a request stays hashable."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+    def _frozen(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a request's object prompts cannot change; make a new request (dataclasses.replace)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _frozen  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[type, tuple[dict]]:  # copies and pickles are built whole, not item by item
+        return ObjectPrompts, (dict(self),)
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,31 @@ class GenerationRequest:
     detect_conf: float = knob(0.25, "number", "Confidence", limits=(0.0, 1.0), step=0.05)
     detect_iou: float = knob(0.45, "number", "IoU (overlap)", limits=(0.0, 1.0), step=0.05)
     detect_classes: tuple[int, ...] | None = knob(None, "classes", "Only these classes (empty: all)", optional=True)
+    objects: tuple[int, ...] | None = knob(None, "ids", "Objects, by id (empty: every object of the chosen "
+                                           "classes)", optional=True)
+    object_prompts: ObjectPrompts | None = knob(None, "prompts", "Prompt per object", optional=True,
+                                                help="Objects with a prompt of their own are repainted with it, "
+                                                     "the others with the main prompt.")
+    object_negative_prompts: ObjectPrompts | None = knob(None, "prompts", "Negative prompt per object",
+                                                         optional=True)
+    strength: float | None = knob(None, "number", "Denoising strength", limits=(0.0, 1.0), step=0.05, optional=True,
+                                  help="How far a repaint departs from the photo: 1 starts from noise, 0.4 restyles "
+                                       "and keeps colours and shapes, 0 keeps the photo. Default: 0.4 for the "
+                                       "detail pass, 1 otherwise.")
+    detail_padding: int = knob(32, "whole", "Crop padding (px)", limits=(0, 256), step=4,
+                               help="Context around each object's box in its detail crop (ADetailer's default: 32).")
+    detail_resolution: int = knob(512, "whole", "Detail resolution (short side)", limits=(64, 1024), step=64,
+                                  help="Each object's crop is sampled at this short side, then scaled back.")
+    detail_output: bool = knob(False, "switch", "Then detail the objects found in the output (ADetailer)",
+                               help="After generating everything, detect objects on each output and give each a "
+                                    "detail pass.")
+    color_match: bool | None = knob(None, "switch", "Keep the photo's colours (colour correction)", optional=True,
+                                    help="Match each repainted region's colour statistics to the photo's before "
+                                         "blending, as A1111's colour correction. Default: on for detail passes.")
+    max_objects: int | None = knob(None, "whole", "At most this many objects (the most confident)", limits=(1, 100),
+                                   step=1, optional=True)
+    min_object_area: float = knob(0.0, "number", "Smallest object (share of the picture)", limits=(0.0, 1.0),
+                                  step=0.005)
 
     def __post_init__(self) -> None:
         _check(request_field("preset"), self.preset)
@@ -90,8 +132,18 @@ class GenerationRequest:
         for name in ("scheduler", "steps", "guidance_scale"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, getattr(preset, name))
+        detailing = self.regenerate == "detail" or self.detail_output is True
+        if self.strength is None:
+            object.__setattr__(self, "strength", DETAIL_STRENGTH if detailing else 1.0)
+        if self.color_match is None:
+            object.__setattr__(self, "color_match", detailing)
+        for name in ("object_prompts", "object_negative_prompts"):
+            object.__setattr__(self, name, _object_prompts(name, getattr(self, name)))
         for item in fields(self):
             _check(item, getattr(self, item.name))
+        if self.detail_output and self.regenerate != "all":
+            raise InvalidRequestError("detail_output details the generated picture, so it goes with regenerate='all'; "
+                                      "regenerate='detail' details the photo's own objects")
         if self.control_start > self.control_end:
             raise InvalidRequestError("control_start must not be after control_end")
         if (self.width is None) != (self.height is None):
@@ -103,6 +155,32 @@ class GenerationRequest:
     @property
     def full_prompt(self) -> str:
         return ", ".join(p for p in (self.prompt.strip(), self.added_prompt.strip()) if p)
+
+    def prompts_for(self, object_id: int) -> tuple[str | None, str | None]:
+        """The object's own prompt and negative prompt (None: the request's)."""
+        return ((self.object_prompts or {}).get(object_id) or None,
+                (self.object_negative_prompts or {}).get(object_id) or None)
+
+
+def _object_prompts(name: str, value: Any) -> ObjectPrompts | None:
+    """Prompts by object id as an ObjectPrompts (ids given as digit strings, as JSON writes them, are taken);
+    empty prompts are dropped, and so is an empty mapping."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidRequestError(f"{name} must be {KINDS['prompts']}, got {type(value).__name__}")
+    cleaned = {}
+    for key, text in value.items():
+        if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) < 6:
+            key = int(key)
+        if not _whole(key) or key < 0 or not isinstance(text, str):
+            raise InvalidRequestError(f"{name} must be {KINDS['prompts']}, got {repr(key)[:20]}: {repr(text)[:40]}")
+        if len(text) > MAX_PROMPT_CHARS:
+            raise InvalidRequestError(f"The {name.replace('_', ' ')} of object {key} is {len(text):,} characters "
+                                      f"long; at most {MAX_PROMPT_CHARS:,} are allowed.")
+        if text.strip():
+            cleaned[key] = text.strip()
+    return ObjectPrompts(cleaned) if cleaned else None
 
 
 def request_field(name: str) -> Field:
@@ -122,6 +200,8 @@ def _is_kind(kind: str, value: Any) -> bool:
         return isinstance(value, str)
     if kind == "switch":
         return isinstance(value, bool)
+    if kind == "prompts":
+        return isinstance(value, ObjectPrompts)
     return isinstance(value, (tuple, list)) and all(_whole(c) and c >= 0 for c in value)
 
 
@@ -147,7 +227,8 @@ def _check(item: Field, value: Any) -> None:
 @dataclass(frozen=True, kw_only=True)
 class GenerationResult:
     """What one run produced. `images` is empty when the run was cancelled; `flagged[i]` says the safety checker
-    hid image i; `mask` is what was repainted (PIL "L" at the output size, 255 = repainted, all 255 for "all")."""
+    hid image i; `mask` is what was repainted (PIL "L" at the output size, 255 = repainted, all 255 for "all");
+    `objects` each repainted object's crop as it was sampled and its mask there."""
 
     images: list[Any]
     control_image: Any
@@ -161,3 +242,4 @@ class GenerationResult:
     fidelity: list[dict[str, float]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     flagged: list[bool] = field(default_factory=list)
+    objects: list[Any] = field(default_factory=list)  # repaint_plan.ObjectOutcome: each object's crop and mask

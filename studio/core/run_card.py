@@ -15,6 +15,7 @@ from pathlib import Path, PurePath
 from PIL import Image, PngImagePlugin
 
 from studio.core.catalog import SCHEDULERS
+from studio.core.repaint_plan import DETAIL_FEATHER
 
 RUN_CARD_KEY = "run_card"
 PARAMETERS_KEY = "parameters"
@@ -68,12 +69,31 @@ def a1111_parameters(card: dict, index: int = 0) -> str:
         f"Steps: {request['steps']}", f"Sampler: {SCHEDULERS[request['scheduler']].a1111}",
         f"CFG scale: {request['guidance_scale']}", f"Seed: {card['seeds'][index]}",
         f"Size: {card['size'][0]}x{card['size'][1]}", f"Model: {model_name(card['models']['sd15'])}",
-        f"ControlNet 0: {json.dumps(controlnet)}", f"Preset: {request.get('preset', 'quality')}",
-        "Version: yolo-controlnet-studio"])
+        f"ControlNet 0: {json.dumps(controlnet)}", *adetailer_fields(card, index),
+        f"Preset: {request.get('preset', 'quality')}", "Version: yolo-controlnet-studio"])
     lines = [prompt]
     if request["negative_prompt"].strip():
         lines.append(f"Negative prompt: {request['negative_prompt'].strip()}")
     return "\n".join([*lines, settings])
+
+
+def adetailer_fields(card: dict, index: int = 0) -> list[str]:
+    """A detail pass as ADetailer writes its fields (one prompt per object, joined by its "[SEP]"), so PNG Info
+    readers show it; none when the run had no detail pass."""
+    request = card["request"]
+    objects = [entry for entry in card.get("objects", []) if entry.get("image", 0) == index]
+    if not objects or not (request.get("regenerate") == "detail" or request.get("detail_output")):
+        return []
+    prompts = " [SEP] ".join(entry["prompt"] for entry in objects)
+    negatives = " [SEP] ".join(entry["negative_prompt"] for entry in objects)
+    return [f"ADetailer model: {model_name(card['models'].get('yolo', 'yolo'))}",
+            f"ADetailer prompt: {json.dumps(prompts)}", f"ADetailer negative prompt: {json.dumps(negatives)}",
+            f"ADetailer confidence: {request['detect_conf']}",
+            f"ADetailer mask blur: {max(request['control_feather'], DETAIL_FEATHER)}",
+            f"ADetailer denoising strength: {request['strength']}",
+            f"ADetailer inpaint padding: {request['detail_padding']}",
+            f"ADetailer inpaint width: {objects[0]['working_size'][0]}",
+            f"ADetailer inpaint height: {objects[0]['working_size'][1]}"]
 
 
 def png_with_run_card(image: Image.Image, card: dict, index: int = 0) -> bytes:

@@ -9,28 +9,27 @@ from typing import Any
 
 import numpy as np
 
-from studio.core.control_image import chosen
-from studio.core.detections import Detection
+from studio.core.preparation import ControlPreview
 from studio.core.request import GenerationRequest
 from studio.core.run_card import public_source
 
 
-def regenerate_card(request: GenerationRequest, detections: list[Detection], mask: Any | None) -> dict[str, Any]:
-    """What was repainted: the mode, where the mask came from (segmentation masks or boxes), the classes and the
-    repainted share of the picture."""
-    if mask is None:
-        return {"mode": "all", "mask_source": None, "classes": [], "repainted_share": 1.0}
-    selected = chosen(detections, request.control_classes)
+def regenerate_card(request: GenerationRequest, prepared: ControlPreview) -> dict[str, Any]:
+    """What was repainted: the mode, where the mask came from (segmentation masks or boxes), the objects (ids)
+    and classes it was made of, and the repainted share of the picture."""
+    if prepared.mask is None:
+        return {"mode": "all", "mask_source": None, "classes": [], "objects": [], "repainted_share": 1.0}
+    selected = prepared.selected
     sources = {"seg" if d.polygon else "box" for d in selected}
     return {"mode": request.regenerate, "mask_source": "+".join(sorted(sources)),
-            "classes": sorted({d.label for d in selected}),
-            "repainted_share": round(float(np.asarray(mask, np.float32).mean() / 255.0), 4)}
+            "classes": sorted({d.label for d in selected}), "objects": [d.id for d in selected],
+            "repainted_share": round(float(np.asarray(prepared.mask, np.float32).mean() / 255.0), 4)}
 
 
 def run_card(request: GenerationRequest, seeds: list[int], size: tuple[int, int], loras: dict[str, tuple[str, float]],
              engine: dict[str, Any], **outcome: Any) -> dict[str, Any]:
     """`engine` is what the pipeline says of itself (models, device, attention, fast path, versions); `outcome`
-    what this run gave (timings, cancelled, steps_done, fidelity, warnings, flagged, regenerate)."""
+    what this run gave (timings, cancelled, steps_done, fidelity, warnings, flagged, regenerate, objects)."""
     return {
         "request": {**asdict(request), "lora": public_source(request.lora)},
         "seed": request.seed,

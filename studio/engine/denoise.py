@@ -23,30 +23,25 @@ import torch
 from PIL import Image
 
 import attention_backend
+from studio.core.detections import Detection
 from studio.core.errors import GenerationError, short_error
 from studio.core.preparation import ControlPreview
 from studio.core.presets import TCD_GAMMA
+from studio.core.repaint_plan import ObjectOutcome
 from studio.core.request import GenerationRequest
 from studio.engine import cuda_graphs
-from studio.engine.live_preview import decode_preview, preview_steps
 from studio.engine.remedies import REMEDIES, smaller
+from studio.engine.repainting import Cancelled, Steps, detail_outputs, repaint, steps_per_pass
 
 ATTENTION_PACKAGES = ("xformers", "flash_attn")
 PROMPT_CACHE_ENTRIES = 8
 
 
-class Cancelled(Exception):
-    """`should_cancel` said stop; raised from the step callback, caught in `Denoiser.run`."""
-
-    def __init__(self, steps_done: int) -> None:
-        super().__init__(f"cancelled after {steps_done} steps")
-        self.steps_done = steps_done
-
-
 @dataclass(frozen=True)
 class Run:
     """One run as the denoiser sees it: what to make, under which control, and whom to tell. `rebuild(size)`
-    prepares the same run at another size (the out-of-memory remedy)."""
+    prepares the same run at another size (the out-of-memory remedy); `detect(picture)` finds the objects of a
+    generated picture (the detail pass of `detail_output`)."""
 
     request: GenerationRequest
     prepared: ControlPreview
@@ -56,19 +51,22 @@ class Run:
     on_step: Callable[[int, int], None] | None = None
     should_cancel: Callable[[], bool] | None = None
     on_preview: Callable[[int, Image.Image], None] | None = None
+    detect: Callable[[Image.Image], list[Detection]] | None = None
+    max_side: int = 2048
 
 
 @dataclass
 class Denoised:
     """What one run gave: the images (None when cancelled), which of them the safety checker flagged, the
     preparation they were made with (a smaller one when the out-of-memory chain had to shrink the run), the
-    steps done and notes for the person."""
+    steps done, notes for the person and each repainted object's outcome."""
 
     images: list[Image.Image] | None
     prepared: ControlPreview
     steps_done: int
     flagged: list[bool] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    objects: list[ObjectOutcome] = field(default_factory=list)
 
 
 def free_gpu_memory() -> None:
@@ -126,7 +124,7 @@ class Denoiser:
         return self._inpaint
 
     def run(self, run: Run) -> Denoised:
-        """Denoise `run`; with a repaint mask, only the mask is repainted and the rest of the picture is kept."""
+        """Denoise `run`; with repaint passes, only their masks are repainted and the rest of the picture is kept."""
         try:
             try:
                 return self._with_attention_fallback(run)
@@ -196,43 +194,40 @@ class Denoiser:
 
     def _call_pipe(self, run: Run) -> Denoised:
         request, prepared = run.request, run.prepared
-        previews = set(preview_steps(request.steps)) if run.on_preview is not None else set()
+        passes = prepared.passes
+        total = len(passes) * steps_per_pass(request, run.scheduler) if passes else request.steps
+        steps = Steps(total, run.on_step, run.should_cancel, run.on_preview, self.taesd)
+        if passes:
+            done = repaint(self, request, run.scheduler, [prepared.picture] * len(run.seeds), passes, run.seeds, steps)
+            images, flagged, notes, objects = done.pictures, done.flagged, done.notes, done.objects
+        else:
+            images, flagged, notes = self._generate(run, steps)
+            objects = []
+        if request.detail_output and run.detect is not None:
+            done = detail_outputs(self, request, run.scheduler, images, run.seeds, steps, run.detect, run.max_side)
+            images, objects = done.pictures, done.objects
+            flagged = [a or b for a, b in zip(flagged, done.flagged)]
+            notes += done.notes
+        return Denoised(images, prepared, steps.done, flagged, notes, objects)
 
-        def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if step + 1 in previews:
-                run.on_preview(step + 1, decode_preview(tensors["latents"], self.taesd, prepared.size))  # type: ignore[misc]
-            if run.on_step is not None:
-                run.on_step(step + 1, request.steps)
-            if run.should_cancel is not None and run.should_cancel():
-                raise Cancelled(step + 1)
-            return tensors
-
+    def _generate(self, run: Run, steps: Steps) -> tuple[list[Image.Image], list[bool], list[str]]:
+        """The whole picture from noise under the control image."""
+        request, prepared = run.request, run.prepared
         # One CPU generator per image: image i of seed s is image 0 of seed s+i (up to batch rounding).
         generators = [torch.Generator("cpu").manual_seed(s) for s in run.seeds]
-        prompt_embeds, negative_embeds = self._prompt_embeddings(request)
-        common = dict(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
-                      num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
-                      num_images_per_prompt=request.num_images, generator=generators,
-                      controlnet_conditioning_scale=request.controlnet_scale,
-                      control_guidance_start=request.control_start, control_guidance_end=request.control_end,
-                      guess_mode=request.guess_mode, height=prepared.size[1], width=prepared.size[0],
-                      eta=TCD_GAMMA if request.scheduler == "tcd" else 0.0,
-                      callback_on_step_end=step_end, output_type="latent")
-        repaint = prepared.repaint
-        if repaint is None:
-            self.pipe.scheduler = run.scheduler
-            output = self.pipe(image=prepared.control_image, **common)
-        else:
-            inpaint = self.inpaint_pipeline()
-            inpaint.scheduler = run.scheduler
-            output = inpaint(image=repaint.image, mask_image=repaint.mask, control_image=prepared.control_image,
-                             strength=1.0, **common)
-        images, flagged, notes = self._decode(output.images, request.fast_decode)
-        if repaint is not None:
-            images = [repaint.composite(image) for image in images]
-        return Denoised(images, prepared, request.steps, flagged, notes)
+        prompt_embeds, negative_embeds = self.prompt_embeddings(request)
+        self.pipe.scheduler = run.scheduler
+        output = self.pipe(image=prepared.control_image, prompt_embeds=prompt_embeds,
+                           negative_prompt_embeds=negative_embeds, num_inference_steps=request.steps,
+                           guidance_scale=request.guidance_scale, num_images_per_prompt=request.num_images,
+                           generator=generators, controlnet_conditioning_scale=request.controlnet_scale,
+                           control_guidance_start=request.control_start, control_guidance_end=request.control_end,
+                           guess_mode=request.guess_mode, height=prepared.size[1], width=prepared.size[0],
+                           eta=TCD_GAMMA if request.scheduler == "tcd" else 0.0,
+                           callback_on_step_end=steps.callback(request.steps, prepared.size), output_type="latent")
+        return self.decode(output.images, request.fast_decode)
 
-    def _prompt_embeddings(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def prompt_embeddings(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
         """CLIP's embeddings of the prompt (and of the negative prompt when CFG is on), computed once per text."""
         guided = request.guidance_scale > 1
         key = (request.full_prompt, request.negative_prompt, guided)
@@ -245,7 +240,7 @@ class Denoiser:
         self._prompts.move_to_end(key)
         return self._prompts[key]
 
-    def _decode(self, latents: torch.Tensor, fast: bool = False) -> tuple[list[Image.Image], list[bool], list[str]]:
+    def decode(self, latents: torch.Tensor, fast: bool = False) -> tuple[list[Image.Image], list[bool], list[str]]:
         """Latents to pictures (by TAESD when `fast` and it is loaded), which of them the safety checker flagged,
         and notes; a NaN or all-black fp16 decode is decoded once more in float32."""
         vae, notes = self.pipe.vae, []

@@ -1,5 +1,5 @@
 """Ultralytics YOLO behind its own lock, answering with plain `Detection`s (boxes, and outlines from
-segmentation models, in the image's pixels), most confident first."""
+segmentation models, in the image's pixels), most confident first, each with its id (detections.numbered)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import threading
 from typing import Any, Callable, ContextManager
 
-from studio.core.detections import Detection
+from studio.core.detections import Detection, numbered
 
 log = logging.getLogger(__name__)
 
@@ -42,4 +42,4 @@ class Detector:
                            polygon(outline))
                  for box, score, cls, outline in zip(result.boxes.xyxy.tolist(), result.boxes.conf.tolist(),
                                                      result.boxes.cls.tolist(), outlines)]
-        return sorted(found, key=lambda d: -d.confidence)
+        return numbered(found)

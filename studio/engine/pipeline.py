@@ -196,7 +196,7 @@ class InferencePipeline:
             denoised = self.denoiser.run(Run(
                 request, prepared, seeds, self._scheduler(request.scheduler),
                 lambda size: prepare(image, prepared.detections, request, self.settings.max_side, size),
-                on_step, should_cancel, on_preview))
+                on_step, should_cancel, on_preview, self._output_detector(request), self.settings.max_side))
             t3 = time.perf_counter()
         timings = {"detect_s": t1 - t0, "control_s": t2 - t1, "generate_s": t3 - t2, "total_s": t3 - t0}
         return self._result(request, seed, seeds, denoised, timings, loras)
@@ -212,13 +212,17 @@ class InferencePipeline:
         card = run_card(replace(request, seed=seed), seeds, control.size, named,
                         self.engine_card(request), timings={k: round(v, 4) for k, v in timings.items()},
                         cancelled=denoised.images is None, steps_done=denoised.steps_done, fidelity=fidelity,
-                        warnings=warnings, flagged=denoised.flagged,
-                        regenerate=regenerate_card(request, prepared.detections, prepared.mask))
+                        warnings=warnings, flagged=denoised.flagged, regenerate=regenerate_card(request, prepared),
+                        objects=[outcome.entry for outcome in denoised.objects])
         mask = prepared.mask if prepared.mask is not None else Image.new("L", control.size, 255)
         return GenerationResult(images=images, control_image=control, detections=prepared.detections, seed=seed,
                                 seeds=seeds, timings=timings, run_card=card, mask=mask,
                                 cancelled=denoised.images is None, fidelity=fidelity, warnings=warnings,
-                                flagged=denoised.flagged)
+                                flagged=denoised.flagged, objects=denoised.objects)
+
+    def _output_detector(self, request: GenerationRequest) -> Callable[[Any], list[Detection]]:
+        """What the detail pass of `detail_output` detects with: the request's detection settings."""
+        return lambda picture: self.detect(picture, request.detect_conf, request.detect_iou, request.detect_classes)
 
     def engine_card(self, request: GenerationRequest) -> dict[str, Any]:
         """What the run card says of this pipeline: models, scheduler, decoder, device, attention, fast path."""

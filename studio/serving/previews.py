@@ -40,8 +40,10 @@ def detections_bytes(detections: list[Detection]) -> int:
 
 
 def preview_bytes(preview: ControlPreview) -> int:
-    """The placed photo, the control image and the mask."""
-    return sum(image_bytes(image) for image in (preview.picture, preview.control_image, preview.mask) if image)
+    """The placed photo, the control image, the mask, and each repaint pass's mask and control image."""
+    passes = [image for plan in preview.passes for image in (plan.mask, plan.control)]
+    return sum(image_bytes(image) for image in (preview.picture, preview.control_image, preview.mask, *passes)
+               if image)
 
 
 class Previews:
