@@ -30,7 +30,7 @@ $(VENV)/.test-installed: $(VENV)/.app-installed requirements-test.txt
 
 # The upload limit comes from the app's own settings parser (a bad MAX_UPLOAD_MB stops here, named).
 run: $(VENV)/.app-installed
-	size=$$($(PY) -m studio.core.settings MAX_UPLOAD_MB) && $(PY) -m streamlit run app.py --server.maxUploadSize $$size
+	size=$$($(PY) -m studio.core.settings MAX_UPLOAD_MB) && $(PY) -m streamlit run studio/serving/server.py --server.maxUploadSize $$size
 
 test: $(VENV)/.test-installed
 	$(PY) -m pytest

@@ -8,14 +8,11 @@ that it follows the Canny sliders without rerunning the page.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import importlib.util
 import json
 import logging
-import os
+import math
 import random
-import secrets
 import time
 import uuid
 from dataclasses import asdict, fields
@@ -34,6 +31,7 @@ from studio.core.request import DETAIL_STRENGTH, MAX_PROMPT_CHARS, SEED_MAX, Gen
 from studio.core.run_card import a1111_parameters
 from studio.core.settings import Settings
 from studio.engine.loras import offered as offered_loras
+from studio.serving import access, state
 from studio.serving.jobs import CANCELLED, DONE, QUEUED, JobQueue
 from studio.serving.previews import Previews
 
@@ -68,8 +66,6 @@ EXAMPLES: dict[str, dict[str, Any]] = {
                      "control_mode": "full", "guidance_scale": 6.0},
 }
 HISTORY_LENGTH = 8
-FREE_GUESSES = 5
-TOKEN_PARAM, TOKEN_HOURS = "access", 12
 POLL_S = 0.5
 STAGES = {"fetch": "Fetching the style LoRA", "detect": "Detecting objects", "control": "Building the control image",
           "generate": "Denoising"}
@@ -116,84 +112,50 @@ def switch(where: Any, name: str, **kwargs: Any) -> Any:
 
 # -- the server: one model set, one job queue, shared by every browser session -----------------------------
 
-@st.cache_resource
-def server_choices() -> dict[str, str]:
-    """Server-wide choices that outlive browser sessions: the smoke-model fallback switches the model set for
-    everyone, until the server restarts."""
-    return {"models": Settings.from_env().models}
-
-
-@st.cache_resource(show_spinner="Loading the models (once per server)…")
-def get_jobs(models: str) -> JobQueue:
-    return JobQueue.for_settings(Settings.from_env(models=models))
-
-
-@st.cache_resource
-def get_previews(models: str) -> Previews:
-    return Previews(get_jobs(models).pipelines[0])
-
-
 def load_jobs() -> JobQueue | None:
+    """The server's job queue (studio/serving/state.py: once per process, shared with the HTTP API)."""
     try:
-        return get_jobs(server_choices()["models"])
+        with st.spinner("Loading the models (once per server)…"):
+            return state.jobs()
     except ModelLoadError as exc:
         st.error(f"**The real models could not be loaded.** {exc}")
         if st.button("Use the offline smoke models instead", type="primary"):
-            server_choices()["models"] = "tiny"
+            state.use_models("tiny")
             st.rerun()
         return None
 
 
 # -- access ----------------------------------------------------------------------------------------------
 
-def expected_password() -> str | None:
-    """APP_PASSWORD from the environment (launch.py sets it for public tunnels) or Streamlit's secrets."""
-    if os.environ.get("APP_PASSWORD"):
-        return os.environ["APP_PASSWORD"]
-    try:
-        return st.secrets.get("APP_PASSWORD") or None
-    except (FileNotFoundError, KeyError, st.errors.StreamlitSecretNotFoundError):
-        return None
-
-
-@st.cache_resource
-def signing_key() -> bytes:
-    """A secret of this server process: tokens it signed stop working when it restarts."""
-    return secrets.token_bytes(32)
-
-
-def sign(expires: int) -> str:
-    return f"{expires}.{hmac.new(signing_key(), str(expires).encode(), hashlib.sha256).hexdigest()}"
-
-
-def holds_valid_token() -> bool:
-    """The browser tab carries a token this server signed, not yet expired. Checked on every run: Streamlit
-    lets a websocket reattach to an existing session by its id, so a flag in session state would let anyone
-    who learns that id in; the token lives in the tab's address, which a reattached socket does not have."""
-    token = st.query_params.get(TOKEN_PARAM, "")
-    expires, _, _ = token.partition(".")
-    return expires.isdigit() and int(expires) > time.time() and hmac.compare_digest(token, sign(int(expires)))
+def client() -> str:
+    """Whom this tab's requests come from, as the server counts password failures (access.client_key)."""
+    forwarded, address = st.context.headers.get("X-Forwarded-For"), st.context.ip_address
+    return access.client_key(forwarded if isinstance(forwarded, str) else None,
+                             address if isinstance(address, str) else None)
 
 
 def password_gate() -> bool:
-    """True when no password is set, or this tab holds a valid token (given for the password, compared in
-    constant time). After FREE_GUESSES wrong ones, each further try waits twice as long as the one before (up
-    to a minute), and every failure is logged, without the guess."""
-    expected = expected_password()
-    if expected is None or holds_valid_token():
+    """True when no password is set, or this tab carries a valid token in its address (access.py). Checked on
+    every run: Streamlit lets a websocket reattach to an existing session by its id, so a flag in session state
+    would let anyone who learns that id in; the token lives in the tab's address, which a reattached socket does
+    not have. After FREE_GUESSES wrong guesses from one client, each further one is taken only after a growing
+    wait, counted on the server (a new tab changes nothing), and every failure is logged without the guess."""
+    if access.password() is None or access.valid_token(st.query_params.get(access.TOKEN_PARAM)):
         return True
     with st.form("login"):
         given = st.text_input("Password", type="password")
         if st.form_submit_button("Enter"):
-            failures = st.session_state.get("password_failures", 0)
-            if failures >= FREE_GUESSES:
-                time.sleep(min(60.0, 2.0 ** (failures - FREE_GUESSES)))
-            if hmac.compare_digest(given.encode(), expected.encode()):
-                st.query_params[TOKEN_PARAM] = sign(int(time.time()) + TOKEN_HOURS * 3600)
+            wait = access.BACKOFF.wait_s(client())
+            if wait > 0:
+                st.error(f"Too many wrong passwords from here: try again in {math.ceil(wait)} s.")
+            elif access.allowed(given):
+                access.BACKOFF.succeeded(client())
+                st.query_params[access.TOKEN_PARAM] = access.mint()
                 st.rerun()
-            st.session_state.password_failures = failures + 1
-            log.warning("wrong app password (failure %d of this browser session)", failures + 1)
-            st.error("That password is not right.")
+            else:
+                failures = access.BACKOFF.failed(client())
+                log.warning("wrong app password (failure %d in a row from this client)", failures)
+                st.error("That password is not right.")
     return False
 
 
@@ -668,7 +630,7 @@ def main() -> None:
     jobs = load_jobs()
     if jobs is None:
         return
-    previews = get_previews(server_choices()["models"])
+    previews = state.previews()
     collect_finished_job()
     system_panel(jobs)
     examples_panel()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-APP = ROOT / "app.py"
+APP = ROOT / "studio" / "serving" / "server.py"  # the page and the HTTP API on one port (an st.App)
 STATE_DIR = ROOT / ".launch"
 TOKEN_NAME = "NGROK_AUTHTOKEN"
 NGROK_HINTS = {

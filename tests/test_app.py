@@ -98,7 +98,7 @@ def test_guided_control_mode_with_chosen_objects_generates_without_warnings(app)
 
 def test_loras_are_chosen_from_the_offered_list_and_one_that_does_not_fit_is_explained(model_cache, monkeypatch,
                                                                                          tmp_path):
-    import streamlit as st
+    from studio.serving import state
     from helpers import make_lora
 
     from studio.engine import tiny_models
@@ -112,7 +112,7 @@ def test_loras_are_chosen_from_the_offered_list_and_one_that_does_not_fit_is_exp
     for name, value in (("MODELS", "tiny"), ("DEVICE", "cpu"), ("APP_CACHE_DIR", str(model_cache)),
                         ("LORA_DIR", str(offered))):
         monkeypatch.setenv(name, value)
-    st.cache_resource.clear()  # a server started with LORA_DIR
+    state.reset()  # a server started with LORA_DIR
     try:
         app = app_page().run()
         assert app.selectbox(key="lora").options == ["None", "styles/ink.safetensors", "wrong-model.safetensors"]
@@ -129,7 +129,7 @@ def test_loras_are_chosen_from_the_offered_list_and_one_that_does_not_fit_is_exp
         generate(app)
         assert app.session_state["result"].images and app.session_state["result"].run_card["request"]["lora"] is None
     finally:
-        st.cache_resource.clear()
+        state.reset()
 
 
 def test_the_password_gate_blocks_the_page_until_the_password_is_given(app_env, monkeypatch, caplog, capsys):
@@ -154,10 +154,10 @@ def test_the_password_gate_blocks_the_page_until_the_password_is_given(app_env, 
 def test_without_reachable_weights_the_page_explains_and_offers_the_smoke_models(model_cache, monkeypatch):
     from huggingface_hub import constants
 
-    import streamlit as st
+    from studio.serving import state
 
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # no hub here, deterministically
-    st.cache_resource.clear()  # a fresh server: the model set is chosen once per server
+    state.reset()  # a fresh server: the model set is chosen once per server
     monkeypatch.setenv("MODELS", "sd15")
     monkeypatch.setenv("DEVICE", "cpu")
     monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))

@@ -11,7 +11,7 @@ import pytest
 
 import launch
 from conftest import ROOT
-from helpers import free_port
+from helpers import free_port, sample_scene
 from studio.core.run_card import read_run_card
 
 CHROMIUM = "/usr/bin/chromium"
@@ -312,3 +312,63 @@ def test_one_of_two_squares_picked_with_a_prompt_is_the_only_object_in_the_card_
     ARTIFACTS.mkdir(exist_ok=True)
     wait_until_idle(page)
     page.screenshot(path=str(ARTIFACTS / "app-detail-one-object.png"), full_page=True)
+
+
+def test_an_api_job_and_a_page_visitor_wait_in_one_queue_and_see_each_others_places(server, page):
+    import json
+
+    import requests
+
+    def submit(steps: int) -> str:
+        with open(ROOT / "assets" / "sample_scene.png", "rb") as photo:
+            answer = requests.post(f"{server}/api/v1/jobs", files={"image": photo}, timeout=60,
+                                   data={"request": json.dumps({"steps": steps, "resolution": 256, "seed": 1})})
+        assert answer.status_code == 202, answer.text
+        return answer.json()["id"]
+
+    page.goto(server)
+    page.get_by_text("Control image preview").first.wait_for(timeout=120_000)
+    press(page, "Steps", "Home", "ArrowRight")
+    running = submit(150)
+    deadline = time.monotonic() + 120
+    while requests.get(f"{server}/api/v1/jobs/{running}", timeout=30).json()["state"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text(re.compile(r"your run is number 1 in the queue")).wait_for(timeout=60_000)
+    after = submit(2)
+    assert requests.get(f"{server}/api/v1/jobs/{after}", timeout=30).json()["position"] == 2
+    for job in (running, after):
+        requests.delete(f"{server}/api/v1/jobs/{job}", timeout=30)
+    results_seed(page)  # the visitor's run goes next and ends
+
+
+def test_with_a_password_the_page_signs_in_uploads_and_shows_its_pictures_through_the_gate(
+        tmp_path, monkeypatch, model_cache, browser):
+    monkeypatch.setenv("APP_PASSWORD", "open sesame")
+    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
+    monkeypatch.setenv("DEVICE", "cpu")
+    state = tmp_path / "launch"
+    started = launch.start(free_port(), "none", "tiny", state_dir=state, quiet=True)
+    try:
+        page = new_page(browser)
+        refused = []
+        page.on("response", lambda r: refused.append(r.url) if r.status == 403 else None)
+        page.goto(started.local_url)
+        page.get_by_label("Password", exact=True).fill("open sesame")
+        page.get_by_role("button", name="Enter").click()
+        page.get_by_text("Control image preview").first.wait_for(timeout=120_000)
+        photo = tmp_path / "two.png"
+        sample_scene((256, 192)).crop((0, 64, 256, 192)).save(photo)  # another picture than the page's sample
+        page.locator("input[type='file']").set_input_files(str(photo))
+        page.get_by_text(re.compile(r"Control image preview, \d+x\d+")).first.wait_for(timeout=60_000)
+        page.get_by_text("two.png").first.wait_for(timeout=60_000)  # the upload passed the gate
+        press(page, "Steps", "Home", "ArrowRight")
+        page.get_by_role("button", name="Generate").click()
+        results_seed(page)
+        wait_until_idle(page)
+        widths = page.locator("[data-testid='stImage'] img").evaluate_all("images => images.map(i => i.naturalWidth)")
+        assert widths and all(width > 0 for width in widths), widths  # every picture came through /media
+        assert refused == [], refused
+    finally:
+        launch.stop(state)

@@ -249,5 +249,6 @@ def test_notebook_is_valid_clean_and_runs_in_order(monkeypatch, model_cache):
     assert "Tiny model set:" in text and "(nothing to fetch)" in text  # the prefetch cell, before the launch
     assert "chosen: sdpa" in text
     assert f"The app is ready at http://127.0.0.1:{port}" in text
+    assert "Presets: quality, fast, turbo" in text and "API job: done  ['/api/v1/jobs/" in text  # the API cell
     assert "Stopped." in text
     assert health(port) is None

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import time
+import types
 
 import pytest
 from PIL import Image
@@ -74,33 +75,33 @@ def test_09_the_state_file_is_replaced_whole(tmp_path, monkeypatch):
 # 10. and 11. messages, not tracebacks ------------------------------------------------------------------------------
 
 def test_10_the_pixel_limit_applies_to_uploads(app_env, monkeypatch):
-    import streamlit as st
+    from studio.serving import state
 
     monkeypatch.setenv("MAX_PIXELS", "1000")
-    st.cache_resource.clear()  # a server started with this setting
+    state.reset()  # a server started with this setting
     try:
         app = app_page().run()
         app.file_uploader[0].set_value(("big.png", encoded("PNG", (64, 64)), "image/png")).run()
         assert not app.exception
         assert any("more than the 1,000 allowed" in e.value for e in app.error)
     finally:
-        st.cache_resource.clear()
+        state.reset()
 
 
 def test_11_visitors_get_no_tracebacks_and_the_log_gets_the_failure(app_env, monkeypatch, caplog):
     import tomllib
 
-    import streamlit as st
+    from studio.serving import state
 
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["client"]["showErrorDetails"] == "none"
     monkeypatch.setenv("GPUS", "not-a-list")  # a broken setting: an unexpected error while loading
-    st.cache_resource.clear()
+    state.reset()
     try:
         with caplog.at_level(logging.ERROR):
             app = app_page().run()
     finally:
-        st.cache_resource.clear()
+        state.reset()
     assert not app.exception
     assert [e.value for e in app.error] == ["Something went wrong on the server (it was logged). Reload the page "
                                             "to try again."]
@@ -127,22 +128,37 @@ def test_12_the_uploader_accepts_gif(app_env):
 
 # 13. guessing the password ----------------------------------------------------------------------------------------
 
-def test_13_wrong_passwords_slow_down_after_five_and_are_logged_without_the_guess(app_env, monkeypatch, caplog):
+def test_13_wrong_passwords_wait_longer_after_five_counted_on_the_server_and_logged_without_the_guess(
+        app_env, monkeypatch, caplog):
+    from studio.serving import access
+
     monkeypatch.setenv("APP_PASSWORD", "the right one")
-    app = app_page().run()
-    took = []
+    monkeypatch.setattr(access, "BACKOFF", access.Backoff())
+    clock = types.SimpleNamespace(now=time.time())
+    monkeypatch.setattr(access, "time", types.SimpleNamespace(time=lambda: clock.now))  # moves when told
+
+    def guess(text: str) -> list[str]:
+        tab = app_page().run()  # a new tab (a new session) for every guess: the count is the server's
+        tab.text_input[0].set_value(text)
+        started = time.monotonic()
+        tab.button[0].click().run()
+        errors = [e.value for e in tab.error]
+        assert not errors or time.monotonic() - started < 5.0, "no script thread sleeps"
+        return errors
+
     with caplog.at_level(logging.WARNING, logger="app"):
-        for attempt in range(7):
-            app.text_input[0].set_value(f"guess number {attempt}")
-            started = time.monotonic()
-            app.button[0].click().run()
-            took.append(time.monotonic() - started)
-    assert all(t < 1.0 for t in took[:5]), took
-    assert took[5] >= 1.0 and took[6] >= 2.0, took  # 1 s, then 2 s, doubling
+        answers = [guess(f"guess number {attempt}") for attempt in range(6)]
+    assert all(a == ["That password is not right."] for a in answers[:5]), answers
+    assert answers[5] == ["Too many wrong passwords from here: try again in 1 s."], answers
+    clock.now += 1.0
+    assert guess("guess number 6") == ["That password is not right."]
+    clock.now += 1.5
+    assert guess("the right one") == ["Too many wrong passwords from here: try again in 1 s."]  # 2 s after
+    clock.now += 0.5
+    assert guess("the right one") == []  # in, and the count starts afresh
     failures = [r.getMessage() for r in caplog.records if "wrong app password" in r.getMessage()]
-    assert len(failures) == 7 and failures[-1].endswith("(failure 7 of this browser session)")
+    assert len(failures) == 6 and failures[-1].endswith("(failure 6 in a row from this client)")
     assert "guess number" not in caplog.text
-    assert len(app.file_uploader) == 0
 
 
 # 15. types, not only ranges ---------------------------------------------------------------------------------------
@@ -360,8 +376,8 @@ def test_02_streamlits_upload_limit_follows_max_upload_mb(tmp_path, monkeypatch,
     with pytest.raises(launch.LaunchError, match="MAX_UPLOAD_MB must be a whole number"):
         launch.start(port, "none", "tiny", state_dir=tmp_path, quiet=True)
     makefile = (ROOT / "Makefile").read_text()
-    assert ("-m studio.core.settings MAX_UPLOAD_MB) && $(PY) -m streamlit run app.py --server.maxUploadSize $$size"
-            in makefile)
+    assert ("-m studio.core.settings MAX_UPLOAD_MB) && $(PY) -m streamlit run studio/serving/server.py "
+            "--server.maxUploadSize $$size" in makefile)
 
 
 # 7. the ngrok token: never on a command line, never printed ----------------------------------------------------------

@@ -24,7 +24,12 @@ class LoraError(ValueError):
     """A LoRA could not be used; the base model is unchanged and the message says why."""
 
 
-EXPECTED_ERRORS = (InvalidImageError, InvalidRequestError, ModelLoadError, GenerationError, LoraError)
+class TooManyJobsError(ValueError):
+    """A client already has its running and queued jobs, or the queue is full; the message says which."""
+
+
+EXPECTED_ERRORS = (InvalidImageError, InvalidRequestError, ModelLoadError, GenerationError, LoraError,
+                   TooManyJobsError)
 
 
 def short_error(exc: BaseException) -> str:

@@ -183,6 +183,22 @@ def _object_prompts(name: str, value: Any) -> ObjectPrompts | None:
     return ObjectPrompts(cleaned) if cleaned else None
 
 
+def request_from(values: Any) -> GenerationRequest:
+    """A request from plain data (JSON: lists for tuples, ids as strings): unknown fields are refused by name,
+    everything else is checked by GenerationRequest itself."""
+    if not isinstance(values, Mapping):
+        raise InvalidRequestError(f"The request must be an object of GenerationRequest's fields, not "
+                                  f"{type(values).__name__}.")
+    known = {item.name: item for item in fields(GenerationRequest)}
+    unknown = sorted(str(name)[:40] for name in values if name not in known)
+    if unknown:
+        raise InvalidRequestError(f"unknown field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} (the "
+                                  "fields are GenerationRequest's, listed in /api/v1/openapi.json)")
+    converted = {name: tuple(value) if known[name].metadata["kind"] in ("classes", "ids") and isinstance(value, list)
+                 else value for name, value in values.items()}
+    return GenerationRequest(**converted)
+
+
 def request_field(name: str) -> Field:
     return next(item for item in fields(GenerationRequest) if item.name == name)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from studio.core.detections import Detection
-from studio.core.errors import EXPECTED_ERRORS, LoraError, short_error
+from studio.core.errors import EXPECTED_ERRORS, LoraError, TooManyJobsError, short_error
 from studio.core.preparation import ControlPreview
 from studio.core.request import GenerationRequest, GenerationResult
 from studio.core.settings import Settings
@@ -175,6 +175,7 @@ class JobQueue:
         self.pipelines = pipelines
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
+        self._fetching: set[Job] = set()  # fetching their style LoRA before they queue
         self._stopping = False
         self.seconds_per_image: dict[str, float] = {}  # preset -> the last finished run's, measured here
         self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="lora-fetch")
@@ -201,18 +202,42 @@ class JobQueue:
         """Queue a job. A style LoRA that must come from the Hub is fetched first, in a thread of its own (the job
         shows the stage "fetch" meanwhile), so a download never holds a worker that other jobs wait for."""
         job = Job(request, image, owner, detections, preview)
+        settings = self.pipelines[0].settings
+        fetch = bool(request.lora and needs_download(request.lora, settings))
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the job queue has been shut down")
-        settings = self.pipelines[0].settings
-        if request.lora and needs_download(request.lora, settings):
-            job.stage = "fetch"
+            self._check_limits(owner, settings)
+            if fetch:
+                job.stage = "fetch"
+                self._fetching.add(job)
+            else:
+                self._queue(job)  # under the same lock as the check: two submits cannot both pass it
+        if fetch:
             self._fetcher.submit(self._fetch_then_queue, job, settings)
-        else:
-            self._queue(job)
         return job
 
+    def _check_limits(self, owner: str, settings: Settings) -> None:
+        """Each owner (a visitor, an API client) may have one running job and `max_queued_per_visitor` waiting;
+        the queue holds at most `max_queue`. Called with the lock held; raises TooManyJobsError."""
+        running = [w.job for w in self.workers if w.job is not None]
+        mine = sum(job.owner == owner for job in (*self._waiting, *self._fetching, *running))
+        allowed = 1 + settings.max_queued_per_visitor
+        if mine >= allowed:
+            raise TooManyJobsError(f"You already have {mine} run{'s' if mine > 1 else ''} on the way; each visitor "
+                                   f"may have {allowed} at once (one running, {allowed - 1} waiting). Wait for one "
+                                   "to end, or cancel one.")
+        if len(self._waiting) + len(self._fetching) >= settings.max_queue:
+            raise TooManyJobsError(f"The queue is full ({settings.max_queue} runs waiting). Try again in a minute.")
+
     def _fetch_then_queue(self, job: Job, settings: Settings) -> None:
+        try:
+            self._fetch(job, settings)
+        finally:
+            with self._cond:
+                self._fetching.discard(job)
+
+    def _fetch(self, job: Job, settings: Settings) -> None:
         try:
             resolve(job.request.lora, settings)  # type: ignore[arg-type]  # downloads once; the worker's is a lookup
         except LoraError as exc:

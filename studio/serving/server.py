@@ -1,0 +1,21 @@
+"""The server: Streamlit's page (app.py) and the HTTP API (api.py) on one port, behind one gate (gate.py).
+
+`streamlit run studio/serving/server.py` (what `make run` and launch.py do) finds `app` below, an `st.App`, and
+serves it with uvicorn; `python -m uvicorn studio.serving.server:app` works too.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `streamlit run` puts this file's folder first on the path, not the project's
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+
+from studio.serving import api, gate  # noqa: E402
+
+app = st.App(str(ROOT / "app.py"), routes=api.routes(), middleware=[Middleware(gate.Gate)])
