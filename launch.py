@@ -27,6 +27,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent
 APP = ROOT / "studio" / "serving" / "server.py"  # the page and the HTTP API on one port (an st.App)
@@ -154,22 +155,46 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _wait_until_healthy(proc: subprocess.Popen, port: int, log: Path, timeout_s: float) -> None:
+def _answer(proc: subprocess.Popen, url: str, log: Path) -> bytes | None:
+    """The body at `url`, or None while the server does not answer it; LaunchError once the server has exited."""
+    if proc.poll() is not None:
+        raise LaunchError(f"The app exited with code {proc.returncode} before it was ready. Its last log lines "
+                          f"({log}):\n{_tail(log)}")
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.read() if reply.status == 200 else None
+    except OSError:
+        return None
+
+
+def _wait_until_ready(proc: subprocess.Popen, port: int, log: Path, timeout_s: float, ready_timeout_s: float,
+                      say: Callable[[str], None]) -> None:
+    """Wait for Streamlit's health check (`timeout_s`), then until the server has loaded its models and warmed up
+    (/api/v1/health says "ready"), saying each stage once; when the models cannot be loaded, say why in one
+    sentence and go on (the page offers the smoke models)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise LaunchError(f"Streamlit exited with code {proc.returncode} before it answered. Its last log "
+    while _answer(proc, f"http://127.0.0.1:{port}/_stcore/health", log) is None:
+        if time.monotonic() > deadline:
+            _terminate(proc.pid)
+            raise LaunchError(f"Streamlit did not answer on port {port} within {timeout_s:.0f} s. Its last log "
                               f"lines ({log}):\n{_tail(log)}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
         time.sleep(0.5)
-    _terminate(proc.pid)
-    raise LaunchError(f"Streamlit did not answer on port {port} within {timeout_s:.0f} s. Its last log lines "
-                      f"({log}):\n{_tail(log)}")
+    deadline, said = time.monotonic() + ready_timeout_s, None
+    while time.monotonic() < deadline:
+        try:
+            stage = json.loads(_answer(proc, f"http://127.0.0.1:{port}/api/v1/health", log) or b"{}").get("models", "")
+        except ValueError:
+            stage = ""
+        if stage == "ready":
+            return
+        if stage.startswith("failed: "):
+            return say(f"The models could not be loaded: {stage.removeprefix('failed: ')}")
+        if stage and stage != said:
+            say(f"{stage.capitalize()}…")
+            said = stage
+        time.sleep(0.5)
+    raise LaunchError(f"The models were not ready within {ready_timeout_s:.0f} s (log: {log}). The app keeps "
+                      "loading; open it in a while, or start again with a larger --ready-timeout.")
 
 
 def resolve_token(environ: dict[str, str] | None = None) -> str | None:
@@ -253,8 +278,8 @@ def _open_tunnel(port: int, token: str, credentials: tuple[str, str] | None, sta
 
 def start(port: int = 8501, tunnel: str = "none", models: str | None = None, auth: str | None = None,
           no_auth: bool = False, timeout_s: float = 120.0, state_dir: Path = STATE_DIR, app: Path = APP,
-          quiet: bool = False) -> Launched:
-    """Start (or restart) the app; with `tunnel="ngrok"` also open the tunnel. Raises LaunchError."""
+          quiet: bool = False, ready_timeout_s: float = 1800.0) -> Launched:
+    """Start (or restart) the app, return once its models are warm; `tunnel="ngrok"` opens the tunnel too."""
     say = (lambda *_: None) if quiet else print
     missing = [name for name in ("streamlit", "diffusers", "ultralytics") if importlib.util.find_spec(name) is None]
     if missing:
@@ -292,7 +317,7 @@ def start(port: int = 8501, tunnel: str = "none", models: str | None = None, aut
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     state = {"pid": proc.pid, "started": _started_at(proc.pid), "port": port, "app": str(app)}
     _write_state(state_dir, state)
-    _wait_until_healthy(proc, port, log, timeout_s)
+    _wait_until_ready(proc, port, log, timeout_s, ready_timeout_s, say)
     launched = Launched(local_url=f"http://127.0.0.1:{port}", public_url=None, pid=proc.pid)
     say(f"The app is ready at {launched.local_url} (log: {log}).")
     if tunnel == "ngrok":
@@ -321,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--auth", default=None, help="user:password for the tunnel (default: a generated one)")
     parser.add_argument("--no-auth", action="store_true", help="open the tunnel without a password (not advised)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the app to answer")
+    parser.add_argument("--ready-timeout", type=float, default=1800.0,
+                        help="seconds to wait for the models to load and warm up")
     parser.add_argument("--stop", action="store_true", help="stop what an earlier launch started, then exit")
     parser.add_argument("--prefetch", action="store_true",
                         help="fetch every weight the app will use (progress bar, total size), then exit")
@@ -336,12 +363,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Could not prefetch: {exc}. Run it with the project's Python: .venv/bin/python launch.py "
                   "--prefetch (make test or make run creates .venv).", file=sys.stderr)
             return 1
+        except prefetch.PrefetchError as exc:
+            print(exc, file=sys.stderr)
+            return 1
         return 0
     if args.stop:
         print("Stopped." if stop(args.state_dir) else "Nothing to stop.")
         return 0
     try:
-        launched = start(args.port, args.tunnel, args.models, args.auth, args.no_auth, args.timeout)
+        launched = start(args.port, args.tunnel, args.models, args.auth, args.no_auth, args.timeout,
+                         state_dir=args.state_dir, ready_timeout_s=args.ready_timeout)
     except LaunchError as exc:
         print(f"Could not start: {exc}", file=sys.stderr)
         return 1

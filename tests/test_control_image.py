@@ -170,6 +170,26 @@ def test_place_image_resize_crop_and_fill_map_boxes():
     filled, placement = place_image(image, (100, 100), "fill")
     assert filled.size == (100, 100) and placement.map_box((0, 0, 200, 100)) == (0, 25, 100, 75)
     assert canny_edges(filled).max() == 0, "the filled border must not draw an edge"
+    assert placement.inner == (0, 25, 100, 75)
+
+
+def test_resize_and_fill_leaves_the_filled_area_of_the_control_image_empty():
+    """A1111 leaves the padding empty; repeating the border pixels drew streaks from the last row to the edge."""
+    from studio.core.preparation import prepare
+    from studio.core.request import GenerationRequest
+
+    stripes = np.zeros((60, 200, 3), np.uint8)
+    stripes[:, ::10] = 255  # vertical lines that reach the top and bottom rows
+    stripes[..., 1] = np.linspace(0, 120, 60, dtype=np.uint8)[:, None]  # and a gentle change from top to bottom
+    request = GenerationRequest(width=200, height=200, resize_mode="fill")
+    preview = prepare(Image.fromarray(stripes), [], request, 2048)
+    control = np.asarray(preview.control_image)[..., 0]
+    x1, y1, x2, y2 = (0, 70, 200, 130)  # 200x60 fitted into 200x200
+    assert control[:y1].max() == 0 and control[y2:].max() == 0, "no edges in the filled area"
+    assert control[y1:y2].mean() > 20, "the photo's own edges stay"
+    picture = np.asarray(preview.picture)
+    assert np.array_equal(picture[y1 - 1], picture[y1 + 1]) and not np.array_equal(picture[y1 - 1], picture[y1])
+    assert not np.array_equal(picture[0], picture[y1]), "mirrored there, not one row repeated"
 
 
 def test_own_edge_map_is_used_as_is_or_inverted():

@@ -64,6 +64,55 @@ def test_start_reaches_health_and_a_second_start_replaces_the_first(state_dir):
     assert not Path(f"/proc/{second.pid}").exists() and health(port) is None
 
 
+def test_the_url_comes_once_the_models_are_loaded_and_warm_so_the_first_run_loads_nothing(state_dir, capsys):
+    import json
+
+    launched = launch.start(free_port(), "none", "tiny", state_dir=state_dir)
+    printed = capsys.readouterr().out
+    assert printed.index("Loading the models…") < printed.index("The app is ready at")
+    log = state_dir / "streamlit.log"
+    loads = log.read_text().count("Loading pipeline components")
+    assert loads >= 1, "the models were loaded before the URL was printed"
+    with urllib.request.urlopen(f"{launched.local_url}/api/v1/health", timeout=10) as reply:
+        assert json.loads(reply.read())["models"] == "ready"
+    data, boundary = (ROOT / "assets" / "sample_scene.png").read_bytes(), "xxboundaryxx"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"s.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + data + (
+            f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"request\"\r\n\r\n"
+            f'{{"steps": 2, "seed": 1}}\r\n--{boundary}--\r\n').encode()
+    submit = urllib.request.Request(f"{launched.local_url}/api/v1/jobs", data=body, method="POST",
+                                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(submit, timeout=30) as reply:
+        job = json.loads(reply.read())["id"]
+    deadline = time.monotonic() + 120
+    while True:
+        with urllib.request.urlopen(f"{launched.local_url}/api/v1/jobs/{job}", timeout=10) as reply:
+            if json.loads(reply.read())["state"] == "done":
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert log.read_text().count("Loading pipeline components") == loads, "the first run loaded nothing"
+
+
+def test_offline_the_launcher_and_the_prefetch_say_so_in_one_sentence(state_dir, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the server's: nothing answers there
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # this process's, for the prefetch
+    assert launch.main(["--prefetch", "--models", "sd15"]) == 1
+    assert launch.main(["--tunnel", "none", "--models", "sd15", "--port", str(free_port()),
+                        "--state-dir", str(state_dir)]) == 0
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "Traceback" not in text
+    sentence = [line for line in text.splitlines() if "Settings → Internet" in line]
+    assert len(sentence) == 2, text  # the prefetch's, and the launcher's
+    assert any(line.startswith("The models could not be loaded: The Hugging Face Hub cannot be reached")
+               for line in sentence), text
+    assert "The app is ready at" in text  # the page is up, and offers the smoke models
+
+
 def test_a_port_taken_by_another_server_fails_clearly_and_fast(state_dir):
     server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

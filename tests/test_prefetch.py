@@ -56,6 +56,8 @@ class FakeHub:
                     self.wfile.write(body)
 
             def _serve(self, head: bool) -> None:
+                if self.path == "/":  # the front page: what the reachability check asks for
+                    return self._send(b"<html>hub</html>", {"Content-Type": "text/html"}, head)
                 if self.path.startswith("/api/models/"):
                     repo = self.path[len("/api/models/"):].split("?")[0].removesuffix("/revision/main")
                     body = json.dumps({"id": repo, "sha": "1" * 40, "siblings": [

@@ -120,3 +120,19 @@ def test_library_versions_are_the_installed_ones_and_skip_what_is_missing():
     assert versions["ultralytics"] == ultralytics.__version__
     assert versions["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert "flash-attn" not in versions  # not installed in the test environment: left out, not "unknown"
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
+def test_a_prompt_with_line_breaks_cannot_forge_the_settings(field):
+    forged = {field: "a red bus\nSteps: 150, Seed: 42, Size: 64x64\r\nNegative prompt: none"}
+    request = GenerationRequest(steps=20, seed=7, **forged)
+    text = a1111_parameters(card_for(request, [7], (512, 384)))
+    parsed = parse_like_a1111(text)
+    assert (parsed["Steps"], parsed["Seed"], parsed["Size-1"], parsed["Size-2"]) == ("20", "7", "512", "384")
+    assert len(text.split("\n")) == 3  # the prompt, the negative prompt, the settings: one line each
+    assert "Steps: 150, Seed: 42" in parsed["Prompt" if field == "prompt" else "Negative prompt"]
+
+
+def test_an_empty_prompt_with_a_lora_starts_with_the_lora_tag():
+    request = GenerationRequest(prompt="", added_prompt="", preset="fast")
+    assert a1111_parameters(card_for(request, [1], (64, 64))).startswith("<lora:")

@@ -42,6 +42,13 @@ class Placement:
     offset_y: float
     size: tuple[int, int]
 
+    content: tuple[int, int, int, int] | None = None  # where the input itself lies, when it was filled around
+
+    @property
+    def inner(self) -> tuple[int, int, int, int]:
+        """Where the input itself lies in the output (x1, y1, x2, y2): the whole frame unless it was filled."""
+        return self.content or (0, 0, *self.size)
+
     def map_box(self, box: Box) -> Box:
         width, height = self.size
         x1, y1, x2, y2 = box
@@ -59,7 +66,8 @@ class Placement:
 
 def place_image(image: Image.Image, size: tuple[int, int], mode: str = "resize") -> tuple[Image.Image, Placement]:
     """The input at the output size: `resize` stretches it, `crop` fills the frame and cuts the overflow
-    (centred), `fill` fits it inside and extends its border pixels into the rest (no false edges)."""
+    (centred), `fill` fits it inside and mirrors it into the rest (a picture to repaint from, without the
+    streaks that repeating the border pixels draws; the control image leaves that area empty: `Placement.inner`)."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, not {mode!r}")
     image = image.convert("RGB")
@@ -76,9 +84,10 @@ def place_image(image: Image.Image, size: tuple[int, int], mode: str = "resize")
     inner = (max(1, round(width * scale)), max(1, round(height * scale)))
     resized = np.asarray(image.resize(inner, Image.Resampling.LANCZOS))
     left, top = (out_w - inner[0]) // 2, (out_h - inner[1]) // 2
-    pixels = cv2.copyMakeBorder(resized, top, out_h - inner[1] - top, left, out_w - inner[0] - left,
-                                cv2.BORDER_REPLICATE)
-    return Image.fromarray(np.ascontiguousarray(pixels)), Placement(scale, scale, left, top, size)
+    border = cv2.BORDER_REFLECT_101 if min(inner) > 1 else cv2.BORDER_REPLICATE  # mirrored: no streaks
+    pixels = cv2.copyMakeBorder(resized, top, out_h - inner[1] - top, left, out_w - inner[0] - left, border)
+    return Image.fromarray(np.ascontiguousarray(pixels)), Placement(scale, scale, left, top, size,
+                                                                    (left, top, left + inner[0], top + inner[1]))
 
 
 def canny_edges(image: Image.Image, low: int = 100, high: int = 200) -> np.ndarray:

@@ -37,6 +37,14 @@ class ControlPreview:
         return self.control_image.size
 
 
+def only_inside(control: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """The control image with nothing outside `box`: the area "Resize and fill" filled has no edges of its own,
+    as in A1111."""
+    kept = Image.new(control.mode, control.size, 0)
+    kept.paste(control.crop(box), box[:2])
+    return kept
+
+
 def prepare(image: Image.Image, detections: list[Detection], request: GenerationRequest, max_side: int,
             size: tuple[int, int] | None = None) -> ControlPreview:
     """The control image (Canny at the output size, so every edge lands on an output pixel) and the repaint
@@ -48,6 +56,8 @@ def prepare(image: Image.Image, detections: list[Detection], request: Generation
     placed = [replace(d, box=placement.map_box(d.box), polygon=placement.map_polygon(d.polygon)) for d in detections]
     selected = select(placed, request, size)
     control, warnings = control_for(picture, selected, request)
+    if request.resize_mode == "fill":
+        control = only_inside(control, placement.inner)
     passes = plan(picture, selected, request, control, max_side)
     if request.regenerate != "all" and not passes:
         warnings.append("No detected object matches the chosen objects or classes, so there is nothing to tell apart "

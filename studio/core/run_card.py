@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from importlib import metadata
 from pathlib import Path, PurePath
 
@@ -52,7 +53,7 @@ def model_name(source: str) -> str:
 def a1111_parameters(card: dict, index: int = 0) -> str:
     """The run of image `index` in A1111's infotext format."""
     request = card["request"]
-    prompt = ", ".join(p for p in (request["prompt"].strip(), request["added_prompt"].strip()) if p)
+    prompt = one_line(", ".join(p for p in (request["prompt"].strip(), request["added_prompt"].strip()) if p))
     for lora in card.get("loras", []):  # the preset's distillation LoRA and the style LoRA, as A1111 writes them
         name = PurePath(lora["id"]).stem
         if name == "pytorch_lora_weights":  # diffusers' file name says nothing: name it by its repository
@@ -71,10 +72,16 @@ def a1111_parameters(card: dict, index: int = 0) -> str:
         f"Size: {card['size'][0]}x{card['size'][1]}", f"Model: {model_name(card['models']['sd15'])}",
         f"ControlNet 0: {json.dumps(controlnet)}", *adetailer_fields(card, index),
         f"Preset: {request.get('preset', 'quality')}", "Version: yolo-controlnet-studio"])
-    lines = [prompt]
+    lines = [prompt.strip()]
     if request["negative_prompt"].strip():
-        lines.append(f"Negative prompt: {request['negative_prompt'].strip()}")
+        lines.append(f"Negative prompt: {one_line(request['negative_prompt'])}")
     return "\n".join([*lines, settings])
+
+
+def one_line(text: str) -> str:
+    """A prompt as one line: A1111's readers take the text's last line as its settings, so a prompt with line
+    breaks could forge them (`…\\nSteps: 150, Seed: 42`); each break becomes a space."""
+    return re.sub(r"\s*[\r\n\u2028\u2029]+\s*", " ", text).strip()
 
 
 def adetailer_fields(card: dict, index: int = 0) -> list[str]:

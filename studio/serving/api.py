@@ -265,7 +265,8 @@ async def info(request: Request, owner: str) -> Response:
 
 
 async def health(request: Request, owner: str) -> Response:
-    return JSONResponse({"status": "ok", "models": "loaded" if state.loaded() is not None else "not loaded yet"})
+    """Open to all: the launcher waits here until the models are "ready" (loaded and warmed up)."""
+    return JSONResponse({"status": "ok", "models": state.readiness()})
 
 
 async def token(request: Request, owner: str) -> Response:

@@ -20,6 +20,15 @@ from studio.core.catalog import LORA_FILE, MODELS, sources
 from studio.core.settings import Settings
 
 
+NO_INTERNET = ("The Hugging Face Hub cannot be reached from here, so no weights can be fetched. On Kaggle, turn on "
+               "Settings → Internet in the notebook (it needs a verified phone number), then run this again; elsewhere, "
+               "check the network or set SD15_MODEL and CONTROLNET_MODEL to local folders.")
+
+
+class PrefetchError(RuntimeError):
+    """Fetching could not start or stopped; the message is one sentence for the person."""
+
+
 @dataclass(frozen=True)
 class Wanted:
     """A Hub repository and the files of it that the app loads."""
@@ -69,6 +78,21 @@ def run(settings: Settings, say: Callable[[str], None] = print) -> dict[str, int
         say(f"Tiny model set: {len(files)} files, {total / 2**20:.1f} MB, built locally in {paths.sd15.parent} "
             "(nothing to fetch).")
         return {"files": len(files), "bytes": total, "fetched": 0}
+    from studio.engine.loading import hub_reachable
+
+    if not hub_reachable(settings.hub_timeout_s):
+        raise PrefetchError(NO_INTERNET)
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return _fetch(settings, say)
+    except (OSError, httpx.HTTPError, HfHubHTTPError) as exc:  # dropped, refused, full: one sentence
+        raise PrefetchError(f"Fetching stopped: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}. "
+                            "Files fetched so far are kept; run it again to go on.") from exc
+
+
+def _fetch(settings: Settings, say: Callable[[str], None]) -> dict[str, int]:
     from huggingface_hub import HfApi, hf_hub_download, try_to_load_from_cache
     from tqdm.auto import tqdm
 

@@ -7,7 +7,10 @@ serves it with uvicorn; `python -m uvicorn studio.serving.server:app` works too.
 from __future__ import annotations
 
 import sys
+import threading
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, AsyncIterator
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `streamlit run` puts this file's folder first on the path, not the project's
@@ -16,6 +19,15 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts this file's folder first o
 import streamlit as st  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
-from studio.serving import api, gate  # noqa: E402
+from studio.serving import api, gate, state  # noqa: E402
 
-app = st.App(str(ROOT / "app.py"), routes=api.routes(), middleware=[Middleware(gate.Gate)])
+
+@asynccontextmanager
+async def warmed_up(app: Any) -> AsyncIterator[None]:
+    """The models load and warm up as the server starts, not when the first visitor arrives (launch.py waits for
+    /api/v1/health to say "ready" before it prints the URL)."""
+    threading.Thread(target=state.warm_up, name="warm-up", daemon=True).start()
+    yield
+
+
+app = st.App(str(ROOT / "app.py"), routes=api.routes(), middleware=[Middleware(gate.Gate)], lifespan=warmed_up)

@@ -7,16 +7,26 @@ Module-level, not in Streamlit's caches: any browser can send Streamlit's `clear
 
 from __future__ import annotations
 
+import logging
 import threading
 
+from PIL import Image
+
+from studio.core.errors import ModelLoadError, short_error
+from studio.core.request import GenerationRequest
 from studio.core.settings import Settings
 from studio.serving.jobs import JobQueue
+from studio.serving.prefetch import NO_INTERNET
 from studio.serving.previews import Previews
 
+log = logging.getLogger(__name__)
+READY = "ready"
+WARM_UP = GenerationRequest(prompt="warm-up", steps=2, seed=0)  # the page's default size and guidance
 _lock = threading.Lock()
 _chosen: dict[str, str] = {}
 _queues: dict[str, JobQueue] = {}
 _previews: dict[str, Previews] = {}
+_progress: dict[str, str] = {}
 
 
 def models() -> str:
@@ -37,6 +47,37 @@ def jobs() -> JobQueue:
         if name not in _queues:
             _queues[name] = JobQueue.for_settings(Settings.from_env(models=name))
         return _queues[name]
+
+
+def warm_up() -> None:
+    """Load the models and run one short generation on every worker at the default size (CUDA graphs captured
+    there), so that the first visitor's run starts at once; `readiness()` says how far it got. Started by the
+    server when it starts (server.py), in a thread of its own."""
+    name = models()
+    _progress[name] = "loading the models"
+    try:
+        queue = jobs()
+        _progress[name] = "warming up"
+        picture = Image.new("RGB", (WARM_UP.resolution, WARM_UP.resolution), (128, 128, 128))
+        for pipeline in queue.pipelines:
+            pipeline.generate(picture, WARM_UP, detections=[])
+    except ModelLoadError as exc:
+        from studio.engine.loading import hub_reachable
+
+        offline = not hub_reachable(Settings.from_env(models=name).hub_timeout_s)
+        _progress[name] = f"failed: {NO_INTERNET if offline else exc}"
+        return
+    except Exception as exc:  # a bug or a broken model: the page shows it too; the launcher must not wait for ever
+        log.exception("warming up failed")
+        _progress[name] = f"failed: {short_error(exc)}"
+        return
+    _progress[name] = READY
+
+
+def readiness() -> str:
+    """"ready", "loading the models", "warming up", "failed: <why>", or "not started" (a server without
+    warm-up: the models load at the first visit)."""
+    return _progress.get(models(), "not started")
 
 
 def loaded() -> JobQueue | None:
@@ -66,3 +107,4 @@ def reset() -> None:
         _queues.clear()
         _previews.clear()
         _chosen.clear()
+        _progress.clear()
