@@ -17,18 +17,18 @@ import time
 import uuid
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import streamlit as st
 
-from studio.core.control_image import outline_mask, overlay_mask
+from studio.core.control_image import outline_mask, overlay_mask, place_image
 from studio.core.detections import Detection, draw_detections
 from studio.core.downloads import detections_csv, file_name, result_files, zip_of
 from studio.core.errors import EXPECTED_ERRORS, InvalidImageError, InvalidRequestError, ModelLoadError
 from studio.core.preparation import ControlPreview
 from studio.core.presets import PRESETS
 from studio.core.request import DETAIL_STRENGTH, MAX_PROMPT_CHARS, SEED_MAX, GenerationRequest, request_field
-from studio.core.run_card import a1111_parameters
+from studio.core.run_card import a1111_parameters, public_source
 from studio.core.settings import Settings
 from studio.engine.loras import offered as offered_loras
 from studio.serving import access, state
@@ -134,13 +134,29 @@ def client() -> str:
                              address if isinstance(address, str) else None)
 
 
+def signed_in() -> bool:
+    """No password is set, or this tab's address carries a valid token. Fragments and callbacks ask too: they run
+    without the page's script, so the gate at its top does not guard them."""
+    return access.password() is None or access.valid_token(st.query_params.get(access.TOKEN_PARAM))
+
+
+def guarded(callback: Callable[..., None]) -> Callable[..., None]:
+    """A widget callback that does nothing for a session that is not signed in."""
+
+    def call(*args: Any, **kwargs: Any) -> None:
+        if signed_in():
+            callback(*args, **kwargs)
+
+    return call
+
+
 def password_gate() -> bool:
     """True when no password is set, or this tab carries a valid token in its address (access.py). Checked on
     every run: Streamlit lets a websocket reattach to an existing session by its id, so a flag in session state
     would let anyone who learns that id in; the token lives in the tab's address, which a reattached socket does
     not have. After FREE_GUESSES wrong guesses from one client, each further one is taken only after a growing
     wait, counted on the server (a new tab changes nothing), and every failure is logged without the guess."""
-    if access.password() is None or access.valid_token(st.query_params.get(access.TOKEN_PARAM)):
+    if signed_in():
         return True
     with st.form("login"):
         given = st.text_input("Password", type="password")
@@ -181,7 +197,8 @@ def system_panel(jobs: JobQueue) -> None:
             st.dataframe([{"backend": c.name, "usable": c.usable, "version": c.version, "reason": c.reason}
                           for c in pipe.attention.candidates], hide_index=True)
         with st.expander("Models and versions"):
-            st.json({"models": pipe.model_ids, "versions": pipe.versions, "environment": pipe.attention.environment})
+            st.json({"models": {key: public_source(source) for key, source in pipe.model_ids.items()},
+                     "versions": pipe.versions, "environment": pipe.attention.environment})
 
 
 def use_example(name: str) -> None:
@@ -197,7 +214,7 @@ def use_example(name: str) -> None:
 def examples_panel() -> None:
     available = [name for name, example in EXAMPLES.items() if example["sample"] in SAMPLES]
     for column, name in zip(st.columns(len(available)), available):
-        column.button(name, key=f"example-{name}", on_click=use_example, args=(name,), width="stretch")
+        column.button(name, key=f"example-{name}", on_click=guarded(use_example), args=(name,), width="stretch")
 
 
 def input_panel(previews: Previews) -> tuple[Any, str] | tuple[None, None]:
@@ -217,15 +234,26 @@ def input_panel(previews: Previews) -> tuple[Any, str] | tuple[None, None]:
         return None, None
 
 
+def guided() -> bool:
+    """Classifier-free guidance is on (CFG above 1): only then do the negative prompt and guess mode act."""
+    return st.session_state.guidance_scale > 1
+
+
 def prompt_panel() -> None:
     st.text_area(request_field("prompt").metadata["label"], key="prompt", height=80, max_chars=MAX_PROMPT_CHARS)
-    for name in ("added_prompt", "negative_prompt"):
-        st.text_input(request_field(name).metadata["label"], key=name, max_chars=MAX_PROMPT_CHARS)
+    st.text_input(request_field("added_prompt").metadata["label"], key="added_prompt", max_chars=MAX_PROMPT_CHARS)
+    st.text_input(request_field("negative_prompt").metadata["label"], key="negative_prompt",
+                  max_chars=MAX_PROMPT_CHARS, disabled=not guided(),
+                  help=None if guided() else "Ignored at a CFG of 1 or less (this preset's): there is no unconditional "
+                                             "pass for it to steer.")
 
 
 def use_preset() -> None:
-    """A preset sets scheduler, steps and CFG; the sliders stay free to change afterwards."""
-    preset = PRESETS[st.session_state.preset]
+    """A preset sets scheduler, steps and CFG; the sliders stay free to change afterwards. A value only a modified
+    client sends is left to the request's validation, which says what is wrong."""
+    preset = PRESETS.get(st.session_state.preset)
+    if preset is None:
+        return
     st.session_state.scheduler, st.session_state.steps = preset.scheduler, preset.steps
     st.session_state.guidance_scale = preset.guidance_scale
 
@@ -238,7 +266,7 @@ def preset_speed(name: str, measured: dict[str, float]) -> str:
 def generation_panel(settings: Settings, jobs: JobQueue) -> None:
     with st.expander("Generation settings", expanded=True):
         presets = request_field("preset").metadata["choices"]
-        st.radio("Speed preset", list(presets), key="preset", horizontal=True, on_change=use_preset,
+        st.radio("Speed preset", list(presets), key="preset", horizontal=True, on_change=guarded(use_preset),
                  format_func=presets.get, captions=[preset_speed(name, jobs.seconds_per_image) for name in presets],
                  help=" ".join(f"**{p.label}**: {p.help}" for p in PRESETS.values()) +
                  " The seconds per image are measured on this server's GPU.")
@@ -253,8 +281,10 @@ def generation_panel(settings: Settings, jobs: JobQueue) -> None:
         seed.number_input("Seed", *request_field("seed").metadata["limits"], key="seed",
                           disabled=st.session_state.randomize_seed,
                           help="With a random seed, this shows the seed the last run used.")
-        dice.button("🎲", key="new_seed", on_click=new_seed, help="A new random seed, kept for the next runs")
-        recycle.button("♻️", key="last_seed", on_click=last_seed, disabled="result" not in st.session_state,
+        dice.button("🎲", key="new_seed", on_click=guarded(new_seed),
+                    help="A new random seed, kept for the next runs")
+        recycle.button("♻️", key="last_seed", on_click=guarded(last_seed),
+                       disabled="result" not in st.session_state,
                        help="The seed of the last result")
         slider(st, "resolution", disabled=st.session_state.set_size)
         st.toggle("Set width and height", key="set_size")
@@ -267,7 +297,9 @@ def generation_panel(settings: Settings, jobs: JobQueue) -> None:
         slider(left, "controlnet_scale")
         right.slider("Control start / end", *request_field("control_start").metadata["limits"], step=0.05,
                      key="control_range")
-        switch(st, "guess_mode")
+        switch(st, "guess_mode", disabled=not guided())
+        if not guided():
+            st.caption("At a CFG of 1 or less the negative prompt and guess mode have nothing to act on.")
     with st.expander("Style LoRA"):
         if settings.allow_any_lora:
             st.text_input("Hub id or local .safetensors file (empty: none)", key="lora")
@@ -334,10 +366,12 @@ def forget_objects_of_another_image(key: str | None) -> None:
 def control_panel(previews: Previews, image: Any, key: str | None, names: dict[int, str]) -> None:
     """The control image above its own settings. A fragment: moving a slider here rebuilds only the control
     image (from cached detections), not the page."""
+    if not signed_in():
+        return
     preview_slot = st.container()
     left, right = st.columns(2)
     choice(left, "control_mode")
-    choice(right, "regenerate", on_change=use_mode_defaults)
+    choice(right, "regenerate", on_change=guarded(use_mode_defaults))
     if image is not None:
         objects_panel(image, previews.detections(image, key, request_from_state(names)))
     repaint_panel()
@@ -351,8 +385,8 @@ def control_panel(previews: Previews, image: Any, key: str | None, names: dict[i
     slider(middle, "control_feather", disabled=not guided)
     slider(right, "background_weight", disabled=not guided)
     left, right = st.columns(2)
-    slider(left, "canny_low")
-    slider(right, "canny_high")
+    slider(left, "canny_low", disabled=st.session_state.own_control)
+    slider(right, "canny_high", disabled=st.session_state.own_control)
     st.toggle("My upload is already an edge map (no Canny)", key="own_control")
     switch(st, "invert_edge_map", disabled=not st.session_state.own_control)
     with preview_slot:
@@ -420,7 +454,7 @@ def repaint_panel() -> None:
     slider(st, "strength", disabled=not repainting)
     switch(st, "color_match", disabled=not repainting)
     with st.expander("Detail pass (ADetailer)", expanded=state.regenerate == "detail"):
-        switch(st, "detail_output", disabled=state.regenerate != "all", on_change=use_mode_defaults)
+        switch(st, "detail_output", disabled=state.regenerate != "all", on_change=guarded(use_mode_defaults))
         left, right = st.columns(2)
         slider(left, "detail_resolution")
         slider(right, "detail_padding")
@@ -470,6 +504,8 @@ def generate_panel(jobs: JobQueue, image: Any, request: GenerationRequest | None
 def job_view(jobs: JobQueue) -> None:
     """The running job: place in the queue, stage, progress and Cancel. Polls itself; once the job has ended
     it reruns the page so that the results (or the reason) appear."""
+    if not signed_in():
+        return
     job = st.session_state.get("job")
     if job is None or not job.active:
         st.rerun()
@@ -486,7 +522,7 @@ def job_view(jobs: JobQueue) -> None:
             st.image(job.preview, caption=f"Live preview after step {job.preview_step}", width=256)
     else:
         st.progress(0.0, text=STAGES.get(job.stage or "detect", "Starting") + "…")
-    st.button("Cancel", key="cancel", on_click=jobs.cancel, args=(job,), help="Stops after the current step.")
+    st.button("Cancel", key="cancel", on_click=guarded(jobs.cancel), args=(job,), help="Stops after the current step.")
 
 
 def collect_finished_job() -> None:
@@ -515,6 +551,16 @@ def collect_finished_job() -> None:
         st.session_state.notice = ("error", job.message)
 
 
+def result_downloads(result: Any) -> tuple[dict[str, bytes], bytes]:
+    """The run's files and their zip, encoded once per result (not at every rerun: 8 large PNGs and the zip took
+    seconds each time a widget moved)."""
+    cached = st.session_state.get("downloads")
+    if cached is None or cached[0] is not result:
+        files = result_files(result)
+        cached = st.session_state.downloads = (result, files, zip_of(files))
+    return cached[1], cached[2]
+
+
 def results_panel() -> None:
     notice = st.session_state.pop("notice", None)
     if notice is not None:
@@ -530,8 +576,8 @@ def results_panel() -> None:
                f"{timings['control_s']:.2f} s, denoising {timings['generate_s']:.2f} s.")
     for warning in (w for w in result.warnings if "safety checker" not in w):
         st.warning(warning)
-    files = result_files(result)
-    st.download_button("Download all (zip)", zip_of(files), file_name("yolo-controlnet", result.seed, card, "zip"),
+    files, archive = result_downloads(result)
+    st.download_button("Download all (zip)", archive, file_name("yolo-controlnet", result.seed, card, "zip"),
                        "application/zip", key="download-all", on_click="ignore", type="primary")
     for i, image in enumerate(result.images):
         if result.flagged[i]:
@@ -576,14 +622,15 @@ def objects_table(entries: list[dict]) -> None:
 
 
 def side_by_side_panel() -> None:
-    """The input, the control image and the first output at the same size in one row."""
+    """The input as it was placed (the same crop or fill as the control image), the control image and the first
+    output, at the same size in one row."""
     result = st.session_state.get("result")
     if result is None or not result.images:
         return
     st.subheader("Side by side")
     size = result.images[0].size
-    for column, image, caption in zip(st.columns(3), (st.session_state.input_image.resize(size),
-                                                      result.control_image.resize(size), result.images[0]),
+    placed, _ = place_image(st.session_state.input_image, size, result.run_card["request"]["resize_mode"])
+    for column, image, caption in zip(st.columns(3), (placed, result.control_image.resize(size), result.images[0]),
                                       ("Input", "Control image", f"Output (seed {result.seeds[0]})")):
         column.image(image, caption=caption, width="stretch")
 
@@ -615,7 +662,8 @@ def history_panel(names: dict[int, str]) -> None:
             left.image(entry["thumbs"], caption=[f"seed {entry['seed'] + k}" for k in range(len(entry["thumbs"]))])
             right.caption(f"{entry['request']['prompt'][:60]} · {entry['request']['steps']} steps · "
                           f"CFG {entry['request']['guidance_scale']}")
-            right.button("Reuse these settings", key=f"reuse-{i}", on_click=reuse, args=(entry["request"], names))
+            right.button("Reuse these settings", key=f"reuse-{i}", on_click=guarded(reuse),
+                         args=(entry["request"], names))
 
 
 def main() -> None:

@@ -365,3 +365,28 @@ def test_another_picture_starts_with_no_object_picked(app):
     picks = [box for box in app.checkbox if box.key and box.key.startswith("pick-")]
     prompts = [field for field in app.text_input if field.key and field.key.startswith("object-prompt-")]
     assert picks and not any(box.value for box in picks) and not any(field.value for field in prompts)
+
+
+def test_at_cfg_1_the_negative_prompt_and_guess_mode_are_off_with_a_note(app):
+    assert not app.text_input(key="negative_prompt").disabled and not app.checkbox(key="guess_mode").disabled
+    app.radio(key="preset").set_value("fast").run()  # CFG 1
+    assert app.text_input(key="negative_prompt").disabled and app.checkbox(key="guess_mode").disabled
+    assert any("nothing to act on" in c.value for c in app.caption)
+
+
+def test_the_canny_thresholds_are_off_while_the_upload_is_an_edge_map(app):
+    assert not app.slider(key="canny_low").disabled
+    app.toggle(key="own_control").set_value(True).run()
+    assert app.slider(key="canny_low").disabled and app.slider(key="canny_high").disabled
+
+
+def test_a_results_files_are_encoded_once_not_at_every_rerun(app, monkeypatch):
+    from studio.core import downloads
+
+    calls = []
+    original = downloads.result_files
+    monkeypatch.setattr(downloads, "result_files", lambda result: calls.append(1) or original(result))
+    generate(app)
+    for _ in range(3):
+        app.slider(key="canny_low").set_value(90 + _).run()  # widget changes rerun the page
+    assert len(calls) == 1

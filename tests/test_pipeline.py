@@ -146,3 +146,13 @@ def test_loading_leaves_the_users_ultralytics_settings_file_alone(model_cache):
     from ultralytics.utils.events import events
 
     assert not events.enabled
+
+
+def test_the_detect_stage_is_named_only_when_the_detector_runs(tiny_pipeline, photo):
+    request = GenerationRequest(steps=1, resolution=64, seed=1)
+    stages: list[str] = []
+    tiny_pipeline.generate(photo, request, on_stage=stages.append)
+    assert stages == ["detect", "control", "generate"]
+    stages.clear()
+    tiny_pipeline.generate(photo, request, on_stage=stages.append, detections=[])  # the page's, handed over
+    assert stages == ["control", "generate"]

@@ -30,7 +30,8 @@ def test_every_preset_generates_and_its_card_names_scheduler_steps_cfg_and_loras
         (preset.scheduler, preset.steps, preset.guidance_scale)
     assert card["scheduler"] == {"unipc": "AsyncUniPCMultistepScheduler", "lcm": "AsyncLCMScheduler",
                                  "tcd": "AsyncTCDScheduler"}[preset.scheduler]
-    expected = [{"role": "distillation", "id": "pytorch_lora_weights.safetensors", "weight": 1.0}] if preset.lora else []
+    expected = [{"role": "distillation", "id": "distill-lora/pytorch_lora_weights.safetensors", "weight": 1.0}] \
+        if preset.lora else []  # the tiny set's local LoRA, named by its folder
     assert card["loras"] == expected
 
 

@@ -136,3 +136,19 @@ def test_a_prompt_with_line_breaks_cannot_forge_the_settings(field):
 def test_an_empty_prompt_with_a_lora_starts_with_the_lora_tag():
     request = GenerationRequest(prompt="", added_prompt="", preset="fast")
     assert a1111_parameters(card_for(request, [1], (64, 64))).startswith("<lora:")
+
+
+def test_at_cfg_1_the_negative_prompt_is_left_out_of_the_a1111_text():
+    request = GenerationRequest(preset="turbo", negative_prompt="blurry")  # CFG 1: it was not used
+    assert "Negative prompt:" not in a1111_parameters(card_for(request, [1], (64, 64)))
+
+
+def test_a_local_lora_with_diffusers_generic_file_name_is_named_by_its_folder(tmp_path):
+    lora = tmp_path / "tcd-sd15" / "pytorch_lora_weights.safetensors"
+    lora.parent.mkdir()
+    lora.write_bytes(b"x")
+    assert public_source(str(lora)) == "tcd-sd15/pytorch_lora_weights.safetensors"
+    card = card_for(GenerationRequest(preset="fast"), [1], (64, 64))
+    card["loras"][0]["id"] = public_source(str(lora))
+    assert "<lora:tcd-sd15:1.0>" in a1111_parameters(card)
+    assert public_source(str(tmp_path / "ink.safetensors")) == "ink.safetensors" and str(tmp_path) not in str(card)

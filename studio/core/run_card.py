@@ -22,6 +22,7 @@ RUN_CARD_KEY = "run_card"
 PARAMETERS_KEY = "parameters"
 # Our resize names as A1111's ControlNet extension writes them.
 A1111_RESIZE = {"resize": "Just Resize", "crop": "Crop and Resize", "fill": "Resize and Fill"}
+GENERIC_LORA = "pytorch_lora_weights"  # the file name diffusers gives every LoRA it saves
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "ultralytics", "xformers", "flash-attn")
 
 
@@ -42,7 +43,10 @@ def public_source(source: str | None) -> str | None:
     if source is None:
         return None
     path = Path(source).expanduser()
-    return path.name if path.is_absolute() or source.startswith((".", "~")) or path.exists() else source
+    if not (path.is_absolute() or source.startswith((".", "~")) or path.exists()):
+        return source
+    generic = path.stem == GENERIC_LORA and path.parent.name  # diffusers' file name says nothing: keep its folder
+    return f"{path.parent.name}/{path.name}" if generic else path.name
 
 
 def model_name(source: str) -> str:
@@ -56,7 +60,7 @@ def a1111_parameters(card: dict, index: int = 0) -> str:
     prompt = one_line(", ".join(p for p in (request["prompt"].strip(), request["added_prompt"].strip()) if p))
     for lora in card.get("loras", []):  # the preset's distillation LoRA and the style LoRA, as A1111 writes them
         name = PurePath(lora["id"]).stem
-        if name == "pytorch_lora_weights":  # diffusers' file name says nothing: name it by its repository
+        if name == GENERIC_LORA:  # diffusers' file name says nothing: name it by its repository or folder
             name = PurePath(lora["id"]).parent.name or name
         prompt += f" <lora:{name}:{lora['weight']}>"
     controlnet = ", ".join([
@@ -73,7 +77,7 @@ def a1111_parameters(card: dict, index: int = 0) -> str:
         f"ControlNet 0: {json.dumps(controlnet)}", *adetailer_fields(card, index),
         f"Preset: {request.get('preset', 'quality')}", "Version: yolo-controlnet-studio"])
     lines = [prompt.strip()]
-    if request["negative_prompt"].strip():
+    if request["negative_prompt"].strip() and request["guidance_scale"] > 1:  # at CFG 1 it was not used
         lines.append(f"Negative prompt: {one_line(request['negative_prompt'])}")
     return "\n".join([*lines, settings])
 

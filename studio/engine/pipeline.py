@@ -184,9 +184,9 @@ class InferencePipeline:
         loras = self.loras_for(request)
         with self._lock, self.on_device():
             self._use_loras(loras)
-            stage("detect")
             t0 = time.perf_counter()
-            if preview is None and detections is None:
+            if preview is None and detections is None:  # the stage is named only when it runs
+                stage("detect")
                 detections = self.detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
             t1 = time.perf_counter()
             stage("control")

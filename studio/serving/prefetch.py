@@ -21,8 +21,8 @@ from studio.core.settings import Settings
 
 
 NO_INTERNET = ("The Hugging Face Hub cannot be reached from here, so no weights can be fetched. On Kaggle, turn on "
-               "Settings → Internet in the notebook (it needs a verified phone number), then run this again; elsewhere, "
-               "check the network or set SD15_MODEL and CONTROLNET_MODEL to local folders.")
+               "Settings → Internet in the notebook (it needs a verified phone number), then run this again; "
+               "elsewhere, check the network or set SD15_MODEL and CONTROLNET_MODEL to local folders.")
 
 
 class PrefetchError(RuntimeError):
