@@ -67,6 +67,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 HISTORY_LENGTH = 8
 POLL_S = 0.5
+QUEUE_POLL_S = 2.0
 STAGES = {"fetch": "Fetching the style LoRA", "detect": "Detecting objects", "control": "Building the control image",
           "generate": "Denoising"}
 # Widgets are keyed by GenerationRequest's field names and take its defaults; these fields have widgets of the
@@ -177,14 +178,21 @@ def password_gate() -> bool:
 
 # -- panels ----------------------------------------------------------------------------------------------
 
+@st.fragment(run_every=QUEUE_POLL_S)
+def queue_line(jobs: JobQueue) -> None:
+    """The queue as it is now: a fragment of its own, so the line follows the jobs without rerunning the page."""
+    if signed_in():
+        st.markdown(f"**Queue:** {jobs.running} running, {jobs.waiting} waiting, {len(jobs.workers)} "
+                    f"worker{'s' if len(jobs.workers) > 1 else ''}")
+
+
 def system_panel(jobs: JobQueue) -> None:
     pipe = jobs.pipelines[0]
     with st.sidebar:
         st.header("System")
         for device in jobs.devices():
             st.markdown(f"**Device:** {device}, {str(pipe.dtype).removeprefix('torch.')}")
-        st.markdown(f"**Queue:** {jobs.running} running, {jobs.waiting} waiting, {len(jobs.workers)} "
-                    f"worker{'s' if len(jobs.workers) > 1 else ''}")
+        queue_line(jobs)
         if pipe.settings.models == "tiny":
             st.warning("Offline smoke models: random weights, so the pictures are noise, and the smoke detector "
                        "knows only circles, squares and triangles (on a real photo it sees shapes, not objects). "

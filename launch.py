@@ -19,10 +19,12 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -97,6 +99,7 @@ def _terminate(pid: int, group: bool = True, timeout_s: float = 10.0) -> None:
 def stop(state_dir: Path = STATE_DIR) -> bool:
     """Stop what an earlier `start` left running; True when something was stopped."""
     state_file = state_dir / "state.json"
+    (state_dir / "ngrok.yml").unlink(missing_ok=True)  # where launchers before this one left the token
     if not state_file.exists():
         return False
     try:
@@ -242,19 +245,20 @@ class _Redact(logging.Filter):
 PYNGROK_LOGGERS = ("pyngrok.process.ngrok", "pyngrok.process", "pyngrok.ngrok", "pyngrok.installer", "pyngrok.agent")
 
 
-def _private_ngrok_config(state_dir: Path, token: str) -> Path:
-    """The token in an agent config file only this user can read: on the agent's command line (what pyngrok
-    does with `auth_token`) every process of the machine could read it in /proc/<pid>/cmdline."""
-    path = state_dir / "ngrok.yml"
+def _private_ngrok_config(token: str) -> Path:
+    """The token in an agent config file only this user can read, in a private temporary folder (never the
+    project's: on Kaggle that is /kaggle/working, saved with the notebook's output). On the agent's command line
+    (what pyngrok does with `auth_token`) every process of the machine could read it in /proc/<pid>/cmdline.
+    The caller removes the folder once the agent has read it."""
+    folder = Path(tempfile.mkdtemp(prefix="studio-ngrok-"))  # mode 0700
+    path = folder / "ngrok.yml"
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as config:
         config.write(f'version: "2"\nauthtoken: {token}\n')
-    os.chmod(path, 0o600)
     return path
 
 
-def _open_tunnel(port: int, token: str, credentials: tuple[str, str] | None, state_dir: Path
-                 ) -> tuple[str, int | None]:
+def _open_tunnel(port: int, token: str, credentials: tuple[str, str] | None) -> tuple[str, int | None]:
     from pyngrok import conf, ngrok
     from pyngrok.exception import PyngrokError
 
@@ -264,15 +268,17 @@ def _open_tunnel(port: int, token: str, credentials: tuple[str, str] | None, sta
     options = {"basic_auth": [f"{credentials[0]}:{credentials[1]}"]} if credentials else {}
     # pyngrok puts NGROK_AUTHTOKEN from the environment on the agent's command line: hide it meanwhile.
     hidden = os.environ.pop(TOKEN_NAME, None)
+    path = _private_ngrok_config(token)
     try:
-        config = conf.PyngrokConfig(config_path=str(_private_ngrok_config(state_dir, token)))
+        config = conf.PyngrokConfig(config_path=str(path))
         tunnel = ngrok.connect(str(port), "http", pyngrok_config=config, **options)
+        process = ngrok.get_ngrok_process(config)  # (pyngrok writes a default config where it finds none)
     except PyngrokError as exc:
         raise LaunchError(ngrok_hint(exc, token)) from None
     finally:
+        shutil.rmtree(path.parent, ignore_errors=True)  # the agent has read it (or failed): no copy stays
         if hidden is not None:
             os.environ[TOKEN_NAME] = hidden
-    process = ngrok.get_ngrok_process(config)
     return tunnel.public_url, getattr(process.proc, "pid", None)
 
 
@@ -324,7 +330,7 @@ def start(port: int = 8501, tunnel: str = "none", models: str | None = None, aut
         if no_auth:
             say("WARNING: the public URL has no password: anyone who has it can use this GPU.")
         try:
-            launched.public_url, state["ngrok_pid"] = _open_tunnel(port, token, credentials, state_dir)
+            launched.public_url, state["ngrok_pid"] = _open_tunnel(port, token, credentials)
             state["ngrok_started"] = _started_at(state["ngrok_pid"]) if state["ngrok_pid"] else None
         except LaunchError:
             stop(state_dir)

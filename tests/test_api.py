@@ -183,9 +183,10 @@ def test_with_a_password_every_call_needs_it_and_wrong_ones_slow_down(locked):
 
 
 def test_with_a_password_streamlits_endpoints_refuse_a_client_without_a_token(locked):
-    upload = requests.put(f"{locked}/_stcore/upload_file/some-session/some-file",
-                          files={"file": ("x.png", photo(), "image/png")}, timeout=30)
-    assert upload.status_code == 403 and "password" in upload.json()["error"]
+    for send in (requests.put, requests.post):
+        upload = send(f"{locked}/_stcore/upload_file/some-session/some-file",
+                      files={"file": ("x.png", photo(), "image/png")}, timeout=30)
+        assert upload.status_code == 403 and "password" in upload.json()["error"]
     for path in ("/media/0123456789abcdef.png", "/_stcore/metrics", "/component/x/index.html"):
         assert requests.get(locked + path, timeout=30).status_code == 403, path
     token = requests.post(f"{locked}{API}/token", headers={"Authorization": f"Bearer {PASSWORD}"},

@@ -390,6 +390,10 @@ import http.server, json, re, sys, threading
 record = {{"argv": sys.argv}}
 config = sys.argv[sys.argv.index("--config") + 1] if "--config" in sys.argv else None
 token = re.search(r"authtoken: (\S+)", open(config).read()).group(1) if config else "none"
+import os
+record["config_mode"] = oct(os.stat(config).st_mode & 0o777) if config else None
+record["folder_mode"] = oct(os.stat(os.path.dirname(config)).st_mode & 0o777) if config else None
+record["token_read"] = token
 
 class Api(http.server.BaseHTTPRequestHandler):
     def _reply(self, body):
@@ -450,7 +454,9 @@ def test_07_the_token_reaches_the_agent_by_a_private_file_and_is_never_printed(t
         assert token not in " ".join(record["argv"]) and "--authtoken" not in record["argv"]
         assert os.environ["NGROK_AUTHTOKEN"] == token, "the launcher's own environment is as it was"
         config = Path(record["argv"][record["argv"].index("--config") + 1])
-        assert config.stat().st_mode & 0o777 == 0o600 and f"authtoken: {token}" in config.read_text()
+        assert (record["config_mode"], record["folder_mode"], record["token_read"]) == ("0o600", "0o700", token)
+        assert not config.exists() and not config.parent.exists(), "removed once the agent had read it"
+        assert not config.is_relative_to(state) and not list(state.glob("*.yml")), "never in the project's folder"
         for pid in filter(str.isdigit, os.listdir("/proc")):  # no process's command line holds it
             try:
                 assert token.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes(), pid
@@ -462,6 +468,7 @@ def test_07_the_token_reaches_the_agent_by_a_private_file_and_is_never_printed(t
     finally:
         launch.stop(state)
         ngrok.kill()
+    assert not list(state.glob("*.yml"))
 
 
 # 4. and 5. LoRAs from the operator's list only; a Hub LoRA's size checked, outside the GPU lock ---------------------
