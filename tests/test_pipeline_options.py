@@ -35,7 +35,7 @@ def test_lora_changes_the_picture_its_weight_matters_and_clearing_restores_the_b
     styled = tiny_pipeline.generate(photo, GenerationRequest(prompt="a box", steps=3, resolution=64, seed=9,
                                                              lora=str(lora), lora_weight=1.0))
     assert np.abs(pixels(styled) - base).max() > 10
-    assert styled.run_card["request"]["lora"] == lora.name  # the file's name, not the server's path
+    assert styled.run_card["request"]["lora"] == f"{lora.parent.name}/{lora.name}"  # names, not the server's path
     lighter = pixels(tiny_pipeline.generate(photo, GenerationRequest(prompt="a box", steps=3, resolution=64,
                                                                      seed=9, lora=str(lora), lora_weight=0.2)))
     assert 0 < np.abs(lighter - base).max() < np.abs(pixels(styled) - base).max()
