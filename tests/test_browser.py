@@ -283,6 +283,10 @@ def test_one_of_two_squares_picked_with_a_prompt_is_the_only_object_in_the_card_
 
     page.goto(server)
     page.get_by_text("Control image preview").first.wait_for(timeout=120_000)
+    wait_until_idle(page)  # a dropdown opened during a rerun closes again
+    page.locator("[data-testid='stSelectbox']").filter(has_text="What to repaint").click()
+    page.get_by_role("option", name="Each chosen object in detail").click()
+    wait_until_idle(page)
     page.get_by_text(re.compile(r"Objects \(4\): pick them one by one")).click()
     page.get_by_text("#3 square", exact=False).first.wait_for(timeout=30_000)
     page.locator("[data-testid='stCheckbox']").filter(has_text="#3 square").click()
@@ -291,8 +295,6 @@ def test_one_of_two_squares_picked_with_a_prompt_is_the_only_object_in_the_card_
     prompt.fill("a red box")
     prompt.press("Enter")
     wait_until_idle(page)
-    page.locator("[data-testid='stSelectbox']").filter(has_text="What to repaint").click()
-    page.get_by_role("option", name="Each chosen object in detail").click()
     page.get_by_text(re.compile(r"#3 square · \d+x\d+")).wait_for(timeout=60_000)  # the crop, before the run
     press(page, "Steps", "Home", "ArrowRight")
     wait_until_idle(page)
