@@ -14,19 +14,19 @@ import logging
 import math
 import random
 import time
-import uuid
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Callable
 
 import streamlit as st
 
+from studio.core import display
 from studio.core.control_image import outline_mask, overlay_mask, place_image
 from studio.core.detections import Detection, draw_detections
 from studio.core.downloads import detections_csv, file_name, result_files, zip_of
 from studio.core.errors import EXPECTED_ERRORS, InvalidImageError, InvalidRequestError, ModelLoadError
 from studio.core.preparation import ControlPreview
-from studio.core.presets import PRESETS
+from studio.core.presets import CUSTOM, PRESETS, distilled_by
 from studio.core.request import DETAIL_STRENGTH, MAX_PROMPT_CHARS, SEED_MAX, GenerationRequest, request_field
 from studio.core.run_card import a1111_parameters, public_source
 from studio.core.settings import Settings
@@ -65,6 +65,12 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "Oil portrait": {"sample": "Two people (photo)", "prompt": "an oil painting of two men in suits, museum light",
                      "control_mode": "full", "guidance_scale": 6.0},
 }
+# Once per new result: a phone stacks the columns, so bring the result to the top of the screen if it is not there.
+SCROLL_HERE = """<div id="new-result"></div><script>
+const here = document.getElementById("new-result");
+const top = here.getBoundingClientRect().top;
+if (top < 0 || top > 0.4 * window.innerHeight) here.scrollIntoView({behavior: "smooth", block: "start"});
+</script>"""
 HISTORY_LENGTH = 8
 POLL_S = 0.5
 QUEUE_POLL_S = 2.0
@@ -141,6 +147,12 @@ def signed_in() -> bool:
     return access.password() is None or access.valid_token(st.query_params.get(access.TOKEN_PARAM))
 
 
+def visitor() -> str:
+    """Whom this tab's jobs belong to: its token (access.py), the same identity the HTTP API counts. A reload or a
+    new tab with the same address is the same visitor, so it finds its running job again."""
+    return access.owner_of(st.query_params.get(access.TOKEN_PARAM), client())
+
+
 def guarded(callback: Callable[..., None]) -> Callable[..., None]:
     """A widget callback that does nothing for a session that is not signed in."""
 
@@ -157,6 +169,10 @@ def password_gate() -> bool:
     would let anyone who learns that id in; the token lives in the tab's address, which a reattached socket does
     not have. After FREE_GUESSES wrong guesses from one client, each further one is taken only after a growing
     wait, counted on the server (a new tab changes nothing), and every failure is logged without the guess."""
+    if access.password() is None:
+        if not access.valid_token(st.query_params.get(access.TOKEN_PARAM)):
+            st.query_params[access.TOKEN_PARAM] = access.mint()  # an identity of its own, also without a password
+        return True
     if signed_in():
         return True
     with st.form("login"):
@@ -209,24 +225,62 @@ def system_panel(jobs: JobQueue) -> None:
                      "versions": pipe.versions, "environment": pipe.attention.environment})
 
 
-def use_example(name: str) -> None:
-    """Fill the page from an example (runs before the widgets are drawn again)."""
+KEPT_BY_EXAMPLES = ("seed", "randomize_seed", "upload_key", "use_camera")
+
+
+def settings_snapshot() -> dict[str, Any]:
+    """The page's settings as they are now, to tell whether the visitor changed any since the last example."""
+    return {key: st.session_state.get(key) for key in widget_defaults() if key not in KEPT_BY_EXAMPLES}
+
+
+def own_work() -> bool:
+    """An upload, or settings changed since the page opened or an example filled it: an example would replace
+    them, so it asks first."""
     state = st.session_state
-    for key, value in {**widget_defaults(), **EXAMPLES[name]}.items():
-        if key not in ("seed", "randomize_seed"):
+    return state.get(f"upload-{state.upload_key}") is not None or settings_snapshot() != state.get("filled_from")
+
+
+def ask_example(name: str) -> None:
+    if own_work():
+        st.session_state.pending_example = name
+    else:
+        use_example(name)
+
+
+def use_example(name: str, settings_too: bool = True) -> None:
+    """Fill the page from an example (runs before the widgets are drawn again): its picture and prompt, and with
+    `settings_too` its settings on top of the defaults."""
+    state = st.session_state
+    example = EXAMPLES[name]
+    values = {**widget_defaults(), **example} if settings_too else {k: example[k] for k in ("sample", "prompt")}
+    for key, value in values.items():
+        if key not in KEPT_BY_EXAMPLES:
             state[key] = value
     state.upload_key += 1  # a new, empty uploader: the example's picture is used
     state.use_camera = False
+    state.pop("pending_example", None)
+    state.filled_from = settings_snapshot()
 
 
 def examples_panel() -> None:
     available = [name for name, example in EXAMPLES.items() if example["sample"] in SAMPLES]
     for column, name in zip(st.columns(len(available)), available):
-        column.button(name, key=f"example-{name}", on_click=guarded(use_example), args=(name,), width="stretch")
+        column.button(name, key=f"example-{name}", on_click=guarded(ask_example), args=(name,), width="stretch")
+    pending = st.session_state.get("pending_example")
+    if pending is not None:
+        st.warning(f"The example *{pending}* replaces your photo and settings.")
+        replace_all, photo_only, keep = st.columns(3)
+        replace_all.button("Replace them", key="example-replace", on_click=guarded(use_example), args=(pending,))
+        photo_only.button("Take its photo and prompt only", key="example-photo", on_click=guarded(use_example),
+                          args=(pending, False))
+        keep.button("Keep mine", key="example-keep", on_click=guarded(st.session_state.pop),
+                    args=("pending_example", None))
 
 
-def input_panel(previews: Previews) -> tuple[Any, str] | tuple[None, None]:
-    upload = st.file_uploader("Photo (PNG, JPEG, WebP or GIF)", type=["png", "jpg", "jpeg", "webp", "gif"],
+def input_panel(previews: Previews, max_upload_mb: int) -> tuple[Any, str] | tuple[None, None]:
+    """The photo: an upload, the camera or a sample. Any file is taken and checked here, so that a refusal says why
+    in a message (the uploader's own type filter shows only a red mark whose reason is hover text)."""
+    upload = st.file_uploader(f"Photo (PNG, JPEG, WebP or GIF, up to {max_upload_mb} MB)",
                               key=f"upload-{st.session_state.upload_key}")
     st.toggle("Use the camera", key="use_camera")
     photo = st.camera_input("Take a photo") if st.session_state.use_camera else None
@@ -238,7 +292,8 @@ def input_panel(previews: Previews) -> tuple[Any, str] | tuple[None, None]:
         sample = st.selectbox("…or a sample image", list(SAMPLES), key="sample")
         return previews.image(SAMPLES[sample])
     except InvalidImageError as exc:
-        st.error(str(exc))
+        name = f"'{upload.name[:80]}'" if upload is not None else "The photo"
+        st.error(f"{name} cannot be used: {exc} Upload another one, or remove it (×) to use a sample.")
         return None, None
 
 
@@ -257,33 +312,52 @@ def prompt_panel() -> None:
 
 
 def use_preset() -> None:
-    """A preset sets scheduler, steps and CFG; the sliders stay free to change afterwards. A value only a modified
-    client sends is left to the request's validation, which says what is wrong."""
-    preset = PRESETS.get(st.session_state.preset)
-    if preset is None:
+    """A preset sets scheduler, steps and CFG; Custom keeps what is set. A value only a modified client sends is
+    left to the request's validation, which says what is wrong."""
+    if st.session_state.preset == CUSTOM or st.session_state.preset not in PRESETS:
         return
+    preset = PRESETS[st.session_state.preset]
     st.session_state.scheduler, st.session_state.steps = preset.scheduler, preset.steps
     st.session_state.guidance_scale = preset.guidance_scale
 
 
-def preset_speed(name: str, measured: dict[str, float]) -> str:
-    seconds = measured.get(name)
+def leave_preset() -> None:
+    """Scheduler, steps or CFG changed by hand: the run is no longer the preset's, so the radio says Custom (a
+    Fast run at UniPC and CFG 7.5 would otherwise still fuse the TCD LoRA)."""
+    state = st.session_state
+    preset = PRESETS.get(state.preset)
+    if preset is not None and (state.scheduler, state.steps, state.guidance_scale) != \
+            (preset.scheduler, preset.steps, preset.guidance_scale):
+        state.preset = CUSTOM
+
+
+def preset_speed(jobs: JobQueue, name: str, size: tuple[int, int] | None) -> str:
+    """Seconds per image for a preset at the size the page would run, measured here (per step, times its steps)."""
+    steps = st.session_state.steps if name == CUSTOM else PRESETS[name].steps
+    seconds = jobs.seconds_per_image(name, size, steps) if size is not None else None
     return f"{seconds:.1f} s/image here" if seconds is not None else "not run here yet"
 
 
-def generation_panel(settings: Settings, jobs: JobQueue) -> None:
-    with st.expander("Generation settings", expanded=True):
-        presets = request_field("preset").metadata["choices"]
-        st.radio("Speed preset", list(presets), key="preset", horizontal=True, on_change=guarded(use_preset),
-                 format_func=presets.get, captions=[preset_speed(name, jobs.seconds_per_image) for name in presets],
-                 help=" ".join(f"**{p.label}**: {p.help}" for p in PRESETS.values()) +
-                 " The seconds per image are measured on this server's GPU.")
+def generation_panel(settings: Settings, jobs: JobQueue, size: tuple[int, int] | None) -> None:
+    presets = request_field("preset").metadata["choices"]
+    at = f" at {size[0]}x{size[1]}" if size is not None else ""
+    st.radio("Speed preset", list(presets), key="preset", horizontal=True, on_change=guarded(use_preset),
+             format_func=presets.get, captions=[preset_speed(jobs, name, size) for name in presets],
+             help=" ".join(f"**{p.label}**: {p.help}" for p in PRESETS.values()) +
+             f" The seconds per image{at} are measured on this server.")
+    note = st.container()  # always there: a panel below keeps its place, so it stays open or folded as it was
+    if st.session_state.preset == CUSTOM:
+        distilled = distilled_by(CUSTOM, st.session_state.scheduler)
+        note.caption("Custom: your own scheduler, steps and CFG" + (
+            f", with the {PRESETS[distilled].label} preset's distillation LoRA (its scheduler needs it)."
+            if distilled else ", on the base model without a distillation LoRA."))
+    with st.expander("Generation settings"):
         switch(st, "fast_decode")
         left, right = st.columns(2)
-        slider(left, "steps")
-        slider(right, "guidance_scale")
+        slider(left, "steps", on_change=guarded(leave_preset))
+        slider(right, "guidance_scale", on_change=guarded(leave_preset))
         slider(left, "num_images")
-        choice(right, "scheduler")
+        choice(right, "scheduler", on_change=guarded(leave_preset))
         st.toggle("Random seed", key="randomize_seed")
         seed, dice, recycle = st.columns([3, 1, 1], vertical_alignment="bottom")
         seed.number_input("Seed", *request_field("seed").metadata["limits"], key="seed",
@@ -380,41 +454,60 @@ def control_panel(previews: Previews, image: Any, key: str | None, names: dict[i
     left, right = st.columns(2)
     choice(left, "control_mode")
     choice(right, "regenerate", on_change=guarded(use_mode_defaults))
-    if image is not None:
-        objects_panel(image, previews.detections(image, key, request_from_state(names)))
+    try:
+        request, problem = request_from_state(names), None
+    except InvalidRequestError as exc:
+        request, problem = None, str(exc)
+    detections = previews.detections(image, key, request) if image is not None and request is not None else []
+    st.session_state.detected_labels = sorted({d.label for d in detections})
+    with st.container():  # always there, so the panels below keep their places (and their open or folded state)
+        if image is not None:
+            objects_panel(image, detections)
     repaint_panel()
-    guided = st.session_state.control_mode != "full" or st.session_state.regenerate != "all"
-    detected = st.session_state.get("detected_labels", [])
-    st.multiselect(request_field("control_classes").metadata["label"],
-                   sorted(set(detected) | set(st.session_state.control_classes)), key="control_classes",
-                   disabled=not guided)
-    left, middle, right = st.columns(3)
-    slider(left, "control_padding", disabled=not guided)
-    slider(middle, "control_feather", disabled=not guided)
-    slider(right, "background_weight", disabled=not guided)
-    left, right = st.columns(2)
-    slider(left, "canny_low", disabled=st.session_state.own_control)
-    slider(right, "canny_high", disabled=st.session_state.own_control)
-    st.toggle("My upload is already an edge map (no Canny)", key="own_control")
-    switch(st, "invert_edge_map", disabled=not st.session_state.own_control)
+    control_settings()
     with preview_slot:
         if image is None:
             st.info("Upload a photo (or pick a sample) to see its control image here.")
             return
         try:
-            preview = previews.preview(image, key, request_from_state(names))
+            if request is None:
+                raise InvalidRequestError(problem)
+            preview = previews.preview(image, key, request)
         except InvalidRequestError as exc:
             st.error(str(exc))
             return
+        control_tab, detections_tab = st.tabs(["Control image", f"Detections ({len(detections)})"])
         width, height = preview.size
         if preview.mask is not None:
-            st.image(overlay_mask(preview.control_image, preview.mask), width="stretch",
-                     caption=f"Control image preview, {width}x{height}; tinted red: what will be repainted")
+            control_tab.image(display.photo(overlay_mask(preview.control_image, preview.mask)), width="stretch",
+                              caption=f"Control image preview, {width}x{height}; tinted red: what will be repainted")
         else:
-            st.image(preview.control_image, caption=f"Control image preview, {width}x{height}", width="stretch")
+            control_tab.image(display.edges(preview.control_image), width="stretch", output_format="PNG",
+                              caption=f"Control image preview, {width}x{height}")
+        detections_tab.image(display.photo(draw_detections(image, detections, request.objects)),
+                             caption=f"{len(detections)} detections", width="stretch")
         for warning in preview.warnings:
             st.warning(warning)
         detail_crops(preview)
+
+
+def control_settings() -> None:
+    """Which classes guide the control image and how, and the Canny thresholds: folded away (phones)."""
+    state = st.session_state
+    guided = state.control_mode != "full" or state.regenerate != "all"
+    with st.expander("Control image settings"):
+        detected = state.get("detected_labels", [])
+        st.multiselect(request_field("control_classes").metadata["label"],
+                       sorted(set(detected) | set(state.control_classes)), key="control_classes", disabled=not guided)
+        left, middle, right = st.columns(3)
+        slider(left, "control_padding", disabled=not guided)
+        slider(middle, "control_feather", disabled=not guided)
+        slider(right, "background_weight", disabled=not guided)
+        left, right = st.columns(2)
+        slider(left, "canny_low", disabled=state.own_control)
+        slider(right, "canny_high", disabled=state.own_control)
+        st.toggle("My upload is already an edge map (no Canny)", key="own_control")
+        switch(st, "invert_edge_map", disabled=not state.own_control)
 
 
 def detail_crops(preview: ControlPreview) -> None:
@@ -425,7 +518,7 @@ def detail_crops(preview: ControlPreview) -> None:
     st.caption("Detail crops, each at the size it is sampled (red: its mask)")
     for column, plan in zip(st.columns(min(len(passes), 4)) * ((len(passes) + 3) // 4), passes):
         det = plan.objects[0]
-        column.image(outline_mask(plan.crop(preview.picture), plan.working_mask()), width="stretch",
+        column.image(display.photo(outline_mask(plan.crop(preview.picture), plan.working_mask()), 256), width="stretch",
                      caption=f"#{det.id} {det.label} · {plan.size[0]}x{plan.size[1]}")
 
 
@@ -448,7 +541,7 @@ def objects_panel(image: Any, detections: list[Detection]) -> None:
             thumb, fields_column = st.columns([1, 4], vertical_alignment="center")
             crop = image.crop(tuple(int(round(v)) for v in det.box))
             crop.thumbnail((64, 64))
-            thumb.image(crop)
+            thumb.image(display.photo(crop))
             fields_column.checkbox(f"#{det.id} {det.label} {det.confidence:.2f}", key=PICK + str(det.id))
             fields_column.text_input(f"Prompt of #{det.id}", key=OBJECT_PROMPT + str(det.id),
                                      max_chars=MAX_PROMPT_CHARS, placeholder="its own prompt (empty: the main prompt)",
@@ -459,9 +552,9 @@ def repaint_panel() -> None:
     """How a repaint runs: its strength and colour correction, and the detail pass's crops and filters."""
     state = st.session_state
     repainting = state.regenerate != "all" or state.detail_output
-    slider(st, "strength", disabled=not repainting)
-    switch(st, "color_match", disabled=not repainting)
-    with st.expander("Detail pass (ADetailer)", expanded=state.regenerate == "detail"):
+    with st.expander("Repaint and detail pass (ADetailer)"):
+        slider(st, "strength", disabled=not repainting)
+        switch(st, "color_match", disabled=not repainting)
         switch(st, "detail_output", disabled=state.regenerate != "all", on_change=guarded(use_mode_defaults))
         left, right = st.columns(2)
         slider(left, "detail_resolution")
@@ -488,16 +581,21 @@ def page_request(previews: Previews, image: Any, key: str | None, names: dict[in
         return request, None, str(exc)
 
 
-def generate_panel(jobs: JobQueue, image: Any, request: GenerationRequest | None,
-                   preview: ControlPreview | None, problem: str | None) -> None:
+@st.fragment
+def generate_panel(jobs: JobQueue, previews: Previews, image: Any, key: str | None, names: dict[int, str]) -> None:
     """Generate, disabled with the reason beside it while the request cannot run; a request that still fails
-    when it is submitted says why in place."""
+    when it is submitted says why in place. A fragment: pressing Generate reruns this panel, not the page (every
+    rerun of the page costs the tunnel tens of KB); the page reruns once, when the run has ended. The request is
+    read from the widgets here, at the press: the control panel's own fragment may have changed them since."""
+    if not signed_in():
+        return
+    request, preview, problem = page_request(previews, image, key, names)
     job = st.session_state.get("job")
     mine_active = job is not None and job.active
     if st.button("Generate", type="primary", width="stretch", disabled=preview is None or mine_active,
                  help="Your run is on its way; cancel it or wait for it." if mine_active else None):
         try:
-            st.session_state.job = jobs.submit(image, request, owner=st.session_state.owner, preview=preview)
+            st.session_state.job = jobs.submit(image, request, owner=visitor(), preview=preview)
             st.session_state.pop("notice", None)
         except EXPECTED_ERRORS as exc:
             problem = str(exc)
@@ -517,6 +615,7 @@ def job_view(jobs: JobQueue) -> None:
     job = st.session_state.get("job")
     if job is None or not job.active:
         st.rerun()
+    job.touch()
     if job.stage == "fetch":  # its style LoRA comes from the Hub first; then it joins the queue
         st.progress(0.0, text=STAGES["fetch"] + "…")
     elif job.state == QUEUED:
@@ -527,7 +626,8 @@ def job_view(jobs: JobQueue) -> None:
     elif job.stage == "generate":
         st.progress(min(job.step / max(job.total, 1), 1.0), text=f"Denoising step {job.step} of {job.total}")
         if job.preview is not None:
-            st.image(job.preview, caption=f"Live preview after step {job.preview_step}", width=256)
+            st.image(display.photo(job.preview, display.PREVIEW_SIDE, quality=70), width=256,
+                     caption=f"Live preview after step {job.preview_step}")
     else:
         st.progress(0.0, text=STAGES.get(job.stage or "detect", "Starting") + "…")
     st.button("Cancel", key="cancel", on_click=guarded(jobs.cancel), args=(job,), help="Stops after the current step.")
@@ -543,10 +643,9 @@ def collect_finished_job() -> None:
         result = job.result
         st.session_state.result, st.session_state.input_image = result, job.image
         st.session_state.seed = result.seed  # the seed field shows the seed actually used
+        st.session_state.scroll_to_result = True
         st.session_state.result_time = time.strftime("%H:%M:%S", time.localtime(job.finished))
-        thumbs = [img.copy() for img in result.images]
-        for thumb in thumbs:
-            thumb.thumbnail((160, 160))
+        thumbs = [display.photo(img, 160) for img in result.images]
         history = st.session_state.setdefault("history", [])
         request = {**asdict(job.request), "seed": result.seed}  # the card names files only; reuse needs paths
         history.insert(0, {"request": request, "seed": result.seed, "thumbs": thumbs})
@@ -559,6 +658,12 @@ def collect_finished_job() -> None:
         st.session_state.notice = ("error", job.message)
 
 
+def later(data: bytes | str) -> Callable[[], bytes | str]:
+    """A download's data, handed over only when the button is pressed: given the bytes themselves, Streamlit sends
+    every file to the browser with the page (a result's PNG and zip cost 1.6 MB of a metered tunnel per run)."""
+    return lambda: data
+
+
 def result_downloads(result: Any) -> tuple[dict[str, bytes], bytes]:
     """The run's files and their zip, encoded once per result (not at every rerun: 8 large PNGs and the zip took
     seconds each time a widget moved)."""
@@ -567,6 +672,14 @@ def result_downloads(result: Any) -> tuple[dict[str, bytes], bytes]:
         files = result_files(result)
         cached = st.session_state.downloads = (result, files, zip_of(files))
     return cached[1], cached[2]
+
+
+def pictures(result: Any) -> list[bytes]:
+    """The result's images as the page shows them (display.py: JPEGs at display size), encoded once per result."""
+    cached = st.session_state.get("pictures")
+    if cached is None or cached[0] is not result:
+        cached = st.session_state.pictures = (result, [display.photo(image) for image in result.images])
+    return cached[1]
 
 
 def results_panel() -> None:
@@ -578,6 +691,8 @@ def results_panel() -> None:
         st.caption("Results appear here.")
         return
     card = result.run_card
+    if st.session_state.pop("scroll_to_result", False):
+        st.html(SCROLL_HERE, unsafe_allow_javascript=True)
     st.subheader(f"Results (seed {result.seed})")
     timings = result.timings
     st.caption(f"Finished at {st.session_state.result_time}: detection {timings['detect_s']:.2f} s, control image "
@@ -585,39 +700,42 @@ def results_panel() -> None:
     for warning in (w for w in result.warnings if "safety checker" not in w):
         st.warning(warning)
     files, archive = result_downloads(result)
-    st.download_button("Download all (zip)", archive, file_name("yolo-controlnet", result.seed, card, "zip"),
+    st.download_button("Download all (zip)", later(archive), file_name("yolo-controlnet", result.seed, card, "zip"),
                        "application/zip", key="download-all", on_click="ignore", type="primary")
-    for i, image in enumerate(result.images):
-        if result.flagged[i]:
-            st.info(f"Image {i + 1} (seed {result.seeds[i]}) was flagged by the safety checker, so it is not shown.")
-            continue
-        fidelity = result.fidelity[i]
-        st.image(image, width="stretch",
-                 caption=f"seed {result.seeds[i]} · edge fidelity {fidelity['score']:.2f} (0: no better than "
-                         f"chance, 1: every control edge; F1 {fidelity['f1']:.2f})")
+    shown = [i for i in range(len(result.images)) if not result.flagged[i]]
+    for i in sorted(set(range(len(result.images))) - set(shown)):
+        st.info(f"Image {i + 1} (seed {result.seeds[i]}) was flagged by the safety checker, so it is not shown.")
+    where = "inside the repainted area" if card["regenerate"]["mode"] != "all" else "whole picture"
+    grid = st.columns(2) if len(shown) > 1 else [st.container()]
+    for n, i in enumerate(shown):  # several images: a grid of two; each opens full size (its ⤢ button)
+        fidelity, column = result.fidelity[i], grid[n % len(grid)]
+        column.image(pictures(result)[i], width="stretch",
+                     caption=f"seed {result.seeds[i]} · edge fidelity {fidelity['score']:.2f} ({where}; 0: no "
+                             f"better than chance, 1: every control edge; F1 {fidelity['f1']:.2f})")
         name = file_name("result", result.seeds[i], card, "png")
-        st.download_button("Download PNG", files[name], name, "image/png", key=f"download-{i}", on_click="ignore")
-        st.code(a1111_parameters(card, i), language=None, wrap_lines=True)
+        column.download_button("Download PNG", later(files[name]), name, "image/png", key=f"download-{i}",
+                               on_click="ignore")
+        column.code(a1111_parameters(card, i), language=None, wrap_lines=True)
     if card["regenerate"]["mode"] != "all":
         regenerated = card["regenerate"]
-        st.image(overlay_mask(result.images[0], result.mask), width="stretch",
+        st.image(display.photo(overlay_mask(result.images[0], result.mask)), width="stretch",
                  caption=f"Repainted ({regenerated['repainted_share']:.0%} of the picture, tinted red, from "
                          f"{regenerated['mask_source']} masks); the rest is the input, pixel for pixel")
     if card["objects"]:
         objects_table(card["objects"])
     with st.expander("Control image, detections and run card"):
         left, right = st.columns(2)
-        left.image(result.control_image, caption="Control image")
+        left.image(display.edges(result.control_image), caption="Control image", output_format="PNG")
         name = file_name("control", result.seed, card, "png")
-        left.download_button("Download control image", files[name], name, "image/png", on_click="ignore")
-        right.image(draw_detections(st.session_state.input_image, result.detections), caption="Detections")
+        left.download_button("Download control image", later(files[name]), name, "image/png", on_click="ignore")
+        right.image(display.photo(draw_detections(st.session_state.input_image, result.detections)),
+                    caption="Detections")
         st.dataframe([d.as_row() for d in result.detections], hide_index=True)
         left, right = st.columns(2)
-        left.download_button("Detections (CSV)", detections_csv(result.detections),
+        left.download_button("Detections (CSV)", later(detections_csv(result.detections)),
                              file_name("detections", result.seed, card, "csv"), "text/csv", on_click="ignore")
-        right.download_button("Run card (JSON)", json.dumps(card, indent=2), file_name("run_card", result.seed, card,
-                                                                                       "json"),
-                              "application/json", on_click="ignore")
+        right.download_button("Run card (JSON)", later(json.dumps(card, indent=2)),
+                              file_name("run_card", result.seed, card, "json"), "application/json", on_click="ignore")
 
 
 def objects_table(entries: list[dict]) -> None:
@@ -638,9 +756,10 @@ def side_by_side_panel() -> None:
     st.subheader("Side by side")
     size = result.images[0].size
     placed, _ = place_image(st.session_state.input_image, size, result.run_card["request"]["resize_mode"])
-    for column, image, caption in zip(st.columns(3), (placed, result.control_image.resize(size), result.images[0]),
-                                      ("Input", "Control image", f"Output (seed {result.seeds[0]})")):
-        column.image(image, caption=caption, width="stretch")
+    shown = (display.photo(placed), display.edges(result.control_image.resize(size)), pictures(result)[0])
+    for column, image, caption, kind in zip(st.columns(3), shown, ("Input", "Control image",
+                                            f"Output (seed {result.seeds[0]})"), ("JPEG", "PNG", "JPEG")):
+        column.image(image, caption=caption, width="stretch", output_format=kind)  # else a PNG becomes a JPEG
 
 
 def reuse(request: dict, names: dict[int, str]) -> None:
@@ -677,7 +796,7 @@ def history_panel(names: dict[int, str]) -> None:
 def main() -> None:
     for key, value in widget_defaults().items():
         st.session_state.setdefault(key, value)
-    st.session_state.setdefault("owner", uuid.uuid4().hex)
+    st.session_state.setdefault("filled_from", settings_snapshot())
     st.title("YOLO ControlNet Studio")
     st.caption("Detect objects in a photo, keep the structure you choose as a Canny control image, and paint "
                "something new on it with Stable Diffusion 1.5 + ControlNet.")
@@ -688,28 +807,31 @@ def main() -> None:
         return
     previews = state.previews()
     collect_finished_job()
+    if "attached" not in st.session_state:  # a reload or a new tab: this visitor's run on its way, if any
+        st.session_state.attached = True
+        st.session_state.job = jobs.active_job(visitor())
     system_panel(jobs)
     examples_panel()
     names = jobs.pipelines[0].detector.names
-    input_column, control_column, output_column = st.columns([1, 1, 1.2], gap="medium")
+    settings = jobs.pipelines[0].settings
+    # Photo, prompt and Generate beside the results; the settings below. A phone stacks the columns, so a result
+    # comes where the progress was, not three screens further down.
+    input_column, output_column = st.columns([1, 1.2], gap="medium")
     with input_column:
-        image, key = input_panel(previews)
+        image, key = input_panel(previews, settings.max_upload_mb)
         forget_objects_of_another_image(key)
         prompt_panel()
-        request, preview, problem = page_request(previews, image, key, names)
-        generate_panel(jobs, image, request, preview, problem)
-        if image is not None and request is not None:
-            detections = previews.detections(image, key, request)
-            st.session_state.detected_labels = sorted({d.label for d in detections})
-            st.image(draw_detections(image, detections, request.objects), caption=f"{len(detections)} detections",
-                     width="stretch")
-        generation_panel(jobs.pipelines[0].settings, jobs)
-    with control_column:
-        control_panel(previews, image, key, names)
-        detection_panel(list(names.values()))
+        generate_panel(jobs, previews, image, key, names)
     with output_column:
         results_panel()
         history_panel(names)
+    control_column, settings_column = st.columns([1, 1.2], gap="medium")
+    with control_column:
+        control_panel(previews, image, key, names)
+    with settings_column:
+        preview = page_request(previews, image, key, names)[1]
+        generation_panel(settings, jobs, preview.size if preview is not None else None)
+        detection_panel(list(names.values()))
     side_by_side_panel()
 
 

@@ -153,7 +153,7 @@ def test_detect_control_info_health_and_a_valid_openapi_document(server):
     direct = requests.post(f"{server}{API}/control", **form)
     assert direct.headers["content-type"] == "image/png" and Image.open(io.BytesIO(direct.content)).size == (168, 128)
     info = requests.get(f"{server}{API}/info", timeout=30).json()
-    assert set(info["presets"]) == {"quality", "fast", "turbo"} and info["queue"]["workers"] == 1
+    assert set(info["presets"]) == {"quality", "fast", "turbo", "custom"} and info["queue"]["workers"] == 1
     assert info["models"]["set"] == "tiny" and info["attention"]["chosen"] == "sdpa"
     assert requests.get(f"{server}{API}/health", timeout=30).json()["status"] == "ok"
     document = requests.get(f"{server}{API}/openapi.json", timeout=30).json()

@@ -12,6 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from helpers import app_page
+from studio.serving import access
 from inference_pipeline import GenerationRequest
 
 
@@ -187,6 +188,16 @@ def served_files(monkeypatch) -> dict[str, bytes]:
         return original(self, path_or_data, mimetype, kind, filename)
 
     monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", recording)
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    deferred = MediaFileManager.add_deferred
+
+    def produced(self, data, *args, file_name=None, **kwargs):  # a download whose data comes at the click
+        content = data()
+        served[file_name] = content.encode() if isinstance(content, str) else content
+        return deferred(self, data, *args, file_name=file_name, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", produced)
     return served
 
 
@@ -212,6 +223,9 @@ def test_an_example_fills_the_prompt_the_settings_and_the_picture(app, example):
 
     app.text_area(key="prompt").set_value("something else").run()
     next(b for b in app.button if b.label == example).click().run()
+    assert app.text_area(key="prompt").value == "something else", "a changed page is not replaced without asking"
+    assert any(f"The example *{example}* replaces" in w.value for w in app.warning)
+    app.button(key="example-replace").click().run()
     assert not app.exception
     wanted = EXAMPLES[example]
     assert app.text_area(key="prompt").value == wanted["prompt"]
@@ -220,8 +234,32 @@ def test_an_example_fills_the_prompt_the_settings_and_the_picture(app, example):
     assert app.selectbox(key="regenerate").value == wanted.get("regenerate", "all")
     generate(app)
     assert app.session_state["result"].run_card["regenerate"]["mode"] == wanted.get("regenerate", "all")
-    width, height = app.session_state["input_image"].size
-    assert (width, height) == ((810, 1080) if "Bus" in wanted["sample"] else (1280, 720))  # Ultralytics' photos
+    width, height = app.session_state["input_image"].size  # the job keeps it at most twice the output's size
+    photo = (810, 1080) if "Bus" in wanted["sample"] else (1280, 720)  # Ultralytics' photos
+    assert abs(width / height - photo[0] / photo[1]) < 0.01 and width <= 2 * max(result_size(app))
+
+
+def test_an_example_asks_first_and_can_keep_the_settings_or_everything(app):
+    from app import EXAMPLES
+
+    next(b for b in app.button if b.label == "Toy bus").click().run()  # nothing changed yet: no question
+    assert app.text_area(key="prompt").value == EXAMPLES["Toy bus"]["prompt"]
+    assert not any("replaces your photo" in w.value for w in app.warning)
+    app.slider(key="guidance_scale").set_value(4.0).run()
+    next(b for b in app.button if b.label == "Oil portrait").click().run()
+    app.button(key="example-photo").click().run()  # its photo and prompt, my settings
+    assert app.text_area(key="prompt").value == EXAMPLES["Oil portrait"]["prompt"]
+    assert app.selectbox(key="sample").value == "Two people (photo)"
+    assert app.slider(key="guidance_scale").value == 4.0 and app.selectbox(key="control_mode").value == "objects"
+    app.text_area(key="prompt").set_value("mine").run()
+    next(b for b in app.button if b.label == "Snowy street").click().run()
+    app.button(key="example-keep").click().run()
+    assert app.text_area(key="prompt").value == "mine" and app.selectbox(key="sample").value == "Two people (photo)"
+    assert "pending_example" not in app.session_state and not app.exception
+
+
+def result_size(app: AppTest) -> tuple[int, int]:
+    return app.session_state["result"].images[0].size
 
 
 def test_download_all_zip_holds_every_file_of_the_run(app, served_files):
@@ -255,12 +293,32 @@ def test_a_preset_sets_scheduler_steps_and_cfg_runs_with_its_lora_and_shows_its_
     assert card["preset"] == "fast" and card["request"]["steps"] == 4 and card["scheduler"] == "AsyncTCDScheduler"
     assert [lora["role"] for lora in card["loras"]] == ["distillation"]
     radio = app.radio(key="preset")
-    assert radio.options == ["Quality", "Fast", "Turbo"]
+    assert radio.options == ["Quality", "Fast", "Turbo", "Custom"]
     captions = list(radio.proto.captions)
-    assert re.fullmatch(r"\d+\.\d s/image here", captions[1])  # measured by the run above
-    assert all(c == "not run here yet" or re.fullmatch(r"\d+\.\d s/image here", c) for c in captions)
-    app.slider(key="steps").set_value(6).run()  # the preset's values stay free to change
-    assert app.radio(key="preset").value == "fast" and app.slider(key="steps").value == 6
+    per_step = app.session_state["result"].timings["total_s"] / 4
+    assert captions[1] == f"{per_step * 4:.1f} s/image here"  # measured by the run above, at this size
+    assert captions[0] == captions[2] == "not run here yet"
+    app.slider(key="resolution").set_value(320).run()
+    assert list(app.radio(key="preset").proto.captions)[1] == "not run here yet", "seconds are per size"
+
+
+def test_a_preset_changed_by_hand_says_custom_and_its_scheduler_brings_its_lora(app):
+    app.radio(key="preset").set_value("fast").run()
+    app.slider(key="steps").set_value(6).run()  # the values stay free to change; the radio says so
+    assert app.radio(key="preset").value == "custom" and app.slider(key="steps").value == 6
+    assert any("with the Fast preset's distillation LoRA" in c.value for c in app.caption)
+    app.slider(key="resolution").set_value(256)
+    next(b for b in app.button if b.label == "Generate").click().run()
+    wait_for_the_job(app)
+    card = app.session_state["result"].run_card
+    assert card["preset"] == "custom" and card["request"]["steps"] == 6 and card["scheduler"] == "AsyncTCDScheduler"
+    assert [lora["role"] for lora in card["loras"]] == ["distillation"], "TCD runs with its LoRA"
+    app.selectbox(key="scheduler").set_value("unipc").run()
+    assert any("on the base model without a distillation LoRA" in c.value for c in app.caption)
+    app.radio(key="preset").set_value("quality").run()
+    assert (app.selectbox(key="scheduler").value, app.slider(key="steps").value) == ("unipc", 20)
+    app.slider(key="guidance_scale").set_value(5.0).run()
+    assert app.radio(key="preset").value == "custom"
 
 
 def test_the_running_job_shows_live_previews(app):
@@ -390,3 +448,25 @@ def test_a_results_files_are_encoded_once_not_at_every_rerun(app, monkeypatch):
     for _ in range(3):
         app.slider(key="canny_low").set_value(90 + _).run()  # widget changes rerun the page
     assert len(calls) == 1
+
+
+def test_a_reload_finds_the_visitors_running_job_and_another_visitor_does_not(app):
+    token = app.query_params["access"][0] if isinstance(app.query_params["access"], list) else \
+        app.query_params["access"]
+    assert access.valid_token(token), "without a password too, each browser gets an identity of its own"
+    app.slider(key="steps").set_value(150)
+    app.slider(key="resolution").set_value(256)
+    next(b for b in app.button if b.label == "Generate").click().run()
+    job = app.session_state["job"]
+    assert job is not None and job.active
+    reloaded = app_page()
+    reloaded.query_params["access"] = token  # a reload keeps the tab's address
+    reloaded.run()
+    assert reloaded.session_state["job"] is job, "re-attached"
+    assert reloaded.button(key="cancel") is not None
+    stranger = app_page()
+    stranger.run()
+    assert stranger.session_state["job"] is None
+    reloaded.button(key="cancel").click().run()
+    wait_for_the_job(reloaded)
+    assert job.state == "cancelled" and any("Cancelled after step" in w.value for w in reloaded.warning)

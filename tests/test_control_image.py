@@ -262,3 +262,23 @@ def test_fidelity_score_falls_with_every_step_of_blur_or_shift(name):
         scores = [edge_fidelity(copy, control)["score"] for copy in copies]
         assert scores[0] == 1.0
         assert all(later < earlier for earlier, later in zip(scores, scores[1:])), scores
+
+
+def test_the_fidelity_of_a_repaint_is_counted_inside_its_mask_only():
+    """A noise repaint of a small square kept the rest of the picture, edges and all: over the whole picture it
+    scored well; inside the repainted square it scores about chance."""
+    from PIL import ImageDraw
+
+    control = Image.new("RGB", (128, 128))
+    draw = ImageDraw.Draw(control)
+    draw.rectangle((20, 20, 100, 100), outline="white")
+    draw.line((0, 60, 127, 60), fill="white")
+    output = np.asarray(control).copy()
+    output[40:80, 40:80] = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    mask = Image.new("L", (128, 128))
+    ImageDraw.Draw(mask).rectangle((40, 40, 79, 79), fill=255)
+    whole = edge_fidelity(Image.fromarray(output), control)
+    inside = edge_fidelity(Image.fromarray(output), control, mask=mask)
+    assert whole["score"] > 0.6 and abs(inside["score"]) < 0.1
+    assert edge_fidelity(control, control, mask=mask)["score"] == 1.0
+    assert edge_fidelity(control, control, mask=Image.new("L", (128, 128)))["score"] == 1.0  # nothing repainted

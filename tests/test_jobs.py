@@ -297,3 +297,37 @@ def test_an_unexpected_error_while_fetching_ends_the_job_with_a_short_message(qu
     job = queue.submit(photo, replace(QUICK, lora="someone/broken-listing-lora"), owner="a")
     wait_for(lambda: not job.active, timeout_s=30)
     assert job.state == FAILED and job.message.startswith("The LoRA could not be fetched (KeyError: 'siblings')")
+
+
+def test_a_job_nobody_follows_is_cancelled_after_abandon_s_and_one_that_is_followed_runs_on(tiny_pipeline, photo):
+    queue = JobQueue([tiny_pipeline], abandon_s=1.0)
+    try:
+        with held(tiny_pipeline):
+            followed = queue.submit(photo, GenerationRequest(steps=150, resolution=64, seed=1), owner="a")
+            orphan = queue.submit(photo, QUICK, owner="b")
+            wait_for(lambda: followed.state == RUNNING)
+            deadline = time.monotonic() + 2.5
+            while time.monotonic() < deadline:  # the page polls its job; nobody polls the orphan
+                followed.touch()
+                time.sleep(0.1)
+            assert orphan.state == CANCELLED and "nobody followed it for 1 s" in orphan.message
+            assert followed.state == RUNNING and not followed.cancel_requested
+        wait_for(lambda: followed.step >= 1)
+        wait_for(lambda: followed.state == CANCELLED, timeout_s=30)  # its visitor went too: stopped mid-run
+        assert followed.result is not None and 1 <= followed.result.run_card["steps_done"] < 150
+    finally:
+        queue.shutdown()
+
+
+def test_a_visitor_finds_its_running_job_then_its_waiting_one_and_nobody_elses(queue, tiny_pipeline, photo):
+    with held(tiny_pipeline):
+        running = queue.submit(photo, QUICK, owner="a")
+        wait_for(lambda: running.state == RUNNING)
+        waiting = queue.submit(photo, QUICK, owner="a")
+        other = queue.submit(photo, QUICK, owner="b")
+        assert queue.active_job("a") is running and queue.active_job("b") is other and queue.active_job("c") is None
+        queue.cancel(running)
+    wait_for(lambda: running.state == CANCELLED)
+    assert queue.active_job("a") in (waiting, None) and waiting.state != CANCELLED
+    wait_for(lambda: not waiting.active)
+    assert queue.active_job("a") is None and waiting.state == DONE

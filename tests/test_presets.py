@@ -188,3 +188,18 @@ def test_switching_back_to_a_preset_reuses_its_fused_weights(tiny_pipeline, phot
     styled = replace(fast, lora=str(make_lora(tiny_pipeline.model_ids["sd15"] + "/unet", tmp_path)))
     tiny_pipeline.generate(photo, styled)  # a new set: loaded and fused
     assert [adapter for _, adapter in loads] == ["distill", "style"] and len(tiny_pipeline.loras._fused) <= 2
+
+
+@pytest.mark.parametrize("scheduler, lora", [("lcm", "distill-lora/pytorch_lora_weights.safetensors"),
+                                             ("tcd", "distill-lora/pytorch_lora_weights.safetensors"),
+                                             ("unipc", None), ("ddim", None)])
+def test_custom_runs_lcm_and_tcd_with_their_distillation_lora_and_the_others_without(tiny_pipeline, photo,
+                                                                                    scheduler, lora):
+    from studio.core.presets import distilled_by
+
+    request = replace(BASE, preset="custom", scheduler=scheduler, steps=3, guidance_scale=1.5)
+    card = tiny_pipeline.generate(photo, request).run_card
+    assert card["preset"] == "custom" and card["steps_done"] == 3 and card["request"]["guidance_scale"] == 1.5
+    assert card["loras"] == ([{"role": "distillation", "id": lora, "weight": 1.0}] if lora else [])
+    assert distilled_by("custom", scheduler) == {"lcm": "turbo", "tcd": "fast"}.get(scheduler)
+    assert distilled_by("quality", "lcm") is None and distilled_by("fast", "unipc") == "fast"

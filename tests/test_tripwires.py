@@ -39,7 +39,10 @@ ATTRIBUTES = {
     "diffusers.utils.import_utils:_xformers_available": "attention_backend.quarantine writes it",
     "diffusers.utils.import_utils:_flash_attn_available": "attention_backend.quarantine writes it",
 }
-STREAMLIT_OPTION = "runner.postScriptGC"  # .streamlit/config.toml turns it off (README: Reliability)
+STREAMLIT_OPTIONS = {  # hidden options .streamlit/config.toml sets
+    "runner.postScriptGC": "turned off to keep its garbage collection from starving the job workers",
+    "global.minCachedMessageSize": "lowered so that a rerun sends hashes, not the page, over a metered tunnel",
+}
 
 
 def resolve(name: str):
@@ -69,12 +72,22 @@ def test_private_library_flags_the_project_sets_still_exist(name):
     assert hasattr(importlib.import_module(module), attribute), f"{name} is gone: {ATTRIBUTES[name]}"
 
 
-def test_the_hidden_streamlit_option_the_config_sets_still_exists():
+@pytest.mark.parametrize("option", STREAMLIT_OPTIONS)
+def test_the_hidden_streamlit_options_the_config_sets_still_exist(option):
     from streamlit import config
 
-    assert STREAMLIT_OPTION in config.get_config_options(), (
-        f"Streamlit no longer has {STREAMLIT_OPTION}: .streamlit/config.toml sets it to keep its garbage collection "
-        "from starving the job workers; find its replacement")
+    assert option in config.get_config_options(), (
+        f"Streamlit no longer has {option}: .streamlit/config.toml sets it ({STREAMLIT_OPTIONS[option]}); find its "
+        "replacement")
+
+
+def test_the_websocket_messages_the_gate_drops_still_exist():
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+
+    from studio.serving.gate import DROPPED
+
+    kinds = {field.name for field in BackMsg.DESCRIPTOR.oneofs_by_name["type"].fields}
+    assert set(DROPPED) <= kinds, f"Streamlit renamed {set(DROPPED) - kinds}: gate.py drops them by name"
 
 
 def test_a_changed_function_trips_the_wire():

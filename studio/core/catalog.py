@@ -18,14 +18,14 @@ class Scheduler:
     a1111: str  # what A1111's infotext calls it
 
 
-# LCM and TCD are for the distillation LoRAs of the fast presets (presets.py).
+# LCM and TCD sample well only with their distillation LoRA (presets.py): choosing one brings it along.
 SCHEDULERS: dict[str, Scheduler] = {
     "unipc": Scheduler("UniPC", "UniPC"),
     "dpmpp_2m_karras": Scheduler("DPM++ 2M Karras", "DPM++ 2M Karras"),
     "euler_a": Scheduler("Euler ancestral", "Euler a"),
     "ddim": Scheduler("DDIM", "DDIM"),
-    "lcm": Scheduler("LCM", "LCM"),
-    "tcd": Scheduler("TCD", "TCD"),
+    "lcm": Scheduler("LCM (with the LCM-LoRA)", "LCM"),
+    "tcd": Scheduler("TCD (with the TCD-LoRA)", "TCD"),
 }
 
 

@@ -211,7 +211,7 @@ def edge_map_control(image: Image.Image, invert: bool = False) -> Image.Image:
 
 
 def edge_fidelity(generated: Image.Image, control: Image.Image, tolerance_px: int = 2, low: int = 100,
-                  high: int = 200) -> dict[str, float]:
+                  high: int = 200, mask: Image.Image | None = None) -> dict[str, float]:
     """How closely an output followed its control map: Canny of the output against the map's edges.
 
     precision: share of the output's edges within `tolerance_px` of a control edge; recall: share of the
@@ -222,6 +222,9 @@ def edge_fidelity(generated: Image.Image, control: Image.Image, tolerance_px: in
     output's density, would reach precision = the share of the picture near a control edge and recall = the
     share near an output edge; `score` = (f1 - that chance f1) / (1 - chance f1). About 0 for anything unrelated
     to the control (noise, another photo), 1 for the control itself, negative when edges avoid the control.
+
+    With a repaint `mask` ("L", 255: repainted) everything is counted inside it only: the untouched pixels are the
+    photo's own and would score a noise repaint of a small object as a good one.
     """
     if generated.size != control.size:
         generated = generated.resize(control.size, Image.Resampling.LANCZOS)
@@ -230,6 +233,10 @@ def edge_fidelity(generated: Image.Image, control: Image.Image, tolerance_px: in
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance_px + 1, 2 * tolerance_px + 1))
     near_wanted = cv2.dilate(wanted.astype(np.uint8), kernel) > 0
     near_made = cv2.dilate(made.astype(np.uint8), kernel) > 0
+    if mask is not None:
+        inside = np.asarray(mask.convert("L").resize(control.size, Image.Resampling.NEAREST)) > 127
+        inside |= not inside.any()  # nothing repainted: the whole picture
+        made, wanted, near_wanted, near_made = made[inside], wanted[inside], near_wanted[inside], near_made[inside]
     precision = float((made & near_wanted).sum() / made.sum()) if made.any() else 0.0
     recall = float((wanted & near_made).sum() / wanted.sum()) if wanted.any() else 0.0
     f1 = _harmonic_mean(precision, recall)

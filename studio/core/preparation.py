@@ -64,3 +64,31 @@ def prepare(image: Image.Image, detections: list[Detection], request: Generation
                         f"for '{REGENERATE_MODES[request.regenerate]}'. The whole picture is repainted instead.")
     mask = union([p.mask for p in passes]) if passes else None
     return ControlPreview(picture, detections, control, mask, warnings, passes, selected)
+
+
+KEEP_SLACK = 2.0  # a waiting job keeps its photo at up to twice the output's width and height
+
+
+def scaled(detection: Detection, factor: float) -> Detection:
+    polygon = tuple((x * factor, y * factor) for x, y in detection.polygon) if detection.polygon else None
+    return replace(detection, box=tuple(v * factor for v in detection.box), polygon=polygon)  # type: ignore[arg-type]
+
+
+def bounded_input(image: Image.Image, request: GenerationRequest, max_side: int,
+                  detections: list[Detection] | None = None, preview: ControlPreview | None = None
+                  ) -> tuple[Image.Image, list[Detection] | None, ControlPreview | None]:
+    """The photo a job keeps while it waits: at most KEEP_SLACK times what its output needs on each side, with its
+    detections scaled along (a decoded 6300x6300 upload holds 119 MB; a 512x512 output needs a 1 MB picture). A
+    preview's picture, control image and passes are already at the output size; only its detections follow."""
+    size = output_size(image.size, request.resolution, request.width, request.height, max_side)
+    factor = max(size[0] / image.width, size[1] / image.height) * KEEP_SLACK
+    if factor >= 1:
+        return image, detections, preview
+    smaller = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))),
+                           Image.Resampling.LANCZOS)
+    factor = smaller.width / image.width
+    if detections is not None:
+        detections = [scaled(d, factor) for d in detections]
+    if preview is not None:
+        preview = replace(preview, detections=[scaled(d, factor) for d in preview.detections])
+    return smaller, detections, preview

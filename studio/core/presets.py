@@ -9,6 +9,7 @@ runs the UNet once instead of twice (diffusers skips the unconditional half when
   more detail than LCM at the same step count).
 - turbo: LCM-LoRA with LCMScheduler, 2 steps, CFG 1: the fewest steps that still follow the edges (LCM-LoRA
   runs in 2 to 8 steps; diffusers documents it with ControlNet Canny).
+- custom: whatever scheduler, steps and CFG the person sets; the LCM or TCD scheduler brings its LoRA along.
 
 The LoRA ids are the defaults; PRESET_LORA_FAST / PRESET_LORA_TURBO point a preset at a local file or
 another Hub id (settings.py), and the tiny model set brings a tiny distillation LoRA of its own.
@@ -37,7 +38,19 @@ PRESETS: dict[str, Preset] = {
                    help="TCD-LoRA, 4 steps, no CFG: 10x fewer network evaluations than Quality."),
     "turbo": Preset("Turbo", "lcm", 2, 1.0, "latent-consistency/lcm-lora-sdv1-5",
                     help="LCM-LoRA, 2 steps, no CFG: the fastest that still follows the edges, less detail."),
+    "custom": Preset("Custom", "unipc", 20, 7.5, None,
+                     help="your own scheduler, steps and CFG (changing a preset's by hand picks it): the base model, "
+                          "or with the LCM or TCD scheduler that scheduler's distillation LoRA."),
 }
+CUSTOM = "custom"
+
+
+def distilled_by(preset: str, scheduler: str | None) -> str | None:
+    """The preset whose distillation LoRA a run fuses: a preset's own; for Custom, the preset whose scheduler it
+    uses, since LCM and TCD sample well only with their LoRA and UniPC and the others only without one."""
+    if preset != CUSTOM:
+        return preset if PRESETS[preset].lora else None
+    return next((name for name, p in PRESETS.items() if p.lora and p.scheduler == scheduler), None)
 # TCD's gamma (diffusers passes it to the scheduler as `eta`): 0.3 is the TCD authors' default.
 TCD_GAMMA = 0.3
 

@@ -134,6 +134,7 @@ class Settings:
     preview_cache_mb: int = setting("PREVIEW_CACHE_MB", 256, whole("megabytes"))
     max_queue: int = setting("MAX_QUEUE", 20, whole("jobs", minimum=1))
     max_queued_per_visitor: int = setting("MAX_QUEUED_PER_VISITOR", 2, whole("jobs", minimum=0))
+    abandon_s: float = setting("ABANDON_S", 60.0, number("seconds", 1.0))
     api_result_ttl_s: int = setting("API_RESULT_TTL_S", 3600, whole("seconds"))
     api_result_mb: int = setting("API_RESULT_MB", 512, whole("megabytes"))
     lora_dir: Path | None = setting("LORA_DIR", None, folder)

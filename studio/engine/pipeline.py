@@ -27,7 +27,7 @@ from studio.core.detections import Detection
 from studio.core.errors import InvalidRequestError, LoraError, short_error
 from studio.core.image_io import load_image
 from studio.core.preparation import ControlPreview, prepare
-from studio.core.presets import PRESETS
+from studio.core.presets import PRESETS, distilled_by
 from studio.core.request import SEED_MAX, GenerationRequest, GenerationResult
 from studio.core.run_card import library_versions, public_source
 from studio.core.settings import Settings
@@ -123,14 +123,15 @@ class InferencePipeline:
     def loras_for(self, request: GenerationRequest) -> Lora:
         """The LoRAs a request runs with, as local files: its preset's distillation LoRA (resolved at load) and
         the style LoRA (resolved now: a listed Hub LoRA is downloaded once, before the GPU lock)."""
-        wanted, preset = {}, PRESETS[request.preset]
-        if preset.lora:
-            if request.preset not in self.distill_loras:
+        wanted, source = {}, distilled_by(request.preset, request.scheduler)
+        if source is not None:
+            preset = PRESETS[source]
+            if source not in self.distill_loras:
                 raise LoraError(f"The {preset.label} preset's distillation LoRA "
-                                f"'{public_source(self.model_ids[f'lora_{request.preset}'])}' is not available here "
-                                f"({self.missing_loras.get(request.preset, 'not loaded')}). Fetch it first (python "
+                                f"'{public_source(self.model_ids[f'lora_{source}'])}' is not available here "
+                                f"({self.missing_loras.get(source, 'not loaded')}). Fetch it first (python "
                                 "launch.py --prefetch, or the notebook's prefetch cell), or choose the Quality preset.")
-            wanted["distill"] = (self.distill_loras[request.preset], preset.lora_weight)
+            wanted["distill"] = (self.distill_loras[source], preset.lora_weight)
         if request.lora:
             wanted["style"] = (resolve_lora(request.lora, self.settings), request.lora_weight)
         if wanted and self.inpaint_unet is not None and request.regenerate != "all":
@@ -205,9 +206,10 @@ class InferencePipeline:
                 timings: dict[str, float], loras: Lora) -> GenerationResult:
         prepared, images = denoised.prepared, denoised.images or []
         control = prepared.control_image
-        fidelity = [edge_fidelity(output, control) for output in images]
+        fidelity = [edge_fidelity(output, control, mask=prepared.mask) for output in images]  # repaints: inside
         warnings = [*prepared.warnings, *self._prompt_warnings(request), *denoised.notes]
-        named = {name: (request.lora if name == "style" else self.model_ids[f"lora_{request.preset}"], weight)
+        distilled = f"lora_{distilled_by(request.preset, request.scheduler)}"
+        named = {name: (request.lora if name == "style" else self.model_ids[distilled], weight)
                  for name, (_, weight) in loras.items()}
         card = run_card(replace(request, seed=seed), seeds, control.size, named,
                         self.engine_card(request), timings={k: round(v, 4) for k, v in timings.items()},

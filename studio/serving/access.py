@@ -4,8 +4,9 @@ Everything here lives once per server process, outside Streamlit's caches (a `cl
 browser empties `st.cache_resource`), so the page, the HTTP API and the gate in front of Streamlit's own
 endpoints share one signing key and one count of failures per client.
 
-A token is `<expires>.<hex HMAC-SHA256 of expires>`, signed with a key made when the process starts: the page
-puts it in the tab's address (`?access=`), the HTTP API takes it (or the password itself) as a bearer token.
+A token is `<expires>.<random nonce>.<hex HMAC-SHA256 of both>`, signed with a key made when the process starts:
+the page puts it in the tab's address (`?access=`), also without a password (it names the visitor whose jobs
+a reload finds again); the HTTP API takes it (or the password itself) as a bearer token.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ TOKEN_HOURS = 12
 TOKEN_PARAM = "access"
 _KEY = secrets.token_bytes(32)
 _EXPIRES_DIGITS = 12  # seconds since 1970 fit in 11 digits until the year 5138
+_NONCE_BYTES = 8
 
 
 def password() -> str | None:
@@ -38,24 +40,28 @@ def password() -> str | None:
         return None
 
 
-def sign(expires: int) -> str:
-    return f"{expires}.{hmac.new(_KEY, str(expires).encode(), hashlib.sha256).hexdigest()}"
+def sign(expires: int, nonce: str) -> str:
+    return f"{expires}.{nonce}.{hmac.new(_KEY, f'{expires}.{nonce}'.encode(), hashlib.sha256).hexdigest()}"
 
 
 def mint(hours: float = TOKEN_HOURS) -> str:
-    """A token valid for `hours`, for the page's address or an API client."""
-    return sign(int(time.time() + hours * 3600))
+    """A token valid for `hours`, for the page's address or an API client: each one different (its random nonce),
+    since the per-client limits count per token."""
+    return sign(int(time.time() + hours * 3600), secrets.token_hex(_NONCE_BYTES))
 
 
 def valid_token(token: str | None) -> bool:
-    """True for a token this process signed that has not expired; parsed strictly (ASCII digits, a bounded
-    length), so no crafted value can raise."""
-    if not token or len(token) > 100 or not token.isascii():
+    """True for a token this process signed that has not expired; parsed strictly (ASCII digits and hex, bounded
+    lengths), so no crafted value can raise."""
+    if not token or len(token) > 120 or not token.isascii():
         return False
-    expires, _, _ = token.partition(".")
+    expires, _, rest = token.partition(".")
+    nonce, _, _ = rest.partition(".")
     if not expires.isdigit() or len(expires) > _EXPIRES_DIGITS or int(expires) <= time.time():
         return False
-    return hmac.compare_digest(token.encode(), sign(int(expires)).encode())
+    if len(nonce) != 2 * _NONCE_BYTES or any(c not in "0123456789abcdef" for c in nonce):
+        return False
+    return hmac.compare_digest(token.encode(), sign(int(expires), nonce).encode())
 
 
 def allowed(credential: str | None) -> bool:

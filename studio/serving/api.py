@@ -70,6 +70,7 @@ class Registry:
         if kept is None or kept.owner != owner:  # another client's job is nobody's business: not found
             raise ApiError(404, f"No job {job_id[:40]!r} here (jobs are kept {state.settings().api_result_ttl_s} s "
                                 "after they end).")
+        kept.job.touch()  # a client that polls keeps its job; one that went away has it cancelled (ABANDON_S)
         return kept
 
     def prune(self) -> None:
@@ -255,7 +256,9 @@ async def info(request: Request, owner: str) -> Response:
     return JSONResponse({
         "models": {key: public_source(source) for key, source in pipe.model_ids.items()},
         "presets": {name: {"label": p.label, "scheduler": p.scheduler, "steps": p.steps,
-                           "guidance_scale": p.guidance_scale, "seconds_per_image": queue.seconds_per_image.get(name)}
+                           "guidance_scale": p.guidance_scale, "seconds_per_image": {
+                               size: round(per_step * p.steps, 3) for (preset, size), per_step
+                               in queue.step_seconds.items() if preset == name}}
                     for name, p in PRESETS.items()},
         "attention": {"chosen": pipe.attention.chosen, "why": pipe.attention.why, "in_use": pipe.attention_in_use,
                       "candidates": [{"name": c.name, "usable": c.usable, "reason": c.reason}

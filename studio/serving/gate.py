@@ -6,6 +6,9 @@ when a page is opened with its token. The page itself, Streamlit's health check 
 bearer tokens) pass; the page script asks for the password before it shows anything.
 
 Every answer gets headers that keep the page from being framed by other sites or its files from being sniffed.
+On the page's websocket the gate drops two of Streamlit's messages that any client may send before it has signed
+in: `load_git_info` (answered with the repository, the branch and the names of untracked files) and `clear_cache`
+(which empties every visitor's caches; the server's own objects live outside them anyway, state.py).
 """
 
 from __future__ import annotations
@@ -39,6 +42,24 @@ def token_of(scope: Scope) -> str | None:
     return next((token for token in candidates if access.valid_token(token)), None)
 
 
+DROPPED = ("load_git_info", "clear_cache")
+
+
+def dropped(message: Message) -> bool:
+    """A websocket frame carrying one of the DROPPED messages (anything else, even unreadable, passes on)."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+
+    data = message.get("bytes") if message.get("type") == "websocket.receive" else None
+    if not data:
+        return False
+    back = BackMsg()
+    try:
+        back.ParseFromString(data)
+    except Exception:  # Streamlit answers a broken frame itself (closes with 1002)
+        return False
+    return back.WhichOneof("type") in DROPPED
+
+
 class Gate:
     """ASGI middleware (st.App's `middleware=`): refuses the guarded endpoints without a token, adds headers."""
 
@@ -46,6 +67,15 @@ class Gate:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Any, send: Callable[[Message], Awaitable[None]]) -> None:
+        if scope["type"] == "websocket":
+            async def filtered() -> Message:
+                while True:
+                    message = await receive()
+                    if not dropped(message):
+                        return message
+
+            await self.app(scope, filtered, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

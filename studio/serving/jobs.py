@@ -8,6 +8,7 @@ it. Here a job lives in the server process: the page submits it and renders it, 
     queue.position(job), queue.eta_s(job)                     # while it waits
     job.state, job.stage, job.step, job.total, job.preview    # while it runs
     job.cancel()                                              # queued: at once; running: at the next step
+    job.touch()                                               # its visitor still watches (else: cancelled)
     job.result or job.message                                 # when it ended
 
 Each worker owns its own `InferencePipeline` on its own device and runs one job at a time on it.
@@ -27,9 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from PIL import Image
+
 from studio.core.detections import Detection
 from studio.core.errors import EXPECTED_ERRORS, LoraError, TooManyJobsError, short_error
-from studio.core.preparation import ControlPreview
+from studio.core.preparation import ControlPreview, bounded_input
 from studio.core.request import GenerationRequest, GenerationResult
 from studio.core.settings import Settings
 from studio.engine.devices import describe, worker_devices
@@ -66,6 +69,7 @@ class Job:
     message: str | None = None  # why it failed
     preview: Any | None = None  # the latest live preview (a PIL image) while it denoises
     preview_step: int = 0
+    seen: float = field(default_factory=time.time)  # the last time its visitor (a page, an API client) looked
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def __post_init__(self) -> None:
@@ -85,9 +89,17 @@ class Job:
     def cancel_requested(self) -> bool:
         return self._cancel.is_set()
 
+    def touch(self) -> None:
+        """Its visitor still looks at it: a job nobody polls for `abandon_s` is cancelled (a closed tab)."""
+        self.seen = time.time()
+
     def cancel(self) -> None:
         """Ask the job to stop: a queued job never starts, a running one stops after its current step."""
         self._cancel.set()
+
+
+def size_key(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
 
 
 def estimate_start(remaining_s: list[float], ahead_s: list[float]) -> float:
@@ -135,8 +147,8 @@ class Worker:
 
         try:
             result = self.pipeline.generate(job.image, job.request, on_step=on_step, should_cancel=job._cancel.is_set,
-                                            on_stage=on_stage, detections=job.detections, preview=job.preview_of_control,
-                                            on_preview=on_preview)
+                                            on_stage=on_stage, detections=job.detections,
+                                            preview=job.preview_of_control, on_preview=on_preview)
         except EXPECTED_ERRORS as exc:
             job.message = str(exc)
             return FAILED
@@ -150,8 +162,9 @@ class Worker:
             per_step = result.timings["total_s"] / steps_done
             self.seconds_per_step = per_step if self.seconds_per_step is None else \
                 0.5 * self.seconds_per_step + 0.5 * per_step
-        if not result.cancelled:
-            self.queue.seconds_per_image[job.request.preset] = result.timings["total_s"] / max(1, len(result.images))
+        if not result.cancelled and steps_done and result.images:
+            self.queue.step_seconds[(job.request.preset, size_key(result.images[0].size))] = \
+                result.timings["total_s"] / steps_done / len(result.images)
         return CANCELLED if result.cancelled else DONE
 
 
@@ -169,19 +182,23 @@ def _shut_down_live_queues() -> None:
 class JobQueue:
     """First come, first served, over one worker per pipeline."""
 
-    def __init__(self, pipelines: list[InferencePipeline]) -> None:
+    def __init__(self, pipelines: list[InferencePipeline], abandon_s: float | None = None) -> None:
         if not pipelines:
             raise ValueError("a job queue needs at least one pipeline")
         self.pipelines = pipelines
+        self.abandon_s = pipelines[0].settings.abandon_s if abandon_s is None else abandon_s
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._fetching: set[Job] = set()  # fetching their style LoRA before they queue
         self._stopping = False
-        self.seconds_per_image: dict[str, float] = {}  # preset -> the last finished run's, measured here
+        # (preset, "WxH") -> seconds per step and image of the last finished run there, detection and decoding
+        # included: measured here, on this server's GPU
+        self.step_seconds: dict[tuple[str, str], float] = {}
         self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="lora-fetch")
         self.workers = [Worker(pipe, self) for pipe in pipelines]
         for worker in self.workers:
             worker.thread.start()
+        threading.Thread(target=self._reap, name="job-reaper", daemon=True).start()
         _LIVE_QUEUES.add(self)
 
     @classmethod
@@ -201,8 +218,10 @@ class JobQueue:
                detections: list[Detection] | None = None, preview: ControlPreview | None = None) -> Job:
         """Queue a job. A style LoRA that must come from the Hub is fetched first, in a thread of its own (the job
         shows the stage "fetch" meanwhile), so a download never holds a worker that other jobs wait for."""
-        job = Job(request, image, owner, detections, preview)
         settings = self.pipelines[0].settings
+        if isinstance(image, Image.Image):  # what waits in the queue is bounded by the output, not the upload
+            image, detections, preview = bounded_input(image, request, settings.max_side, detections, preview)
+        job = Job(request, image, owner, detections, preview)
         fetch = bool(request.lora and needs_download(request.lora, settings))
         with self._cond:
             if self._stopping:
@@ -267,6 +286,26 @@ class JobQueue:
                 self._waiting.remove(job)
                 job.state, job.finished = CANCELLED, time.time()
 
+    def active_job(self, owner: str) -> Job | None:
+        """The owner's running job, else its first waiting one: what a reloaded page re-attaches to."""
+        with self._cond:
+            running = [w.job for w in self.workers if w.job is not None and w.job.owner == owner]
+            waiting = [job for job in (*self._fetching, *self._waiting) if job.owner == owner]
+        return (running + waiting)[0] if running or waiting else None
+
+    def _reap(self) -> None:
+        """Cancel the jobs nobody has looked at for `abandon_s` (a closed tab, a script that went away): they
+        would hold a GPU, or a place in the queue, for no one."""
+        while not self._stopping:
+            time.sleep(min(1.0, self.abandon_s / 4))
+            with self._cond:
+                jobs = [*self._waiting, *self._fetching, *(w.job for w in self.workers if w.job is not None)]
+            for job in jobs:
+                if job.active and time.time() - job.seen > self.abandon_s and not job.cancel_requested:
+                    log.info("job %s abandoned: nobody looked at it for %.0f s", job.id, time.time() - job.seen)
+                    job.message = f"Cancelled: nobody followed it for {self.abandon_s:.0f} s (the page was closed)."
+                    self.cancel(job)
+
     def position(self, job: Job) -> int | None:
         """1 for the next job to start, 2 for the one after it, …; None once it runs or ended."""
         with self._cond:
@@ -286,6 +325,11 @@ class JobQueue:
             ahead = [waiting.total * per_step for waiting in list(self._waiting)[:self._waiting.index(job)]]
             remaining = [max(w.job.total - w.job.step, 0) * per_step if w.job else 0.0 for w in self.workers]
         return estimate_start(remaining, ahead)
+
+    def seconds_per_image(self, preset: str, size: tuple[int, int], steps: int) -> float | None:
+        """What one image of `steps` steps takes at `size` with `preset`, from the last such run here (None: none)."""
+        per_step = self.step_seconds.get((preset, size_key(size)))
+        return per_step * steps if per_step is not None else None
 
     def devices(self) -> list[str]:
         """One line per worker: its device and, on a GPU, its name and the memory in use (the page's sidebar)."""

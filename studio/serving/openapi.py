@@ -68,7 +68,8 @@ def _paths() -> dict[str, Any]:
                                      ("400", "401", "413", "422", "429"), requestBody=UPLOAD)},
         "/jobs/{job_id}": {
             "parameters": JOB_ID,
-            "get": _operation("A job's state, place, progress and results",
+            "get": _operation("A job's state, place, progress and results. Poll at least every ABANDON_S (60 s): "
+                              "a job nobody asks about for that long is cancelled",
                               {"200": _json("the job", "#/components/schemas/Job")}, ("401", "404")),
             "delete": _operation("Cancel a job (queued: at once; running: after its current step)",
                                  {"202": _json("the job", "#/components/schemas/Job")}, ("401", "404"))},

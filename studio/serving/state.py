@@ -45,6 +45,7 @@ def jobs() -> JobQueue:
     name = models()
     with _lock:
         if name not in _queues:
+            log.info("loading the %s models (once per server process)", name)
             _queues[name] = JobQueue.for_settings(Settings.from_env(models=name))
         return _queues[name]
 

@@ -1,0 +1,184 @@
+"""The shared link as visitors meet it, in Debian's Chromium: reloads, closed tabs, fair shares, refused uploads,
+phones, honest presets and what a visit costs over a metered tunnel."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from helpers import sample_scene
+from test_browser import (RUNNING, browser, launched, new_page, page, prepare_a_long_run, press,  # noqa: F401
+                          results_seed, server, unfold, wait_until_idle)
+
+QUEUE_LINE = re.compile(r"Queue: (\d+) running, (\d+) waiting")
+
+
+def queue_counts(page) -> tuple[int, int]:
+    line = page.locator("section[data-testid='stSidebar']").get_by_text(QUEUE_LINE)
+    line.wait_for(timeout=60_000)
+    return tuple(int(n) for n in QUEUE_LINE.search(line.inner_text()).groups())
+
+
+@pytest.fixture
+def short_abandon(monkeypatch):
+    monkeypatch.setenv("ABANDON_S", "5")
+
+
+@pytest.fixture
+def one_queued_each(monkeypatch):
+    monkeypatch.setenv("MAX_QUEUED_PER_VISITOR", "1")
+
+
+def test_a_reload_during_a_run_re_attaches_it_cancel_works_and_the_next_run_waits_for_nothing(server, page):
+    page.goto(server)
+    prepare_a_long_run(page)
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text(RUNNING).wait_for(timeout=120_000)
+    assert "access=" in page.url, "the tab's address carries its visitor's identity"
+    page.reload()
+    page.get_by_text(RUNNING).wait_for(timeout=120_000)  # the same run, its progress back
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_text("Cancelled after step").wait_for(timeout=60_000)
+    wait_until_idle(page)
+    press(page, "Steps", "Home")
+    press(page, "Resolution", "Home")
+    page.get_by_role("button", name="Generate").click()
+    results_seed(page, timeout=120_000)
+    assert page.get_by_text("in the queue").count() == 0, "no orphan ahead of it"
+    assert queue_counts(page) == (0, 0)
+
+
+def test_a_closed_tabs_job_is_cancelled_after_abandon_s(short_abandon, launched, browser):
+    url, state = launched
+    page = new_page(browser)
+    page.goto(url)
+    prepare_a_long_run(page)
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text(RUNNING).wait_for(timeout=120_000)
+    page.context.close()
+    other = new_page(browser)
+    other.goto(url)
+    deadline = time.monotonic() + 60
+    while queue_counts(other) != (0, 0):
+        assert time.monotonic() < deadline, "the closed tab's job still runs"
+        other.wait_for_timeout(500)
+    assert "abandoned: nobody looked at it" in (state / "streamlit.log").read_text()
+
+
+def test_a_visitor_past_its_share_is_refused_with_the_reason_and_another_visitor_is_still_served(
+        one_queued_each, server, browser):
+    first = new_page(browser)
+    first.goto(server)
+    prepare_a_long_run(first)
+    tabs = [new_page(browser) for _ in range(2)]  # the same visitor: the same address, so the same identity
+    for tab in tabs:
+        tab.goto(first.url)
+        tab.get_by_text("Control image preview").wait_for(timeout=120_000)
+    first.get_by_role("button", name="Generate").click()
+    first.get_by_text(RUNNING).wait_for(timeout=120_000)
+    tabs[0].get_by_role("button", name="Generate").click()
+    tabs[0].get_by_text(re.compile(r"your run is number 1 in the queue")).wait_for(timeout=60_000)
+    tabs[1].get_by_role("button", name="Generate").click()
+    tabs[1].get_by_text(re.compile(r"You already have 2 runs on the way; each visitor may have 2 at once")).wait_for(
+        timeout=60_000)
+    stranger = new_page(browser)
+    stranger.goto(server)
+    stranger.get_by_text("Control image preview").wait_for(timeout=120_000)
+    stranger.get_by_role("button", name="Generate").click()
+    stranger.get_by_text(re.compile(r"your run is number 2 in the queue")).wait_for(timeout=60_000)
+    for page in (first, tabs[0], stranger):
+        page.get_by_role("button", name="Cancel").click()
+
+
+def test_a_refused_upload_says_why_in_sight_and_generate_waits_for_a_usable_one(server, page, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("these are my notes, not a picture")
+    page.goto(server)
+    page.get_by_text("Control image preview").wait_for(timeout=120_000)
+    page.locator("input[type='file']").set_input_files(str(notes))
+    reason = page.get_by_text("'notes.txt' cannot be used: This file is not an image that can be read")
+    reason.wait_for(timeout=60_000)
+    wait_until_idle(page)
+    assert reason.is_visible() and page.get_by_role("button", name="Generate").is_disabled()
+    photo = tmp_path / "scene.png"
+    sample_scene((256, 192)).save(photo)
+    page.locator("input[type='file']").set_input_files(str(photo))
+    page.get_by_text(re.compile(r"Control image preview, \d+x\d+")).wait_for(timeout=60_000)
+    wait_until_idle(page)
+    assert page.get_by_role("button", name="Generate").is_enabled() and reason.count() == 0
+
+
+def test_on_a_phone_the_page_is_short_and_the_result_comes_into_sight_when_the_run_ends(server, browser):
+    page = browser.new_context(viewport={"width": 390, "height": 844}, accept_downloads=True).new_page()
+    page.goto(server)
+    page.get_by_text("Control image preview").wait_for(timeout=120_000)
+    wait_until_idle(page)
+    height = page.evaluate("document.querySelector(\"[data-testid='stMain']\").scrollHeight")  # the sidebar apart
+    assert height <= 3.1 * 844, f"{height} px: {height / 844:.1f} screens before any result"
+    press(page, "Steps", "Home", "ArrowRight")
+    press(page, "Resolution", "Home")
+    page.get_by_role("button", name="Generate").click()
+    results_seed(page, timeout=120_000)
+    wait_until_idle(page)
+    picture = page.locator("[data-testid='stImage']").filter(has_text="edge fidelity").first
+    box = picture.bounding_box()
+    assert box is not None and box["y"] < 844 and box["y"] + box["height"] > 0, box
+
+
+def test_a_preset_changed_by_hand_says_custom(server, page):
+    page.goto(server)
+    page.get_by_text("Control image preview").wait_for(timeout=120_000)
+    page.get_by_text("Fast", exact=True).click()
+    wait_until_idle(page)
+    press(page, "Steps", "ArrowRight")  # 4 -> 5
+    assert page.get_by_role("radio", name="Custom").is_checked()
+    page.get_by_text(re.compile("Custom: your own scheduler, steps and CFG, with the Fast preset's")).wait_for(
+        timeout=30_000)
+
+
+def visit_bytes(page) -> dict[str, int]:
+    """Count what the server sends this page from now on: each HTTP answer (headers and body as they crossed the
+    wire) and each websocket frame; Streamlit's own static files (cached after the first visit) apart."""
+    requests, frames = [], []
+    page.on("requestfinished", lambda request: requests.append(request))
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(len(payload))))
+
+    def count() -> dict[str, int]:
+        totals = {"static": 0, "media": 0, "other": 0, "websocket": sum(frames)}
+        for request in requests:
+            sizes = request.sizes()
+            kind = "static" if "/static/" in request.url else "media" if "/media/" in request.url else "other"
+            totals[kind] += sizes["responseBodySize"] + sizes["responseHeadersSize"]
+        return totals
+
+    return count
+
+
+def test_a_visit_costs_at_most_600_kb_and_each_further_image_at_most_150_kb(server, page, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    bus = Path(importlib.util.find_spec("ultralytics").submodule_search_locations[0]) / "assets" / "bus.jpg"
+    count = visit_bytes(page)
+    page.goto(server)
+    page.get_by_text("Control image preview").wait_for(timeout=120_000)
+    page.locator("input[type='file']").set_input_files(str(bus))
+    page.get_by_text(re.compile(r"Control image preview, 512x\d+")).wait_for(timeout=60_000)
+    page.get_by_text("Turbo", exact=True).click()
+    wait_until_idle(page)
+    page.get_by_role("button", name="Generate").click()
+    first = results_seed(page, timeout=120_000)
+    wait_until_idle(page, quiet_s=2.0)
+    visit = count()
+    page.get_by_role("button", name="Generate").click()
+    results_seed(page, other_than=first, timeout=120_000)
+    wait_until_idle(page, quiet_s=2.0)
+    after = count()
+    sent = {kind: after[kind] - visit[kind] for kind in visit}
+    costs = f"visit {visit}, one more image {sent}"
+    print(costs)
+    assert visit["media"] + visit["other"] + visit["websocket"] <= 600_000, costs
+    assert sent["media"] + sent["other"] + sent["websocket"] <= 150_000, costs
+    assert visit["static"] <= 3_000_000, "Streamlit's own scripts travel compressed (6.7 MB as they are)"
