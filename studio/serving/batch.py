@@ -1,0 +1,100 @@
+"""Many photos, one prompt: every picture of a folder through the pipeline, one PNG each, resumable.
+
+    python -m studio.batch photos/ outputs/ --preset fast --prompt "a watercolor"
+
+Each output is `<photo's name>.png` with its run card and A1111 text inside, written whole (a temporary file,
+then a rename), so a run killed at any moment leaves no half-written file, and a rerun makes only the outputs
+that are missing. A photo that cannot be used gets one line on stderr and the others go on. Photo number i (in
+name order) gets the seed `seed + i`, so a rerun makes the same pictures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from studio.core.errors import EXPECTED_ERRORS
+from studio.core.presets import PRESETS
+from studio.core.request import SEED_MAX, GenerationRequest
+from studio.core.run_card import png_with_run_card
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+
+
+@dataclass
+class Tally:
+    made: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return f"{len(self.made)} made, {len(self.skipped)} already there, {len(self.failed)} failed."
+
+
+def photos_in(folder: Path) -> list[Path]:
+    """The pictures of a folder (not its subfolders), in name order: the order that numbers their seeds."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that `path` either does not exist or holds all of it."""
+    temporary = path.with_name(f".{path.name}.part")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def run(pipeline, inputs: Path, outputs: Path, request: GenerationRequest, progress: bool = True) -> Tally:
+    """Every photo of `inputs` whose output is missing from `outputs`, in name order."""
+    from tqdm import tqdm
+
+    outputs.mkdir(parents=True, exist_ok=True)
+    tally, photos = Tally(), photos_in(inputs)
+    base = request.seed if request.seed is not None else 0
+    for index, photo in enumerate(tqdm(photos, unit="photo", disable=not progress)):
+        target = outputs / f"{photo.stem}.png"
+        if target.exists():
+            tally.skipped.append(photo.name)
+            continue
+        try:
+            result = pipeline.generate(photo, replace(request, seed=(base + index) % (SEED_MAX + 1), num_images=1))
+        except EXPECTED_ERRORS as exc:
+            tally.failed[photo.name] = str(exc)
+            print(f"{photo.name}: {exc}", file=sys.stderr)
+            continue
+        write_whole(target, png_with_run_card(result.images[0], result.run_card))
+        tally.made.append(photo.name)
+    return tally
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m studio.batch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", type=Path, help="a folder of photos (PNG, JPEG, WebP, GIF)")
+    parser.add_argument("outputs", type=Path, help="where the PNGs go; the photos whose PNG is there are skipped")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--preset", choices=list(PRESETS), default="fast")
+    parser.add_argument("--seed", type=int, default=0, help="the first photo's seed; the next ones count up")
+    parser.add_argument("--resolution", type=int, default=GenerationRequest.resolution)
+    parser.add_argument("--models", choices=("sd15", "tiny"), default=None, help="default: MODELS or sd15")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    if not args.inputs.is_dir():
+        print(f"{args.inputs} is not a folder of photos.", file=sys.stderr)
+        return 2
+    try:
+        request = GenerationRequest(prompt=args.prompt, preset=args.preset, seed=args.seed, resolution=args.resolution)
+    except EXPECTED_ERRORS as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    from studio.core.settings import Settings
+    from studio.engine.pipeline import InferencePipeline
+
+    pipeline = InferencePipeline(settings=Settings.from_env(models=args.models))
+    tally = run(pipeline, args.inputs, args.outputs, request)
+    print(tally.summary())
+    return 1 if tally.failed else 0
