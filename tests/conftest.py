@@ -19,6 +19,8 @@ os.environ["HF_HOME"] = _HOME
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"  # no test may try the network
 os.environ["YOLO_CONFIG_DIR"] = str(Path(_HOME) / "ultralytics")
+OUTPUTS = Path(_HOME) / "outputs"
+os.environ["OUTPUTS_DIR"] = str(OUTPUTS)  # never the project's own outputs/ folder
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +35,7 @@ def tiny_pipeline(model_cache: Path):
 
     # free LoRA paths: the LoRA tests load files they make; tests/test_security.py checks the offered list
     return InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cpu",
-                                               allow_any_lora=True))
+                                               allow_any_lora=True, outputs_dir=OUTPUTS))
 
 
 @pytest.fixture

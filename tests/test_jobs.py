@@ -39,7 +39,7 @@ def held(*pipelines: InferencePipeline):
 
 @pytest.fixture(scope="module")
 def second_pipeline(model_cache) -> InferencePipeline:
-    return InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cpu"))
+    return InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cpu", outputs_dir=None))
 
 
 @pytest.fixture
@@ -194,7 +194,7 @@ def test_worker_devices(monkeypatch):
 
 
 def test_a_queue_from_settings_serves_on_the_cpu(model_cache, photo):
-    queue = JobQueue.for_settings(Settings(models="tiny", cache_dir=model_cache, device="cpu"))
+    queue = JobQueue.for_settings(Settings(models="tiny", cache_dir=model_cache, device="cpu", outputs_dir=None))
     try:
         assert [worker.name for worker in queue.workers] == ["cpu"]
         job = queue.submit(photo, QUICK, owner="a")

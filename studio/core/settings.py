@@ -92,6 +92,12 @@ def id_list(name: str, value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def _default_outputs_dir() -> Path:
+    """/kaggle/working/outputs on Kaggle (saved with the notebook's output), else outputs/ beside the app."""
+    kaggle = Path("/kaggle/working")
+    return kaggle / "outputs" if kaggle.is_dir() else Path(__file__).resolve().parents[2] / "outputs"
+
+
 def _default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "yolo-controlnet-studio"
 
@@ -102,6 +108,9 @@ def setting(env: str | None, default: Any, parse: Parser = text) -> Any:
     if callable(default):
         return field(default_factory=default, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+OFF_WHEN_EMPTY = ("OUTPUTS_DIR",)  # set to nothing, these turn their feature off
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ class Settings:
     max_queue: int = setting("MAX_QUEUE", 20, whole("jobs", minimum=1))
     max_queued_per_visitor: int = setting("MAX_QUEUED_PER_VISITOR", 2, whole("jobs", minimum=0))
     abandon_s: float = setting("ABANDON_S", 60.0, number("seconds", 1.0))
+    outputs_dir: Path | None = setting("OUTPUTS_DIR", _default_outputs_dir, folder)  # OUTPUTS_DIR= (empty): off
     api_result_ttl_s: int = setting("API_RESULT_TTL_S", 3600, whole("seconds"))
     api_result_mb: int = setting("API_RESULT_MB", 512, whole("megabytes"))
     lora_dir: Path | None = setting("LORA_DIR", None, folder)
@@ -156,6 +166,8 @@ class Settings:
             raw = os.environ.get(env, "").strip() if env else ""
             if raw:
                 values[item.name] = item.metadata["parse"](env, raw)
+            elif env in OFF_WHEN_EMPTY and env in os.environ:
+                values[item.name] = None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 

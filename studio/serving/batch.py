@@ -11,7 +11,6 @@ name order) gets the seed `seed + i`, so a rerun makes the same pictures.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from studio.core.errors import EXPECTED_ERRORS
 from studio.core.presets import PRESETS
 from studio.core.request import SEED_MAX, GenerationRequest
 from studio.core.run_card import png_with_run_card
+from studio.serving.outputs import write_whole
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 
@@ -37,13 +37,6 @@ class Tally:
 def photos_in(folder: Path) -> list[Path]:
     """The pictures of a folder (not its subfolders), in name order: the order that numbers their seeds."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
-
-
-def write_whole(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` either does not exist or holds all of it."""
-    temporary = path.with_name(f".{path.name}.part")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
 
 
 def run(pipeline, inputs: Path, outputs: Path, request: GenerationRequest, progress: bool = True) -> Tally:

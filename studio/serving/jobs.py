@@ -38,6 +38,7 @@ from studio.core.settings import Settings
 from studio.engine.devices import describe, worker_devices
 from studio.engine.loras import needs_download, resolve
 from studio.engine.pipeline import InferencePipeline
+from studio.serving import outputs
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,11 @@ class Worker:
             log.exception("job %s failed on %s", job.id, self.name)
             job.message = f"The run failed unexpectedly ({short_error(exc)}). It was logged; the next run may work."
             return FAILED
+        if not result.cancelled and self.pipeline.settings.outputs_dir is not None:
+            try:
+                outputs.save(self.pipeline.settings.outputs_dir, result, job.owner, job.id)
+            except outputs.OutputsError as exc:
+                result.warnings.append(str(exc))
         job.result = result
         steps_done = result.run_card["steps_done"]
         if steps_done:
