@@ -72,8 +72,8 @@ const top = here.getBoundingClientRect().top;
 if (top < 0 || top > 0.4 * window.innerHeight) here.scrollIntoView({behavior: "smooth", block: "start"});
 </script>"""
 HISTORY_LENGTH = 8
-POLL_S = 0.5
-QUEUE_POLL_S = 2.0
+POLL_S = 0.5  # the job view, only while this visitor's run is on its way
+QUEUE_POLL_S = 10.0  # the sidebar's queue line, always: each poll costs about 600 bytes of a metered tunnel
 STAGES = {"fetch": "Fetching the style LoRA", "detect": "Detecting objects", "control": "Building the control image",
           "generate": "Denoising"}
 # Widgets are keyed by GenerationRequest's field names and take its defaults; these fields have widgets of the

@@ -21,6 +21,14 @@ def queue_counts(page) -> tuple[int, int]:
     return tuple(int(n) for n in QUEUE_LINE.search(line.inner_text()).groups())
 
 
+def wait_for_an_empty_queue(page, timeout_s: float = 60.0) -> None:
+    """The queue line is a fragment of its own, polling every QUEUE_POLL_S (10 s)."""
+    deadline = time.monotonic() + timeout_s
+    while queue_counts(page) != (0, 0):
+        assert time.monotonic() < deadline, f"the queue still holds {queue_counts(page)}"
+        page.wait_for_timeout(500)
+
+
 @pytest.fixture
 def short_abandon(monkeypatch):
     monkeypatch.setenv("ABANDON_S", "5")
@@ -47,7 +55,7 @@ def test_a_reload_during_a_run_re_attaches_it_cancel_works_and_the_next_run_wait
     page.get_by_role("button", name="Generate").click()
     results_seed(page, timeout=120_000)
     assert page.get_by_text("in the queue").count() == 0, "no orphan ahead of it"
-    assert queue_counts(page) == (0, 0)
+    wait_for_an_empty_queue(page)
 
 
 def test_a_closed_tabs_job_is_cancelled_after_abandon_s(short_abandon, launched, browser):
@@ -60,10 +68,7 @@ def test_a_closed_tabs_job_is_cancelled_after_abandon_s(short_abandon, launched,
     page.context.close()
     other = new_page(browser)
     other.goto(url)
-    deadline = time.monotonic() + 60
-    while queue_counts(other) != (0, 0):
-        assert time.monotonic() < deadline, "the closed tab's job still runs"
-        other.wait_for_timeout(500)
+    wait_for_an_empty_queue(other)  # the closed tab's job was cancelled
     assert "abandoned: nobody looked at it" in (state / "streamlit.log").read_text()
 
 
