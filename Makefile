@@ -20,12 +20,13 @@ $(VENV)/.app-installed: requirements.txt requirements-nodeps.txt
 	$(PIP) --no-deps -r requirements-nodeps.txt
 	touch $@
 
-# The browser test drives Debian's Chromium (Playwright cannot download its own browser here).
+# The browser test drives Debian's Chromium (Playwright cannot download its own browser here); the notebook test's
+# Kaggle-like Python has the GUI OpenCV, which needs libGL as on Kaggle.
 $(VENV)/.test-installed: $(VENV)/.app-installed requirements-test.txt
 	$(PIP) -r requirements-test.txt -c requirements.txt
 	$(PIP) --no-deps --target $(VENV)/broken-xformers $(BROKEN_XFORMERS)
-	test -x /usr/bin/chromium || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	test -x /usr/bin/chromium && ldconfig -p | grep -q libGL.so.1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium libgl1; }
 	touch $@
 
 # The upload limit comes from the app's own settings parser (a bad MAX_UPLOAD_MB stops here, named).

@@ -14,9 +14,9 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import streamlit as st
 
@@ -31,6 +31,12 @@ from studio.core.request import DETAIL_STRENGTH, MAX_PROMPT_CHARS, SEED_MAX, Gen
 from studio.core.run_card import a1111_parameters, public_source
 from studio.core.settings import Settings
 from studio.engine.loras import offered as offered_loras
+from studio.page.batch_panel import batch_panel
+from studio.page.fill import OBJECT_PROMPT, PICK
+from studio.page.history_panel import history_panel
+from studio.page.png_info_panel import png_info_panel
+from studio.page.session import client, guarded, signed_in, visitor
+from studio.page.widgets import choice, later, slider, switch
 from studio.serving import access, state
 from studio.serving.jobs import CANCELLED, DONE, QUEUED, JobQueue
 from studio.serving.previews import Previews
@@ -71,16 +77,12 @@ const here = document.getElementById("new-result");
 const top = here.getBoundingClientRect().top;
 if (top < 0 || top > 0.4 * window.innerHeight) here.scrollIntoView({behavior: "smooth", block: "start"});
 </script>"""
-HISTORY_LENGTH = 8
 POLL_S = 0.5  # the job view, only while this visitor's run is on its way
 QUEUE_POLL_S = 10.0  # the sidebar's queue line, always: each poll costs about 600 bytes of a metered tunnel
 STAGES = {"fetch": "Fetching the style LoRA", "detect": "Detecting objects", "control": "Building the control image",
           "generate": "Denoising"}
-# Widgets are keyed by GenerationRequest's field names and take its defaults; these fields have widgets of the
-# page's own (a random-seed toggle, a width/height switch, one start/end slider, names instead of class ids).
-PAGE_CONVERTED = ("seed", "width", "height", "control_start", "control_end", "lora", "control_source",
-                  "control_classes", "detect_classes", "objects", "object_prompts", "object_negative_prompts")
-PICK, OBJECT_PROMPT = "pick-", "object-prompt-"  # the objects list's widgets: a checkbox and a prompt per object id
+# Widgets are keyed by GenerationRequest's field names and take its defaults (page/fill.py names the fields the
+# page shows its own way).
 PAGE_DEFAULTS: dict[str, Any] = {
     "prompt": "a cozy cottage in a watercolor painting", "randomize_seed": True, "seed": 1, "set_size": False,
     "width": 512, "height": 512, "lora": "", "own_control": False, "detect_classes": [], "control_classes": [],
@@ -94,27 +96,6 @@ st.set_page_config(page_title="YOLO ControlNet Studio", page_icon="🎨", layout
 def widget_defaults() -> dict[str, Any]:
     request = GenerationRequest()
     return {**{item.name: getattr(request, item.name) for item in fields(request)}, **PAGE_DEFAULTS}
-
-
-def slider(where: Any, name: str, **kwargs: Any) -> Any:
-    """A slider for a request field: its label, range, step and help from the field's metadata."""
-    meta = request_field(name).metadata
-    (low, high), step = meta["limits"], meta["step"]
-    if meta["kind"] == "whole":
-        low, high, step = int(low), int(high), int(step)
-    return where.slider(meta["label"], low, high, step=step, key=name, help=meta["help"], **kwargs)
-
-
-def choice(where: Any, name: str, **kwargs: Any) -> Any:
-    """A selectbox over a request field's choices, labelled as the field's metadata says."""
-    meta = request_field(name).metadata
-    return where.selectbox(meta["label"], list(meta["choices"]), format_func=meta["choices"].get, key=name,
-                           help=meta["help"], **kwargs)
-
-
-def switch(where: Any, name: str, **kwargs: Any) -> Any:
-    meta = request_field(name).metadata
-    return where.checkbox(meta["label"], key=name, help=meta["help"], **kwargs)
 
 
 # -- the server: one model set, one job queue, shared by every browser session -----------------------------
@@ -133,35 +114,6 @@ def load_jobs() -> JobQueue | None:
 
 
 # -- access ----------------------------------------------------------------------------------------------
-
-def client() -> str:
-    """Whom this tab's requests come from, as the server counts password failures (access.client_key)."""
-    forwarded, address = st.context.headers.get("X-Forwarded-For"), st.context.ip_address
-    return access.client_key(forwarded if isinstance(forwarded, str) else None,
-                             address if isinstance(address, str) else None)
-
-
-def signed_in() -> bool:
-    """No password is set, or this tab's address carries a valid token. Fragments and callbacks ask too: they run
-    without the page's script, so the gate at its top does not guard them."""
-    return access.password() is None or access.valid_token(st.query_params.get(access.TOKEN_PARAM))
-
-
-def visitor() -> str:
-    """Whom this tab's jobs belong to: its token (access.py), the same identity the HTTP API counts. A reload or a
-    new tab with the same address is the same visitor, so it finds its running job again."""
-    return access.owner_of(st.query_params.get(access.TOKEN_PARAM), client())
-
-
-def guarded(callback: Callable[..., None]) -> Callable[..., None]:
-    """A widget callback that does nothing for a session that is not signed in."""
-
-    def call(*args: Any, **kwargs: Any) -> None:
-        if signed_in():
-            callback(*args, **kwargs)
-
-    return call
-
 
 def password_gate() -> bool:
     """True when no password is set, or this tab carries a valid token in its address (access.py). Checked on
@@ -634,7 +586,8 @@ def job_view(jobs: JobQueue) -> None:
 
 
 def collect_finished_job() -> None:
-    """Move this session's ended job into the page's state: results and history, or a one-time notice."""
+    """Move this session's ended job into the page's state: its results (the history reads the outputs folder),
+    or a one-time notice."""
     job = st.session_state.get("job")
     if job is None or job.active:
         return
@@ -645,23 +598,12 @@ def collect_finished_job() -> None:
         st.session_state.seed = result.seed  # the seed field shows the seed actually used
         st.session_state.scroll_to_result = True
         st.session_state.result_time = time.strftime("%H:%M:%S", time.localtime(job.finished))
-        thumbs = [display.photo(img, 160) for img in result.images]
-        history = st.session_state.setdefault("history", [])
-        request = {**asdict(job.request), "seed": result.seed}  # the card names files only; reuse needs paths
-        history.insert(0, {"request": request, "seed": result.seed, "thumbs": thumbs})
-        del history[HISTORY_LENGTH:]
     elif job.state == CANCELLED:
         steps = job.result.run_card["steps_done"] if job.result else 0
         st.session_state.notice = ("warning", f"Cancelled after step {steps}." if steps else
                                    "Cancelled before it started.")
     else:
         st.session_state.notice = ("error", job.message)
-
-
-def later(data: bytes | str) -> Callable[[], bytes | str]:
-    """A download's data, handed over only when the button is pressed: given the bytes themselves, Streamlit sends
-    every file to the browser with the page (a result's PNG and zip cost 1.6 MB of a metered tunnel per run)."""
-    return lambda: data
 
 
 def result_downloads(result: Any) -> tuple[dict[str, bytes], bytes]:
@@ -762,37 +704,6 @@ def side_by_side_panel() -> None:
         column.image(image, caption=caption, width="stretch", output_format=kind)  # else a PNG becomes a JPEG
 
 
-def reuse(request: dict, names: dict[int, str]) -> None:
-    """Put a history entry's settings back into the widgets (runs before the page is drawn again)."""
-    state = st.session_state
-    for key, value in request.items():
-        if key not in PAGE_CONVERTED and key in state:
-            state[key] = value
-    state.lora = request["lora"] or ""
-    state.seed, state.randomize_seed = request["seed"], False
-    state.control_range = (request["control_start"], request["control_end"])
-    state.set_size = request["width"] is not None
-    if state.set_size:
-        state.width, state.height = request["width"], request["height"]
-    state.own_control = request["control_source"] == "edge_map"
-    for key in ("detect_classes", "control_classes"):
-        state[key] = [names[i] for i in request[key] or () if i in names]
-
-
-def history_panel(names: dict[int, str]) -> None:
-    history = st.session_state.get("history", [])
-    if not history:
-        return
-    with st.expander(f"History ({len(history)} run{'s' if len(history) > 1 else ''})"):
-        for i, entry in enumerate(history):
-            left, right = st.columns([3, 1])
-            left.image(entry["thumbs"], caption=[f"seed {entry['seed'] + k}" for k in range(len(entry["thumbs"]))])
-            right.caption(f"{entry['request']['prompt'][:60]} · {entry['request']['steps']} steps · "
-                          f"CFG {entry['request']['guidance_scale']}")
-            right.button("Reuse these settings", key=f"reuse-{i}", on_click=guarded(reuse),
-                         args=(entry["request"], names))
-
-
 def main() -> None:
     for key, value in widget_defaults().items():
         st.session_state.setdefault(key, value)
@@ -814,6 +725,7 @@ def main() -> None:
     examples_panel()
     names = jobs.pipelines[0].detector.names
     settings = jobs.pipelines[0].settings
+    offered = offered_loras(settings)
     # Photo, prompt and Generate beside the results; the settings below. A phone stacks the columns, so a result
     # comes where the progress was, not three screens further down.
     input_column, output_column = st.columns([1, 1.2], gap="medium")
@@ -822,16 +734,18 @@ def main() -> None:
         forget_objects_of_another_image(key)
         prompt_panel()
         generate_panel(jobs, previews, image, key, names)
+        request, preview, problem = page_request(previews, image, key, names)
+        batch_panel(jobs, request, problem, settings.max_upload_mb)
     with output_column:
         results_panel()
-        history_panel(names)
+        history_panel(settings.outputs_dir, names, offered, settings.allow_any_lora)
     control_column, settings_column = st.columns([1, 1.2], gap="medium")
     with control_column:
         control_panel(previews, image, key, names)
     with settings_column:
-        preview = page_request(previews, image, key, names)[1]
         generation_panel(settings, jobs, preview.size if preview is not None else None)
         detection_panel(list(names.values()))
+        png_info_panel(names, offered, settings.allow_any_lora)
     side_by_side_panel()
 
 

@@ -11,8 +11,9 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from conftest import OUTPUTS
 from helpers import app_page
-from studio.serving import access
+from studio.serving import access, history
 from inference_pipeline import GenerationRequest
 
 
@@ -69,14 +70,16 @@ def test_generate_from_the_sample_keeps_results_and_history_across_reruns(app):
     assert any(s.value == f"Results (seed {result.seed})" for s in app.subheader)
     app.text_area(key="prompt").set_value("another prompt").run()
     assert app.session_state["result"] is result and not app.exception
-    assert len(app.session_state["history"]) == 1
+    newest = history.runs(OUTPUTS, None)[0]
+    assert newest.seed == result.seed and app.button(key=f"history-{newest.job}")  # the history shows it
 
 
-def test_reuse_puts_a_runs_settings_back(app):
+def test_reuse_puts_a_runs_settings_back_from_the_saved_picture(app):
     generate(app)
     seed = app.session_state["result"].seed
     app.slider(key="steps").set_value(30).run()
-    app.button(key="reuse-0").click().run()
+    app.button(key=f"history-{history.runs(OUTPUTS, None)[0].job}").click().run()  # opens the run
+    app.button(key="history-reuse").click().run()
     assert app.slider(key="steps").value == 2
     assert app.toggle(key="randomize_seed").value is False and app.number_input(key="seed").value == seed
 
@@ -144,7 +147,7 @@ def test_the_password_gate_blocks_the_page_until_the_password_is_given(app_env, 
     assert any("not right" in e.value for e in app.error) and len(app.file_uploader) == 0
     app.text_input[0].set_value(secret)
     app.button[0].click().run()
-    assert not app.exception and len(app.file_uploader) == 1
+    assert not app.exception and app.file_uploader(key="upload-0") is not None
     assert any("Attention:" in m.value for m in app.sidebar.markdown)
     shown = " ".join(str(getattr(element, "value", "")) for element in [*app.main, *app.sidebar])
     assert secret not in shown
@@ -169,9 +172,9 @@ def test_without_reachable_weights_the_page_explains_and_offers_the_smoke_models
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in message and "yolo26n-seg.pt" in message
     assert "MODELS=tiny" in message and len(app.file_uploader) == 0
     next(b for b in app.button if b.label == "Use the offline smoke models instead").click().run()
-    assert not app.exception and len(app.file_uploader) == 1 and not app.error
+    assert not app.exception and len([u for u in app.file_uploader if u.key == "upload-0"]) == 1 and not app.error
     again = app_page().run()  # another visitor, same server
-    assert not again.error and len(again.file_uploader) == 1, "the server remembers the switch"
+    assert not again.error and again.file_uploader(key="upload-0"), "the server remembers the switch"
 
 
 @pytest.fixture

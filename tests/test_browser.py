@@ -92,7 +92,7 @@ def test_upload_prompt_generate_download_and_a_friendly_error(server, page, tmp_
     page.get_by_text("Attention:").wait_for(timeout=120_000)
     assert "sdpa" in page.locator("section[data-testid='stSidebar']").inner_text()
 
-    page.locator("input[type='file']").set_input_files(str(photo))
+    page.locator("input[type='file']").first.set_input_files(str(photo))
     page.get_by_role("tab", name="Detections (2)").wait_for(timeout=60_000)
     prompt = page.get_by_label("Prompt", exact=True)
     prompt.fill("a watercolor of a sun over a red house")
@@ -115,7 +115,7 @@ def test_upload_prompt_generate_download_and_a_friendly_error(server, page, tmp_
 
     fake = tmp_path / "notes.png"
     fake.write_text("these are my notes, not a picture")
-    page.locator("input[type='file']").set_input_files(str(fake))
+    page.locator("input[type='file']").first.set_input_files(str(fake))
     page.get_by_text("not an image that can be read").wait_for(timeout=60_000)
     assert page.locator("[data-testid='stException']").count() == 0
     wait_until_idle(page)
@@ -375,7 +375,7 @@ def test_with_a_password_the_page_signs_in_uploads_and_shows_its_pictures_throug
         page.get_by_text("Control image preview").first.wait_for(timeout=120_000)
         photo = tmp_path / "two.png"
         sample_scene((256, 192)).crop((0, 64, 256, 192)).save(photo)  # another picture than the page's sample
-        page.locator("input[type='file']").set_input_files(str(photo))
+        page.locator("input[type='file']").first.set_input_files(str(photo))
         page.get_by_text(re.compile(r"Control image preview, \d+x\d+")).first.wait_for(timeout=60_000)
         page.get_by_text("two.png").first.wait_for(timeout=60_000)  # the upload passed the gate
         press(page, "Steps", "Home", "ArrowRight")

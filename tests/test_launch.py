@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import re
 import sys
 import threading
 import time
@@ -276,28 +277,54 @@ def test_no_auth_warns_and_opens_without_a_password(state_dir, monkeypatch, caps
 
 # -- the notebook ---------------------------------------------------------------------------------------------
 
-def test_notebook_is_valid_clean_and_runs_in_order(monkeypatch, model_cache):
+def run_notebook(monkeypatch, model_cache, **env: str) -> str:
+    """The notebook run top to bottom in its smoke mode (tiny models, no install, no tunnel); its printed text."""
     path = ROOT / "notebooks" / "kaggle_demo.ipynb"
     notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
     assert TOKEN[:4] not in path.read_text() and "NGROK_AUTHTOKEN" in path.read_text()
-    port = free_port()
-    monkeypatch.setenv("APP_SMOKE_TEST", "1")
-    monkeypatch.setenv("APP_PORT", str(port))
-    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
+    for key, value in {"APP_SMOKE_TEST": "1", "APP_STOP": "1", "APP_CACHE_DIR": str(model_cache), **env}.items():
+        monkeypatch.setenv(key, value)
     try:
         NotebookClient(notebook, timeout=300, kernel_name="python3",
                        resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
     finally:
         launch.stop()
-    text = "\n".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                     for out in cell.outputs)
+    outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
+    pictures = sum("image/png" in out.get("data", {}) for out in outputs)
+    return "\n".join([out.get("text", "") or out.get("data", {}).get("text/markdown", "") for out in outputs] +
+                     [f"[{pictures} pictures shown]"])
+
+
+def test_notebook_is_valid_clean_and_runs_in_order(monkeypatch, model_cache):
+    port = free_port()
+    text = run_notebook(monkeypatch, model_cache, APP_PORT=str(port))
     assert f"Repository: {ROOT}" in text
     assert "Tiny model set:" in text and "(nothing to fetch)" in text  # the prefetch cell, before the launch
     assert "chosen: sdpa" in text
     assert f"The app is ready at http://127.0.0.1:{port}" in text
     assert "Presets: quality, fast, turbo" in text and "API job: done  ['/api/v1/jobs/" in text  # the API cell
-    assert "Stopped." in text
+    assert "[0 pictures shown]" in text and "Stopped." in text
     assert health(port) is None
+
+
+def test_the_notebook_mode_shows_the_pictures_inline_and_saves_them_with_no_app_and_no_tunnel(
+        monkeypatch, model_cache, tmp_path):
+    from helpers import sample_scene
+
+    folder, outputs = tmp_path / "dataset", tmp_path / "outputs"
+    folder.mkdir()
+    for i in range(2):
+        sample_scene((128, 96)).rotate(20 * i).save(folder / f"photo{i}.png")
+    (folder / "notes.png").write_text("not a picture")
+    port = free_port()
+    text = run_notebook(monkeypatch, model_cache, APP_MODE="notebook", APP_PORT=str(port), PHOTO_FOLDER=str(folder),
+                        OUTPUTS_DIR=str(outputs))
+    assert "MODE is 'notebook': no app, no tunnel" in text and health(port) is None
+    assert re.search(r"\*\*sample_scene.png\*\*: \d+ objects detected, seeds 1, [\d.]+ s; saved in ", text), text
+    assert "[3 pictures shown]" in text  # the detections, the control image, the result
+    assert len(list(outputs.glob("*/*-result-1-*.png"))) == 1
+    assert "2 made, 0 already there, 1 failed." in text  # the folder's batch, in the notebook
+    assert sorted(p.name for p in (outputs / "batch").iterdir()) == ["photo0.png", "photo1.png"]

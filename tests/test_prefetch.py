@@ -3,14 +3,11 @@ loopback) with the total size up front, and not fetched again once cached."""
 
 from __future__ import annotations
 
-import hashlib
-import http.server
-import json
-import threading
 from pathlib import Path
 
 import pytest
 
+from fake_hub import FakeHub
 from studio.serving import prefetch
 from studio.core.settings import Settings
 from studio.engine.tiny_models import tiny_model_paths
@@ -31,63 +28,11 @@ REPOS = {
 }
 
 
-class FakeHub:
-    """The two Hub endpoints huggingface_hub uses here: model info with file sizes, and file downloads."""
-
-    def __init__(self) -> None:
-        hub = self
-        self.downloads: list[str] = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _file(self) -> tuple[str, str, bytes] | None:
-                for repo, files in REPOS.items():
-                    prefix = f"/{repo}/resolve/"
-                    if self.path.startswith(prefix):
-                        name = self.path[len(prefix):].split("/", 1)[1]
-                        return repo, name, files[name]
-                return None
-
-            def _send(self, body: bytes, headers: dict[str, str], head: bool = False) -> None:
-                self.send_response(200)
-                for key, value in {"Content-Length": str(len(body)), **headers}.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
-
-            def _serve(self, head: bool) -> None:
-                if self.path == "/":  # the front page: what the reachability check asks for
-                    return self._send(b"<html>hub</html>", {"Content-Type": "text/html"}, head)
-                if self.path.startswith("/api/models/"):
-                    repo = self.path[len("/api/models/"):].split("?")[0].removesuffix("/revision/main")
-                    body = json.dumps({"id": repo, "sha": "1" * 40, "siblings": [
-                        {"rfilename": name, "size": len(data)} for name, data in REPOS[repo].items()]}).encode()
-                    return self._send(body, {"Content-Type": "application/json"}, head)
-                repo, name, data = self._file()
-                if not head:
-                    hub.downloads.append(f"{repo}/{name}")
-                etag = hashlib.sha1(data).hexdigest()
-                self._send(data, {"ETag": f'"{etag}"', "X-Repo-Commit": "1" * 40}, head)
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._serve(head=False)
-
-            def do_HEAD(self) -> None:  # noqa: N802
-                self._serve(head=True)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
-    fake = FakeHub()
+    fake = FakeHub(REPOS)
     monkeypatch.setattr(constants, "ENDPOINT", fake.url)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

@@ -124,8 +124,8 @@ class ModelLoader:
             try:
                 return cls.from_pretrained(source, variant=variant, dtype=self.dtype, local_files_only=not self.online,
                                            **kwargs)
-            except (OSError, ValueError) as exc:
-                if "variant" not in str(exc):
+            except (OSError, ValueError) as exc:  # a repository without that variant: its plain weights
+                if "variant" not in str(exc) and f".{variant}." not in str(exc):
                     raise
                 return cls.from_pretrained(source, dtype=self.dtype, local_files_only=not self.online, **kwargs)
         except Exception as exc:

@@ -56,6 +56,7 @@ class Job:
     owner: str
     detections: list[Detection] | None = None  # the preview's, for this image and the request's detection settings
     preview_of_control: ControlPreview | None = None  # the page's preview for this image and request, if any
+    batch: str | None = None  # the page batch (batch_jobs.py) it belongs to: that batch follows it, not the job view
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     state: str = QUEUED
     stage: str | None = None  # "fetch" (its LoRA) before it queues; "detect", "control", "generate" while running
@@ -220,14 +221,14 @@ class JobQueue:
 
     # -- what the page calls ---------------------------------------------------------------------------
 
-    def submit(self, image: Any, request: GenerationRequest, owner: str,
-               detections: list[Detection] | None = None, preview: ControlPreview | None = None) -> Job:
+    def submit(self, image: Any, request: GenerationRequest, owner: str, detections: list[Detection] | None = None,
+               preview: ControlPreview | None = None, batch: str | None = None) -> Job:
         """Queue a job. A style LoRA that must come from the Hub is fetched first, in a thread of its own (the job
         shows the stage "fetch" meanwhile), so a download never holds a worker that other jobs wait for."""
         settings = self.pipelines[0].settings
         if isinstance(image, Image.Image):  # what waits in the queue is bounded by the output, not the upload
             image, detections, preview = bounded_input(image, request, settings.max_side, detections, preview)
-        job = Job(request, image, owner, detections, preview)
+        job = Job(request, image, owner, detections, preview, batch)
         fetch = bool(request.lora and needs_download(request.lora, settings))
         with self._cond:
             if self._stopping:
@@ -293,10 +294,11 @@ class JobQueue:
                 job.state, job.finished = CANCELLED, time.time()
 
     def active_job(self, owner: str) -> Job | None:
-        """The owner's running job, else its first waiting one: what a reloaded page re-attaches to."""
+        """The owner's running job, else its first waiting one: what a reloaded page re-attaches to (a batch's jobs
+        are followed by their batch)."""
         with self._cond:
-            running = [w.job for w in self.workers if w.job is not None and w.job.owner == owner]
-            waiting = [job for job in (*self._fetching, *self._waiting) if job.owner == owner]
+            running = [w.job for w in self.workers if w.job is not None and w.job.owner == owner and not w.job.batch]
+            waiting = [job for job in (*self._fetching, *self._waiting) if job.owner == owner and not job.batch]
         return (running + waiting)[0] if running or waiting else None
 
     def _reap(self) -> None:

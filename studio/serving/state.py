@@ -1,5 +1,5 @@
-"""The server's shared objects, made once per process: the model set in use, the job queue (one worker per GPU)
-and the page's preview caches.
+"""The server's shared objects, made once per process: the model set in use, the job queue (one worker per GPU),
+the page's preview caches and each visitor's latest page batch.
 
 Module-level, not in Streamlit's caches: any browser can send Streamlit's `clear_cache` message, which empties
 `st.cache_resource`; and the HTTP API, which runs outside every script, must use the same queue as the page.
@@ -15,6 +15,7 @@ from PIL import Image
 from studio.core.errors import ModelLoadError, short_error
 from studio.core.request import GenerationRequest
 from studio.core.settings import Settings
+from studio.serving.batch_jobs import BatchRun
 from studio.serving.jobs import JobQueue
 from studio.serving.prefetch import NO_INTERNET
 from studio.serving.previews import Previews
@@ -27,6 +28,7 @@ _chosen: dict[str, str] = {}
 _queues: dict[str, JobQueue] = {}
 _previews: dict[str, Previews] = {}
 _progress: dict[str, str] = {}
+_batches: dict[str, BatchRun] = {}  # visitor -> their latest batch, so a reload finds it
 
 
 def models() -> str:
@@ -100,9 +102,23 @@ def settings() -> Settings:
     return queue.pipelines[0].settings if queue is not None else Settings.from_env(models=models())
 
 
+def batch(owner: str) -> BatchRun | None:
+    """The visitor's latest batch from the page, on its way or ended (its zip still to download)."""
+    return _batches.get(owner)
+
+
+def start_batch(run: BatchRun) -> BatchRun:
+    with _lock:
+        _batches[run.owner] = run.start()
+    return run
+
+
 def reset() -> None:
     """Forget everything (tests: a fresh server with other settings); running workers are stopped."""
     with _lock:
+        for run in _batches.values():
+            run.cancel()
+        _batches.clear()
         for queue in _queues.values():
             queue.shutdown()
         _queues.clear()
