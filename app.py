@@ -24,7 +24,8 @@ from studio.core import display
 from studio.core.control_image import outline_mask, overlay_mask, place_image
 from studio.core.detections import Detection, draw_detections
 from studio.core.downloads import detections_csv, file_name, result_files, zip_of
-from studio.core.errors import EXPECTED_ERRORS, InvalidImageError, InvalidRequestError, ModelLoadError
+from studio.core.errors import (EXPECTED_ERRORS, InvalidImageError, InvalidRequestError, JobsBackendError,
+                                 ModelLoadError)
 from studio.core.preparation import ControlPreview
 from studio.core.presets import CUSTOM, PRESETS, distilled_by
 from studio.core.request import DETAIL_STRENGTH, MAX_PROMPT_CHARS, SEED_MAX, GenerationRequest, request_field
@@ -105,6 +106,12 @@ def load_jobs() -> JobQueue | None:
     try:
         with st.spinner("Loading the models (once per server)…"):
             return state.jobs()
+    except JobsBackendError as exc:
+        st.error(f"**The jobs cannot run on the Ray cluster.** {exc}")
+        if st.button("Use the local job queue instead", type="primary"):
+            state.use_backend("local")
+            st.rerun()
+        return None
     except ModelLoadError as exc:
         st.error(f"**The real models could not be loaded.** {exc}")
         if st.button("Use the offline smoke models instead", type="primary"):

@@ -27,10 +27,9 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not shutil.which
                                 reason="needs Debian's chromium (make test installs it)")
 
 
-@pytest.fixture
-def launched(tmp_path, monkeypatch, model_cache):
-    """A real server (`streamlit run app.py` through launch.py) with the tiny models; yields its state folder,
-    which holds its log."""
+def serve_app(tmp_path, monkeypatch, model_cache):
+    """A real server (`streamlit run app.py` through launch.py) with the tiny models; yields its address and its
+    state folder, which holds its log."""
     monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
     monkeypatch.setenv("DEVICE", "cpu")
     port = free_port()
@@ -38,6 +37,11 @@ def launched(tmp_path, monkeypatch, model_cache):
     started = launch.start(port, "none", "tiny", state_dir=state, quiet=True)
     yield started.local_url, state
     launch.stop(state)
+
+
+@pytest.fixture
+def launched(tmp_path, monkeypatch, model_cache):
+    yield from serve_app(tmp_path, monkeypatch, model_cache)
 
 
 @pytest.fixture

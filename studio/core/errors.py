@@ -24,6 +24,10 @@ class LoraError(ValueError):
     """A LoRA could not be used; the base model is unchanged and the message says why."""
 
 
+class JobsBackendError(RuntimeError):
+    """The job backend cannot be used (a Ray cluster that cannot be reached); the message says why and what to do."""
+
+
 class TooManyJobsError(ValueError):
     """A client already has its running and queued jobs, or the queue is full; the message says which."""
 

@@ -111,6 +111,7 @@ def setting(env: str | None, default: Any, parse: Parser = text) -> Any:
 
 
 OFF_WHEN_EMPTY = ("OUTPUTS_DIR",)  # set to nothing, these turn their feature off
+JOBS_BACKENDS = ("local", "ray")  # where jobs run: this process's workers, or a Ray Serve deployment
 
 
 @dataclass(frozen=True)
@@ -151,11 +152,17 @@ class Settings:
     lora_hub_ids: tuple[str, ...] = setting("LORA_HUB_IDS", (), id_list)
     allow_any_lora: bool = setting("ALLOW_ANY_LORA", False, parse_bool)
     lora_max_mb: int = setting("LORA_MAX_MB", 400, whole("megabytes"))
+    jobs_backend: str = setting("JOBS_BACKEND", "local", one_of(*JOBS_BACKENDS))
+    # "local": a Ray instance started in this process; "auto": the cluster this machine joined (`ray start`);
+    # or a cluster's address. Ray itself reads the same variable.
+    ray_address: str = setting("RAY_ADDRESS", "local")
+    ray_replicas: int | None = setting("RAY_REPLICAS", None, whole("replicas", minimum=1))  # None: autoscaling
     hub_timeout_s: float = setting(None, 5.0)
 
     def __post_init__(self) -> None:
         one_of(*MODEL_SETS)("MODELS", self.models)
         one_of(*ATTENTION_CHOICES)("ATTENTION", self.attention)
+        one_of(*JOBS_BACKENDS)("JOBS_BACKEND", self.jobs_backend)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

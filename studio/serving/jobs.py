@@ -131,10 +131,8 @@ class Worker:
                 return
             self.queue._finished(self, job, self._run(job))
 
-    def _run(self, job: Job) -> str:
-        """Run one job; returns the state it ended in (the result or the message is set first)."""
-        if job.cancel_requested:
-            return CANCELLED
+    def _generate(self, job: Job) -> GenerationResult | None:
+        """The job's run on this worker's pipeline, reporting its stage, steps and previews on the job."""
 
         def on_stage(stage: str) -> None:
             job.stage = stage
@@ -147,10 +145,19 @@ class Worker:
         def on_preview(step: int, image: Any) -> None:
             job.preview, job.preview_step = image, step
 
+        return self.pipeline.generate(job.image, job.request, on_step=on_step, should_cancel=job._cancel.is_set,
+                                      on_stage=on_stage, detections=job.detections, preview=job.preview_of_control,
+                                      on_preview=on_preview)
+
+    def _run(self, job: Job) -> str:
+        """Run one job; returns the state it ended in (the result or the message is set first). The run itself is
+        `_generate`'s: here, or on a Ray Serve replica (ray_jobs.py); what follows it is the same."""
+        if job.cancel_requested:
+            return CANCELLED
         try:
-            result = self.pipeline.generate(job.image, job.request, on_step=on_step, should_cancel=job._cancel.is_set,
-                                            on_stage=on_stage, detections=job.detections,
-                                            preview=job.preview_of_control, on_preview=on_preview)
+            result = self._generate(job)
+            if result is None:  # cancelled before a replica took it
+                return CANCELLED
         except EXPECTED_ERRORS as exc:
             job.message = str(exc)
             return FAILED
@@ -202,11 +209,14 @@ class JobQueue:
         # included: measured here, on this server's GPU
         self.step_seconds: dict[tuple[str, str], float] = {}
         self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="lora-fetch")
-        self.workers = [Worker(pipe, self) for pipe in pipelines]
+        self.workers = self._make_workers(pipelines)
         for worker in self.workers:
             worker.thread.start()
         threading.Thread(target=self._reap, name="job-reaper", daemon=True).start()
         _LIVE_QUEUES.add(self)
+
+    def _make_workers(self, pipelines: list[InferencePipeline]) -> list[Worker]:
+        return [Worker(pipe, self) for pipe in pipelines]
 
     @classmethod
     def for_settings(cls, settings: Settings) -> JobQueue:

@@ -12,7 +12,7 @@ import threading
 
 from PIL import Image
 
-from studio.core.errors import ModelLoadError, short_error
+from studio.core.errors import JobsBackendError, ModelLoadError, short_error
 from studio.core.request import GenerationRequest
 from studio.core.settings import Settings
 from studio.serving.batch_jobs import BatchRun
@@ -41,14 +41,33 @@ def use_models(name: str) -> None:
     _chosen["models"] = name
 
 
+def use_backend(name: str) -> None:
+    """Run the jobs elsewhere from now on (the page's "Use the local job queue" when a Ray cluster is away)."""
+    _chosen["backend"] = name
+
+
+def server_settings() -> Settings:
+    return Settings.from_env(models=models(), jobs_backend=_chosen.get("backend"))
+
+
+def open_queue(settings: Settings) -> JobQueue:
+    """The job queue of `settings`' backend: this process's workers, or a Ray Serve deployment (ray_jobs.py)."""
+    if settings.jobs_backend == "ray":
+        from studio.serving.ray_jobs import RayJobQueue
+
+        return RayJobQueue.for_settings(settings)
+    return JobQueue.for_settings(settings)
+
+
 def jobs() -> JobQueue:
     """The job queue of the model set in use, loaded at the first call (minutes for the real models: a second
-    caller waits for the same load). A ModelLoadError is raised again at the next call, not kept."""
+    caller waits for the same load). A ModelLoadError or JobsBackendError is raised again at the next call."""
     name = models()
     with _lock:
         if name not in _queues:
-            log.info("loading the %s models (once per server process)", name)
-            _queues[name] = JobQueue.for_settings(Settings.from_env(models=name))
+            settings = server_settings()
+            log.info("loading the %s models (once per server process; jobs: %s)", name, settings.jobs_backend)
+            _queues[name] = open_queue(settings)
         return _queues[name]
 
 
@@ -69,6 +88,9 @@ def warm_up() -> None:
 
         offline = not hub_reachable(Settings.from_env(models=name).hub_timeout_s)
         _progress[name] = f"failed: {NO_INTERNET if offline else exc}"
+        return
+    except JobsBackendError as exc:
+        _progress[name] = f"failed: {exc}"
         return
     except Exception as exc:  # a bug or a broken model: the page shows it too; the launcher must not wait for ever
         log.exception("warming up failed")
@@ -99,7 +121,7 @@ def previews() -> Previews:
 def settings() -> Settings:
     """The settings the server runs with (the loaded pipeline's, or the environment's before the load)."""
     queue = loaded()
-    return queue.pipelines[0].settings if queue is not None else Settings.from_env(models=models())
+    return queue.pipelines[0].settings if queue is not None else server_settings()
 
 
 def batch(owner: str) -> BatchRun | None:
