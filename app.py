@@ -73,10 +73,14 @@ EXAMPLES: dict[str, dict[str, Any]] = {
                      "control_mode": "full", "guidance_scale": 6.0},
 }
 # Once per new result: a phone stacks the columns, so bring the result to the top of the screen if it is not there.
+# A function of its own: the page's scripts share one global scope, where `top` is the window's own (a `const top`
+# there is a SyntaxError) and a second result's `const` would be declared twice.
 SCROLL_HERE = """<div id="new-result"></div><script>
-const here = document.getElementById("new-result");
-const top = here.getBoundingClientRect().top;
-if (top < 0 || top > 0.4 * window.innerHeight) here.scrollIntoView({behavior: "smooth", block: "start"});
+(() => {
+  const here = document.getElementById("new-result");
+  const offset = here.getBoundingClientRect().top;
+  if (offset < 0 || offset > 0.4 * window.innerHeight) here.scrollIntoView({behavior: "smooth", block: "start"});
+})();
 </script>"""
 POLL_S = 0.5  # the job view, only while this visitor's run is on its way
 QUEUE_POLL_S = 10.0  # the sidebar's queue line, always: each poll costs about 600 bytes of a metered tunnel

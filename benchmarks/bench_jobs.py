@@ -47,6 +47,7 @@ def wall_time(queue, photo, request, jobs: int, seen: list[dict] | None = None) 
         raise RuntimeError(f"a benchmark job failed: {failed[0]}")
     if seen is not None:
         seen.extend({"worker": job.worker, "generate_s": round(job.result.timings["generate_s"], 4),
+                     "timings": {name: round(value, 4) for name, value in job.result.timings.items()},
                      "fast_path_failures": job.result.run_card["fast_path"].get("failures")} for job in submitted)
     return elapsed
 

@@ -179,7 +179,8 @@ def test_with_a_password_every_call_needs_it_and_wrong_ones_slow_down(locked):
                                                               "X-Forwarded-For": "10.1.1.1"}, timeout=90)
         took.append(time.monotonic() - started)
         assert answer.status_code == 401 and "password" in answer.json()["error"]
-    assert all(t < 1.0 for t in took[:5]) and took[5] >= 1.0 and took[6] >= 2.0, took
+    # 1 s then 2 s; asyncio's timers may fire up to a clock tick early (1.9998 s seen)
+    assert all(t < 0.9 for t in took[:5]) and took[5] >= 0.98 and took[6] >= 1.98, took
 
 
 def test_with_a_password_streamlits_endpoints_refuse_a_client_without_a_token(locked):

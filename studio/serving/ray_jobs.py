@@ -9,21 +9,26 @@ Each replica loads the pipeline once (on one GPU, or on the CPU when the cluster
 time (`max_ongoing_requests=1`); there are RAY_REPLICAS of them, or as many as Ray's autoscaler keeps between one
 and the cluster's GPUs (`target_ongoing_requests=1`). This server keeps one worker per replica that may exist, so
 the deployment sees every job that could run and its autoscaler sees the demand; the jobs beyond wait here, in
-the fair queue. Steps, previews and cancel travel through a small named actor, the board; pictures travel as PNG
-bytes and requests as dicts (core/wire.py). A replica that dies mid-job fails that job with a message; Ray starts
-a new one and the next job is served.
+the fair queue. Steps, previews and cancel travel through a small named actor, the board; pictures travel as
+lossless WebP or PNG bytes and requests as dicts (core/wire.py). A replica that dies mid-job fails that job with
+a message; Ray starts a new one and the next job is served.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from studio.core import wire
 from studio.core.errors import EXPECTED_ERRORS, GenerationError, JobsBackendError, short_error
@@ -44,27 +49,67 @@ STOPPED = "The worker that ran this job stopped (its process ended); try again."
 
 class Board:
     """What the replicas report and the server reads: each job's replica, stage, step and latest preview; and
-    which jobs were cancelled, which a replica asks after every step."""
+    which jobs were cancelled. An async actor, so that a replica can wait for a job's cancel without asking
+    after every step."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, dict[str, Any]] = {}
-        self.cancelled: set[str] = set()
+        self.flags: dict[str, asyncio.Event] = {}
+        self.forgotten: deque[str] = deque(maxlen=1000)  # a replica's late news of these is dropped
 
-    def update(self, job_id: str, fields: dict[str, Any]) -> None:
-        self.jobs.setdefault(job_id, {}).update(fields)
+    def _flag(self, job_id: str) -> asyncio.Event:
+        return self.flags.setdefault(job_id, asyncio.Event())
 
-    def get(self, job_id: str) -> dict[str, Any]:
+    async def update(self, job_id: str, fields: dict[str, Any]) -> None:
+        if job_id not in self.forgotten:
+            self.jobs.setdefault(job_id, {}).update(fields)
+
+    async def get(self, job_id: str) -> dict[str, Any]:
         return self.jobs.get(job_id, {})
 
-    def cancel(self, job_id: str) -> None:
-        self.cancelled.add(job_id)
+    async def cancel(self, job_id: str) -> None:
+        self._flag(job_id).set()
 
-    def is_cancelled(self, job_id: str) -> bool:
-        return job_id in self.cancelled
+    async def is_cancelled(self, job_id: str) -> bool:
+        return job_id in self.flags and self.flags[job_id].is_set()
 
-    def forget(self, job_id: str) -> None:
+    async def cancelled(self, job_id: str) -> None:
+        """Returns when the job is cancelled (or forgotten)."""
+        await self._flag(job_id).wait()
+
+    async def forget(self, job_id: str) -> None:
         self.jobs.pop(job_id, None)
-        self.cancelled.discard(job_id)
+        self._flag(job_id).set()
+        self.flags.pop(job_id, None)
+        self.forgotten.append(job_id)
+
+
+class Reporter:
+    """A replica's news of one job for the board, none of which holds up the denoising loop: steps are sent
+    without waiting for an answer, previews are encoded and sent by a thread of their own, and a cancel is heard
+    through one waiting call to the board, whose answer the loop looks for after each step (it has come or not)."""
+
+    def __init__(self, board: Any, job_id: str, sender: ThreadPoolExecutor) -> None:
+        self.board, self.job_id, self.sender = board, job_id, sender
+        self.cancel_heard = board.cancelled.remote(job_id)
+
+    def stage(self, stage: str) -> None:
+        self.board.update.remote(self.job_id, {"stage": stage})
+
+    def step(self, step: int, total: int) -> None:
+        self.board.update.remote(self.job_id, {"step": step, "total": total})
+
+    def preview(self, step: int, image: Image.Image) -> None:
+        self.sender.submit(self._send_preview, step, image)
+
+    def _send_preview(self, step: int, image: Image.Image) -> None:
+        self.board.update.remote(self.job_id, {"preview": wire.encoded(image), "preview_step": step})
+
+    def should_cancel(self) -> bool:
+        import ray
+
+        ready, _ = ray.wait([self.cancel_heard], timeout=0)
+        return bool(ready)
 
 
 class Replica:
@@ -73,24 +118,29 @@ class Replica:
     def __init__(self, environment: dict[str, str]) -> None:
         os.environ.update(environment)
         self.pipeline = InferencePipeline(settings=Settings.from_env())
+        self.sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="previews")
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
 
     def run(self, job_id: str, photo: bytes, request: dict, detections: list[dict] | None) -> dict | None:
         """The job's result as plain data; None when it was cancelled before it started; {"error": message} when
-        the request cannot run."""
+        the request cannot run. Every job runs on the replica's one thread of its own, as on a local worker: Serve
+        may call from a different thread each time, and the detector's first call on a new thread costs about
+        a tenth of a second (its CUDA libraries' handles)."""
+        return self.worker.submit(self._run, job_id, photo, request, detections).result()
+
+    def _run(self, job_id: str, photo: bytes, request: dict, detections: list[dict] | None) -> dict | None:
         import ray
 
         board = ray.get_actor(BOARD, namespace=NAMESPACE)
         if ray.get(board.is_cancelled.remote(job_id)):
             return None
         board.update.remote(job_id, {"replica": os.getpid()})
+        report = Reporter(board, job_id, self.sender)
         try:
             result = self.pipeline.generate(
                 wire.picture(photo), request_from(request), detections=wire.detections_of(detections),
-                on_stage=lambda stage: board.update.remote(job_id, {"stage": stage}),
-                on_step=lambda step, total: board.update.remote(job_id, {"step": step, "total": total}),
-                on_preview=lambda step, image: board.update.remote(job_id, {"preview": wire.png(image),
-                                                                            "preview_step": step}),
-                should_cancel=lambda: ray.get(board.is_cancelled.remote(job_id)))
+                on_stage=report.stage, on_step=report.step, on_preview=report.preview,
+                should_cancel=report.should_cancel)
         except EXPECTED_ERRORS as exc:
             return {"error": str(exc)}
         return wire.result_data(result)
@@ -111,7 +161,7 @@ class RayWorker(Worker):
     def _generate(self, job: Job) -> GenerationResult | None:
         from ray.exceptions import ActorDiedError, ActorUnavailableError
 
-        response = self.handle.run.remote(job.id, wire.png(job.image), wire.request_data(job.request),
+        response = self.handle.run.remote(job.id, wire.encoded(job.image), wire.request_data(job.request),
                                           wire.detections_data(job.detections))
         told = False
         try:
@@ -205,11 +255,12 @@ def join_or_start(address: str) -> None:
     import ray
 
     outcome: queue.Queue[BaseException | None] = queue.Queue()
+    code = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))  # the replicas import this app
 
     def driver() -> None:
         try:
             ray.init(address=address, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
-                     ignore_reinit_error=True, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # code: here
+                     ignore_reinit_error=True, runtime_env={"env_vars": {"PYTHONPATH": code}})
         except Exception as exc:  # handed to the caller, which says what it means
             outcome.put(exc)
             return
