@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -34,3 +35,14 @@ def test_readme_shows_the_two_commands_and_ci_runs_the_test_one():
     readme = (ROOT / "README.md").read_text()
     assert "make run" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_readme_keeps_every_section_a_user_looks_for():
+    """An edit that replaces a span of the README must not take the sections after it along (it happened once:
+    Reliability to Tests went missing)."""
+    headings = [line[3:] for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("## ")]
+    wanted = ["Configuration", "HTTP API", "Attention backends", "Speed", "Many machines with Ray Serve", "Reliability",
+              "Security: sharing the URL", "Kaggle", "Troubleshooting", "Tests", "Layout"]
+    assert [heading for heading in wanted if heading not in headings] == []
+    links = re.findall(r"\]\((benchmarks/results/[^)]+|deploy/[^)]+)\)", (ROOT / "README.md").read_text())
+    assert links and [link for link in links if not (ROOT / link).is_file()] == []
