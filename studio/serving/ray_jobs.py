@@ -145,9 +145,6 @@ class Replica:
             return {"error": str(exc)}
         return wire.result_data(result)
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 class RayWorker(Worker):
     """A worker of this server's queue that runs its job on the deployment: it forwards the job, follows the
