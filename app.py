@@ -16,7 +16,7 @@ import random
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import streamlit as st
 
@@ -111,17 +111,20 @@ def load_jobs() -> JobQueue | None:
         with st.spinner("Loading the models (once per server)…"):
             return state.jobs()
     except JobsBackendError as exc:
-        st.error(f"**The jobs cannot run on the Ray cluster.** {exc}")
-        if st.button("Use the local job queue instead", type="primary"):
-            state.use_backend("local")
-            st.rerun()
-        return None
+        way_out(f"**The jobs cannot run on the Ray cluster.** {exc}", "Use the local job queue instead",
+                lambda: state.use_backend("local"))
     except ModelLoadError as exc:
-        st.error(f"**The real models could not be loaded.** {exc}")
-        if st.button("Use the offline smoke models instead", type="primary"):
-            state.use_models("tiny")
-            st.rerun()
-        return None
+        way_out(f"**The real models could not be loaded.** {exc}", "Use the offline smoke models instead",
+                lambda: state.use_models("tiny"))
+    return None
+
+
+def way_out(message: str, label: str, switch: Callable[[], None]) -> None:
+    """Why the server cannot start as set up, and a button that switches it (for every visitor) to what can."""
+    st.error(message)
+    if st.button(label, type="primary"):
+        switch()
+        st.rerun()
 
 
 # -- access ----------------------------------------------------------------------------------------------
