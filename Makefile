@@ -12,7 +12,11 @@ BROKEN_XFORMERS := xformers==0.0.35
 # machine's own (a GPU box with torch, diffusers and ultralytics installed).
 GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
-.PHONY: run test test-gpu clean
+# The edit loop: every test but those that start servers, drive the browser, use Ray or reach the package index.
+FAST := not (server or browser or ray or network or slow or gpu)
+KAGGLE_WHEELS := $(VENV)/kaggle-wheels
+
+.PHONY: run test test-fast lint test-gpu clean
 
 $(VENV)/.app-installed: requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,12 +33,24 @@ $(VENV)/.test-installed: $(VENV)/.app-installed requirements-test.txt
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium libgl1; }
 	touch $@
 
+# The wheels the notebook's install cell adds to a Kaggle image, downloaded once; the notebook test installs from
+# them alone (tests/kaggle_env.py says which).
+$(KAGGLE_WHEELS)/.filled: $(VENV)/.test-installed requirements_kaggle.txt tests/kaggle_env.py
+	$(PY) tests/kaggle_env.py $(KAGGLE_WHEELS)
+	touch $@
+
 # The upload limit comes from the app's own settings parser (a bad MAX_UPLOAD_MB stops here, named).
 run: $(VENV)/.app-installed
 	size=$$($(PY) -m studio.core.settings MAX_UPLOAD_MB) && $(PY) -m streamlit run studio/serving/server.py --server.maxUploadSize $$size
 
-test: $(VENV)/.test-installed
+test: $(VENV)/.test-installed $(KAGGLE_WHEELS)/.filled lint
 	$(PY) -m pytest
+
+test-fast: $(VENV)/.test-installed lint
+	$(PY) -m pytest -m "$(FAST)"
+
+lint: $(VENV)/.test-installed
+	$(PY) -m ruff check .
 
 test-gpu:
 	$(GPU_PYTHON) -m pytest -m gpu -p no:cacheprovider -rA tests/test_gpu.py

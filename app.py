@@ -14,9 +14,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import streamlit as st
 
@@ -24,8 +25,7 @@ from studio.core import display
 from studio.core.control_image import outline_mask, overlay_mask, place_image
 from studio.core.detections import Detection, draw_detections
 from studio.core.downloads import detections_csv, file_name, result_files, zip_of
-from studio.core.errors import (EXPECTED_ERRORS, InvalidImageError, InvalidRequestError, JobsBackendError,
-                                 ModelLoadError)
+from studio.core.errors import EXPECTED_ERRORS, InvalidImageError, InvalidRequestError, JobsBackendError, ModelLoadError
 from studio.core.preparation import ControlPreview
 from studio.core.presets import CUSTOM, PRESETS, distilled_by
 from studio.core.request import DETAIL_STRENGTH, MAX_PROMPT_CHARS, SEED_MAX, GenerationRequest, request_field
@@ -83,7 +83,6 @@ SCROLL_HERE = """<div id="new-result"></div><script>
 })();
 </script>"""
 POLL_S = 0.5  # the job view, only while this visitor's run is on its way
-QUEUE_POLL_S = 10.0  # the sidebar's queue line, always: each poll costs about 600 bytes of a metered tunnel
 STAGES = {"fetch": "Fetching the style LoRA", "detect": "Detecting objects", "control": "Building the control image",
           "generate": "Denoising"}
 # Widgets are keyed by GenerationRequest's field names and take its defaults (page/fill.py names the fields the
@@ -160,7 +159,7 @@ def password_gate() -> bool:
 
 # -- panels ----------------------------------------------------------------------------------------------
 
-@st.fragment(run_every=QUEUE_POLL_S)
+@st.fragment(run_every=state.settings().queue_poll_s)
 def queue_line(jobs: JobQueue) -> None:
     """The queue as it is now: a fragment of its own, so the line follows the jobs without rerunning the page."""
     if signed_in():

@@ -11,8 +11,7 @@ models). Constructing an InferencePipeline chooses the attention backend before 
 
 from __future__ import annotations
 
-from studio.core.errors import (GenerationError, InvalidImageError, InvalidRequestError, LoraError,
-                                ModelLoadError)
+from studio.core.errors import GenerationError, InvalidImageError, InvalidRequestError, LoraError, ModelLoadError
 from studio.core.image_io import load_image
 from studio.core.preparation import ControlPreview
 from studio.core.request import NEGATIVE_PROMPT, GenerationRequest, GenerationResult

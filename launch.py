@@ -27,9 +27,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent
 APP = ROOT / "studio" / "serving" / "server.py"  # the page and the HTTP API on one port (an st.App)

@@ -5,7 +5,7 @@ the fast path on. After a warm-up that gives every worker a job, it times, in th
 from submitting until every job is done: one job alone, then two jobs submitted together. With two GPUs the
 two jobs run side by side, so they should take about as long as one.
 
-    python benchmarks/bench_jobs.py                  # on the CUDA GPUs; writes benchmarks/results/<date>-<gpu>-x<N>.json
+    python benchmarks/bench_jobs.py                  # on the CUDA GPUs; writes results/<date>-<gpu>-x<N>.json
     python benchmarks/bench_jobs.py --backend ray    # the same jobs on a Ray Serve deployment, one replica per GPU
     python benchmarks/bench_jobs.py --backend both   # both, and the Ray path's cost over the local one for one job
     python benchmarks/bench_jobs.py --quick          # two CPU workers on the tiny models (for tests)
@@ -73,8 +73,7 @@ def make_queue(quick: bool, backend: str):
     if backend == "ray":
         from studio.serving.ray_jobs import RayJobQueue
 
-        return RayJobQueue.for_settings(Settings.from_env(jobs_backend="ray", ray_address="local",
-                                                          ray_replicas=2 if quick else None))
+        return RayJobQueue.for_settings(Settings.from_env(jobs_backend="ray", ray_replicas=2 if quick else None))
     if quick:
         return JobQueue([InferencePipeline(settings=Settings.from_env(device="cpu")) for _ in range(2)])
     return JobQueue.for_settings(Settings.from_env())
@@ -151,7 +150,8 @@ def report(result: dict, backends: tuple[str, ...], out: Path | None) -> None:
         print(f"| {backend} | {len(result[backend]['workers'])} | {rows[0]['seconds']:.3f} | {rows[1]['seconds']:.3f} "
               f"| {result[backend]['two_jobs_over_one_job']:.2f}x |")
     if "ray_over_local_one_job_s" in result:
-        print(f"\nthe Ray path costs {result['ray_over_local_one_job_s'] * 1000:.0f} ms more than the local one for one job")
+        print(f"\nthe Ray path costs {result['ray_over_local_one_job_s'] * 1000:.0f} ms more than the local one "
+              "for one job")
 
 
 if __name__ == "__main__":

@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from studio.engine import tiny_models
-    from studio.core.image_io import load_image
     from inference_pipeline import GenerationRequest, InferencePipeline
+    from studio.core.image_io import load_image
     from studio.core.settings import Settings
+    from studio.engine import tiny_models
 
     gib = 2**30
     photo = load_image(ROOT / "assets" / "sample_scene.png").crop((64, 0, 448, 384))

@@ -1,8 +1,11 @@
-"""Shared fixtures: the tiny offline models are built by the test run itself, once per session."""
+"""Shared fixtures: the tiny offline models are built by the test run itself, once per session; real servers and
+one Ray instance are started on first use and shared by the whole session. A test is marked by what it uses
+(`server`, `browser`, `ray`), so `make test-fast` can leave those out."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +24,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # no test may try the network
 os.environ["YOLO_CONFIG_DIR"] = str(Path(_HOME) / "ultralytics")
 OUTPUTS = Path(_HOME) / "outputs"
 os.environ["OUTPUTS_DIR"] = str(OUTPUTS)  # never the project's own outputs/ folder
+# The marker each fixture brings to the tests that use it, directly or through another fixture.
+MARKED_BY = {"servers": "server", "browser": "browser", "ray_address": "ray"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in MARKED_BY.items():
+            if fixture in item.fixturenames:
+                item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +65,46 @@ def app_env(model_cache, monkeypatch) -> None:
     monkeypatch.setenv("MODELS", "tiny")
     monkeypatch.setenv("DEVICE", "cpu")
     monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
+
+
+@pytest.fixture(scope="session")
+def servers(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Real servers with the tiny models, one per environment (tests/servers.py), stopped when the session ends."""
+    from servers import Servers
+
+    pool = Servers(tmp_path_factory.mktemp("servers"), {**os.environ, "APP_CACHE_DIR": str(model_cache),
+                                                        "DEVICE": "cpu"})
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> str:
+    """One Ray instance for the session (`ray start --head` on loopback): the Ray tests and the Ray server join it
+    by its address. Its files live in a folder of its own, so RAY_ADDRESS=auto still finds no cluster here."""
+    pytest.importorskip("ray")
+    from helpers import free_port
+
+    port = free_port()
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    subprocess.run([*ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--include-dashboard", "false", "--disable-usage-stats",
+                    "--temp-dir", tempfile.mkdtemp(prefix="ray-", dir="/tmp")],
+                   check=True, capture_output=True, timeout=180)
+    yield f"127.0.0.1:{port}"
+    subprocess.run([*ray, "stop", "--force"], check=False, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def decoded(monkeypatch) -> list[str]:
+    """The pixel decoders Pillow starts from now on (one per decoded frame or tile), by codec name: a count of
+    work done, where a stopwatch would measure the machine."""
+    started: list[str] = []
+    real = Image._getdecoder
+
+    def counting(mode, decoder_name, *args, **kwargs):
+        started.append(decoder_name)
+        return real(mode, decoder_name, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "_getdecoder", counting)
+    return started

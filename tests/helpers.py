@@ -3,6 +3,7 @@ a real LoRA for the tiny UNet."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "assets" / "sample_scene.png"
+OUTPUTS = Path(os.environ["OUTPUTS_DIR"])  # the tests' outputs folder (conftest.py sets it before any test module)
 
 
 def pixels(picture: Any) -> np.ndarray:

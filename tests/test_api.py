@@ -5,19 +5,16 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import time
-from contextlib import contextmanager
 
 import pytest
 import requests
 from PIL import Image
 
-import launch
-from conftest import ROOT
-from helpers import free_port
 from studio.core.request import GenerationRequest
 from studio.core.run_card import read_run_card
+
+from helpers import ROOT
 
 API = "/api/v1"
 QUICK = {"prompt": "a watercolor", "steps": 2, "resolution": 128, "seed": 3}
@@ -25,38 +22,15 @@ LONG = {"prompt": "a long one", "steps": 150, "resolution": 256, "seed": 4}
 PASSWORD = "the right one"
 
 
-@contextmanager
-def environment(**values: str):
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def launched(model_cache, folder, **env: str) -> str:
-    with environment(APP_CACHE_DIR=str(model_cache), DEVICE="cpu", MAX_QUEUED_PER_VISITOR="1", **env):
-        return launch.start(free_port(), "none", "tiny", state_dir=folder, quiet=True).local_url
+@pytest.fixture(scope="module")
+def server(servers) -> str:
+    return servers.get(MAX_QUEUED_PER_VISITOR="1").url
 
 
 @pytest.fixture(scope="module")
-def server(model_cache, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("api")
-    yield launched(model_cache, folder)
-    launch.stop(folder)
-
-
-@pytest.fixture(scope="module")
-def locked(model_cache, tmp_path_factory):
+def locked(servers) -> str:
     """A server with a password."""
-    folder = tmp_path_factory.mktemp("api-locked")
-    yield launched(model_cache, folder, APP_PASSWORD=PASSWORD)
-    launch.stop(folder)
+    return servers.get(MAX_QUEUED_PER_VISITOR="1", APP_PASSWORD=PASSWORD).url
 
 
 def photo() -> bytes:

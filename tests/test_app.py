@@ -11,10 +11,10 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import OUTPUTS
-from helpers import app_page
-from studio.serving import access, history
 from inference_pipeline import GenerationRequest
+from studio.serving import access, history
+
+from helpers import OUTPUTS, app_page
 
 
 @pytest.fixture
@@ -102,10 +102,10 @@ def test_guided_control_mode_with_chosen_objects_generates_without_warnings(app)
 
 def test_loras_are_chosen_from_the_offered_list_and_one_that_does_not_fit_is_explained(model_cache, monkeypatch,
                                                                                          tmp_path):
-    from studio.serving import state
-    from helpers import make_lora
-
     from studio.engine import tiny_models
+    from studio.serving import state
+
+    from helpers import make_lora
 
     unet = str(tiny_models.ensure_tiny_models(model_cache).sd15 / "unet")
     offered = tmp_path / "loras"

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 import attention_backend
-import broken_packages
-from conftest import ROOT
 from inference_pipeline import GenerationRequest
+
+import broken_packages
+from helpers import ROOT
 
 SCHEMA_ERROR = "Current Torch with Flash-Attention 2.5.7 doesnt have a compatible aten::_flash_attention_forward schema"
 NO_OPERATOR = "No operator found for `memory_efficient_attention_forward`"

@@ -10,11 +10,11 @@ import time
 
 from PIL import Image
 
-from conftest import ROOT
-from helpers import sample_scene
 from inference_pipeline import GenerationRequest
 from studio.core.run_card import read_run_card
 from studio.serving.batch import photos_in, run
+
+from helpers import ROOT, sample_scene
 
 
 def folder_of_photos(folder, count: int, broken: str | None = None):

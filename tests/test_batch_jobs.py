@@ -9,12 +9,13 @@ import zipfile
 
 import pytest
 
-from helpers import app_page, sample_scene
 from inference_pipeline import GenerationRequest
 from studio.core.run_card import read_run_card
 from studio.serving import access, state
 from studio.serving.batch_jobs import BatchError, BatchRun, photos_of
 from studio.serving.jobs import JobQueue
+
+from helpers import app_page, sample_scene
 
 BROKEN = ("notes.png", b"these are my notes, not a picture")
 

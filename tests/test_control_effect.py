@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import sample_scene
 from inference_pipeline import GenerationRequest
+
+from helpers import sample_scene
 
 BASE = GenerationRequest(prompt="a red box", steps=4, resolution=128, seed=3)
 
@@ -53,8 +54,8 @@ def test_controlnet_scale_zero_removes_the_control_and_one_applies_it(tiny_pipel
 @pytest.mark.parametrize("window", [dict(control_end=0.5), dict(control_start=0.5), dict(control_start=0.25,
                                                                                          control_end=0.75)])
 def test_control_start_and_end_change_the_output(tiny_pipeline, scene, window):
-    assert mean_change(generated(tiny_pipeline, scene, BASE), generated(tiny_pipeline, scene, replace(BASE, **window))) \
-        > 0.2
+    moved = generated(tiny_pipeline, scene, replace(BASE, **window))
+    assert mean_change(generated(tiny_pipeline, scene, BASE), moved) > 0.2
 
 
 def test_guess_mode_changes_the_output(tiny_pipeline, scene):

@@ -6,8 +6,9 @@ import sys
 
 import numpy as np
 
-from conftest import ROOT
 from inference_pipeline import GenerationRequest
+
+from helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
 from train_shapes_detector import CLASSES, draw_scene  # noqa: E402
@@ -80,18 +81,21 @@ def test_guided_mode_without_a_match_warns_and_uses_the_whole_image(tiny_pipelin
 
 def test_fidelity_is_reported_per_image_and_in_the_run_card(tiny_pipeline, photo):
     result = tiny_pipeline.generate(photo, GenerationRequest(steps=2, resolution=64, seed=2, num_images=2))
+    from studio.core.control_image import edge_fidelity
+
     assert len(result.fidelity) == 2 and result.run_card["fidelity"] == result.fidelity
-    for scores in result.fidelity:
-        assert set(scores) == {"precision", "recall", "f1", "score"}
-        assert all(0.0 <= scores[k] <= 1.0 for k in ("precision", "recall", "f1")) and -1.0 <= scores["score"] <= 1.0
+    for image, scores in zip(result.images, result.fidelity):  # each image's own scores, against the control image
+        assert scores == edge_fidelity(image, result.control_image)
+    assert result.fidelity[0] != result.fidelity[1], "two seeds, two pictures, two scores"
 
 
 def test_the_fixture_segmenter_outlines_the_drawn_shapes(tiny_pipeline):
     """On pictures it never saw, each drawn shape is matched by a mask of its class with IoU 0.8 or more on
     average (the fixture is small: at most 3 MB)."""
-    from studio.engine import tiny_models
-    from studio.core.control_image import region_mask
     from train_shapes_detector import shape_mask
+
+    from studio.core.control_image import region_mask
+    from studio.engine import tiny_models
 
     assert tiny_models.SHAPES_SEGMENTER.stat().st_size <= 3 * 2**20
     rng = np.random.default_rng(123)
@@ -110,9 +114,9 @@ def test_the_fixture_segmenter_outlines_the_drawn_shapes(tiny_pipeline):
 def test_objects_mode_at_padding_0_keeps_each_objects_own_outline(tiny_pipeline):
     """At least 90 % of the Canny pixels of each object's outline stay in the control image."""
     import cv2
+    from train_shapes_detector import shape_mask
 
     from studio.core.control_image import canny_edges
-    from train_shapes_detector import shape_mask
 
     rng = np.random.default_rng(321)
     shares = []

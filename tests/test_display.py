@@ -8,11 +8,12 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
-from helpers import pixels, sample_scene
 from inference_pipeline import GenerationRequest
 from studio.core import display
 from studio.core.detections import Detection
 from studio.core.preparation import KEEP_SLACK, bounded_input
+
+from helpers import pixels, sample_scene
 
 
 def test_a_photo_is_shown_as_a_jpeg_no_wider_than_the_display_and_an_edge_map_as_a_grey_png():

@@ -34,7 +34,8 @@ def test_enable_wraps_every_group_norm_and_leaves_cpu_and_contiguous_input_to_to
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(4, 8), torch.nn.SiLU(),
                                 torch.nn.GroupNorm(2, 8))
     assert group_norm.enable(model) == 2 and group_norm.enable(model) == 0  # once only
-    assert all(isinstance(m.forward, group_norm.ChannelsLastGroupNorm) for m in model if isinstance(m, torch.nn.GroupNorm))
+    norms = [m for m in model if isinstance(m, torch.nn.GroupNorm)]
+    assert all(isinstance(m.forward, group_norm.ChannelsLastGroupNorm) for m in norms)
     x = torch.randn(1, 8, 6, 6)
     norm = model[1]
     assert torch.equal(norm(x), torch.nn.functional.group_norm(x, 4, norm.weight, norm.bias, norm.eps))

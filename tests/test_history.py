@@ -7,9 +7,10 @@ import io
 
 from PIL import Image
 
-from helpers import app_page
 from inference_pipeline import GenerationRequest
 from studio.serving import history, outputs, state
+
+from helpers import app_page
 from test_app import generate
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -92,20 +91,18 @@ ACCEPTED = {
 
 
 @pytest.mark.parametrize("name", REJECTED)
-def test_bad_files_are_rejected_with_a_message_within_a_second(name):
+def test_bad_files_are_rejected_with_a_message_before_their_pixels_are_decoded(name, decoded):
     data, message = REJECTED[name]
-    started = time.monotonic()
     with pytest.raises(InvalidImageError, match=message):
         load_image(data)
-    assert time.monotonic() - started < 1.0
+    assert len(decoded) == (1 if name == "truncated png" else 0), decoded  # only a cut-off stream is tried, once
 
 
 @pytest.mark.parametrize("name", ACCEPTED)
-def test_odd_files_become_rgb_images(name):
+def test_odd_files_become_rgb_images_decoded_once(name, decoded):
     data, size, pixel_ok = ACCEPTED[name]
-    started = time.monotonic()
     image = load_image(data)
-    assert time.monotonic() - started < 1.0
+    assert len(decoded) == 1, decoded  # one frame (the first of an animation), decoded once
     assert image.mode == "RGB" and image.size == size
     pixel = image.getpixel((image.width // 2, image.height // 2))
     assert pixel_ok(pixel), pixel

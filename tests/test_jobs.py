@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from inference_pipeline import GenerationRequest, InferencePipeline
+from studio.core.settings import Settings
 from studio.engine.devices import CPU_THREADS, worker_devices
 from studio.serving.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobQueue, estimate_start
-from studio.core.settings import Settings
 
 QUICK = GenerationRequest(prompt="a red box", steps=2, resolution=64, seed=4)
 
@@ -210,7 +210,7 @@ def test_jobs_benchmark_script_writes_both_rows(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     out = tmp_path / "jobs.json"
     proc = subprocess.run([sys.executable, "benchmarks/bench_jobs.py", "--quick", "--repeats", "1", "--out", str(out)],
@@ -252,8 +252,9 @@ def test_a_job_gives_the_pixels_of_a_direct_call_in_any_thread(queue, photo, tin
 def test_a_hub_lora_is_fetched_before_its_job_takes_a_worker(queue, tiny_pipeline, photo, monkeypatch, tmp_path):
     """An 8 s download must not hold the only worker while a 1-step job of another visitor waits: the LoRA is
     fetched first, the other job runs meanwhile, and the worker then finds the file already here."""
-    from helpers import make_lora
     from studio.engine import loras
+
+    from helpers import make_lora
 
     lora = make_lora(tiny_pipeline.model_ids["sd15"] + "/unet", tmp_path)
     downloads = []

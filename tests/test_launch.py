@@ -9,6 +9,7 @@ import threading
 import time
 import types
 import urllib.request
+from unittest import mock
 from pathlib import Path
 
 import nbformat
@@ -18,8 +19,8 @@ from pyngrok import ngrok
 from pyngrok.exception import PyngrokNgrokError, PyngrokNgrokHTTPError
 
 import launch
-from conftest import ROOT
-from helpers import free_port
+
+from helpers import ROOT, free_port
 
 TOKEN = "2abcDEFghiJKLmnoPQRstuVWXyz_0123456789abcdefGHIJK"
 ERR_4018 = ("authentication failed: Usage of ngrok requires a verified account and authtoken.\n\nSign up for an "
@@ -53,6 +54,7 @@ def state_dir(tmp_path, monkeypatch, model_cache):
     launch.stop(folder)
 
 
+@pytest.mark.server
 def test_start_reaches_health_and_a_second_start_replaces_the_first(state_dir):
     port = free_port()
     first = launch.start(port, "none", "tiny", state_dir=state_dir, quiet=True)
@@ -65,6 +67,7 @@ def test_start_reaches_health_and_a_second_start_replaces_the_first(state_dir):
     assert not Path(f"/proc/{second.pid}").exists() and health(port) is None
 
 
+@pytest.mark.server
 def test_the_url_comes_once_the_models_are_loaded_and_warm_so_the_first_run_loads_nothing(state_dir, capsys):
     import json
 
@@ -95,6 +98,7 @@ def test_the_url_comes_once_the_models_are_loaded_and_warm_so_the_first_run_load
     assert log.read_text().count("Loading pipeline components") == loads, "the first run loaded nothing"
 
 
+@pytest.mark.server
 def test_offline_the_launcher_and_the_prefetch_say_so_in_one_sentence(state_dir, tmp_path, monkeypatch, capsys):
     from huggingface_hub import constants
 
@@ -117,15 +121,17 @@ def test_offline_the_launcher_and_the_prefetch_say_so_in_one_sentence(state_dir,
 def test_a_port_taken_by_another_server_fails_clearly_and_fast(state_dir):
     server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    started: list[list[str]] = []
     try:
-        started = time.monotonic()
-        with pytest.raises(launch.LaunchError, match=f"Port {server.server_port} is already in use"):
-            launch.start(server.server_port, "none", "tiny", state_dir=state_dir, quiet=True)
-        assert time.monotonic() - started < 10
+        with mock.patch.object(launch.subprocess, "Popen", side_effect=lambda command, **_: started.append(command)):
+            with pytest.raises(launch.LaunchError, match=f"Port {server.server_port} is already in use"):
+                launch.start(server.server_port, "none", "tiny", state_dir=state_dir, quiet=True)
+        assert started == [], "refused before any server was started (nothing to wait for)"
     finally:
         server.shutdown()
 
 
+@pytest.mark.server
 def test_an_app_that_dies_at_start_fails_with_its_log_lines(state_dir, tmp_path):
     with pytest.raises(launch.LaunchError) as error:
         launch.start(free_port(), "none", "tiny", state_dir=state_dir, app=tmp_path / "missing_app.py", quiet=True)
@@ -142,6 +148,7 @@ def test_cli_help_names_every_option():
         assert option in help_text.stdout
 
 
+@pytest.mark.server
 def test_cli_stop_ends_a_running_app_then_finds_nothing(state_dir):
     import subprocess
 
@@ -226,6 +233,7 @@ def test_ngrok_errors_become_plain_hints_without_the_token(error, expected):
     assert TOKEN not in hint
 
 
+@pytest.mark.server
 def test_the_token_never_reaches_output_logs_or_the_app(state_dir, monkeypatch, capsys):
     monkeypatch.setenv("NGROK_AUTHTOKEN", TOKEN)
     opened = {}
@@ -263,6 +271,7 @@ def test_the_token_never_reaches_output_logs_or_the_app(state_dir, monkeypatch, 
     assert TOKEN not in log and launched.password not in log
 
 
+@pytest.mark.server
 def test_no_auth_warns_and_opens_without_a_password(state_dir, monkeypatch, capsys):
     monkeypatch.setenv("NGROK_AUTHTOKEN", TOKEN)
     options = {}
@@ -298,6 +307,7 @@ def run_notebook(monkeypatch, model_cache, **env: str) -> str:
                      [f"[{pictures} pictures shown]"])
 
 
+@pytest.mark.server
 def test_notebook_is_valid_clean_and_runs_in_order(monkeypatch, model_cache):
     port = free_port()
     text = run_notebook(monkeypatch, model_cache, APP_PORT=str(port))

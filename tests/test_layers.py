@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 ENTRY_POINTS = {"app", "inference_pipeline", "attention_backend", "launch"}
 LAYERS = ("core", "engine", "serving", "page")

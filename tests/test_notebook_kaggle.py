@@ -8,7 +8,8 @@ holds the tiny models as Hub repositories, and the launch cell starts the app on
 (MODELS=sd15) and opens the tunnel through a fake ngrok agent, a real proxy on loopback that asks for the basic
 auth ngrok would: the public URL is printed and the page answers behind it. The stop cell ends both.
 
-It installs from the package index, so it takes minutes (marked `slow`; `make test` runs it).
+It installs from the wheels `make test` downloads once into .venv/kaggle-wheels (tests/kaggle_env.py), with no
+index: the same real install, a minute or two (marked `slow`; `make test` runs it, `make test-fast` does not).
 """
 
 from __future__ import annotations
@@ -21,49 +22,28 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from importlib import metadata
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from packaging.requirements import Requirement
 
 import launch
-from conftest import ROOT
+from studio.engine.tiny_models import ensure_tiny_models
+
 from fake_hub import FakeHub, folder_files
 from fake_ngrok import fake_agent
-from helpers import free_port
-from studio.engine.tiny_models import ensure_tiny_models
+from helpers import ROOT, free_port
+from kaggle_env import GUI_OPENCV, PREINSTALLED, needed
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
-PREINSTALLED = ("torch", "torchvision", "numpy", "pillow", "ipykernel")  # on a Kaggle image before any cell runs
-GUI_OPENCV = "opencv-python==4.13.0.92"
 BROKEN_XFORMERS = ROOT / ".venv" / "broken-xformers"
+WHEELS = ROOT / ".venv" / "kaggle-wheels"
 TOKEN = "2kaggleTestToken_0123456789abcdefghijkLMNOP"
 REPOS = {"SD15_MODEL": "tiny/sd15", "CONTROLNET_MODEL": "tiny/controlnet", "TAESD_MODEL": "tiny/taesd",
          "SD15_INPAINT_MODEL": "tiny/inpaint", "PRESET_LORA_FAST": "tiny/tcd-lora",
          "PRESET_LORA_TURBO": "tiny/lcm-lora"}
-
-def needed(names: tuple[str, ...]) -> list[metadata.Distribution]:
-    """These distributions of this Python and everything they require (markers evaluated here)."""
-    seen: dict[str, metadata.Distribution] = {}
-    todo = list(names)
-    while todo:
-        name = todo.pop().lower().replace("_", "-")
-        if name in seen:
-            continue
-        try:
-            seen[name] = dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
-        for line in dist.requires or []:
-            requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(requirement.name)
-    return list(seen.values())
-
 
 def link_tree(files: list[tuple[Path, Path]]) -> None:
     """Hard links (no copy of torch's gigabytes): pip replaces a file by a new one, it never writes into it."""
@@ -76,8 +56,8 @@ def link_tree(files: list[tuple[Path, Path]]) -> None:
 @pytest.fixture(scope="module")
 def kaggle_python(tmp_path_factory) -> Path:
     """A Python with what a Kaggle image has before the notebook's first cell (see the module's docstring)."""
-    if not BROKEN_XFORMERS.is_dir():
-        pytest.skip("needs the broken xformers wheel that `make test` puts in .venv/broken-xformers")
+    if not BROKEN_XFORMERS.is_dir() or not (WHEELS / ".filled").exists():
+        pytest.skip("needs what `make test` puts in .venv: the broken xformers wheel and the Kaggle wheels")
     venv = tmp_path_factory.mktemp("kaggle") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -87,7 +67,8 @@ def kaggle_python(tmp_path_factory) -> Path:
              if ".." not in Path(f).parts and Path(dist.locate_file(f)).is_file()]
     files += [(path, site / path.relative_to(BROKEN_XFORMERS)) for path in BROKEN_XFORMERS.rglob("*") if path.is_file()]
     link_tree(files)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", GUI_OPENCV], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--find-links",
+                    str(WHEELS), GUI_OPENCV], check=True)
     return python
 
 
@@ -142,7 +123,8 @@ def test_the_notebook_installs_fetches_launches_tunnels_and_stops_as_on_kaggle(
     environment = {**REPOS, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "PYNGROK_NGROK_PATH": str(agent),
                    "NGROK_AUTHTOKEN": TOKEN, "APP_PORT": str(port), "APP_STOP": "1", "DEVICE": "cpu",
                    "YOLO_MODEL": str(ROOT / "assets" / "shapes_segmenter.pt"), "OUTPUTS_DIR": str(tmp_path / "out"),
-                   "JUPYTER_PATH": str(tmp_path / "jupyter"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+                   "JUPYTER_PATH": str(tmp_path / "jupyter"), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                   "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELS)}  # the install cell: from the wheels alone
     for key in ("APP_SMOKE_TEST", "APP_MODE", "MODELS", "PYTHONPATH", "HF_HUB_OFFLINE", "APP_CACHE_DIR"):
         monkeypatch.delenv(key, raising=False)
     for key, value in environment.items():

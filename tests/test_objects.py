@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from helpers import pixels
 from inference_pipeline import GenerationRequest
 from studio.core.color import ciede2000, match_colors, seam_score
 from studio.core.detections import Detection, numbered
@@ -20,7 +19,8 @@ from studio.core.errors import InvalidRequestError
 from studio.core.image_io import load_image
 from studio.core.repaint_plan import RepaintPass, denoise_schedule, select, working_size
 from studio.core.run_card import a1111_parameters
-from conftest import ROOT
+
+from helpers import ROOT, pixels
 
 SMALL = dict(prompt="a toy", steps=3, resolution=128, seed=5, detail_resolution=128)
 BASE = GenerationRequest(**SMALL)
@@ -199,13 +199,13 @@ def test_strength_sets_how_far_the_first_denoising_input_is_from_the_encoded_pho
     first_inputs = []
 
     def record(module, args, kwargs):
-        if not first_inputs or len(first_inputs) < expected:
+        if len(first_inputs) <= len(distances):  # the first UNet input of each run
             first_inputs.append((args[0] if args else kwargs["sample"])[:1].clone())
 
     handle = pipe.unet.register_forward_pre_hook(record, with_kwargs=True)
     distances = []
     try:
-        for expected, strength in enumerate((0.2, 0.5, 0.8, 1.0), start=1):
+        for strength in (0.2, 0.5, 0.8, 1.0):
             tiny_pipeline.generate(scene, replace(request, strength=strength), detections=found)
             distances.append(float((first_inputs[-1] - photo).abs().mean()))
     finally:

@@ -10,11 +10,11 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import OUTPUTS
-from helpers import app_page
 from inference_pipeline import GenerationRequest
 from studio.core.run_card import PARAMETERS_KEY, read_run_card
 from studio.serving import outputs, state
+
+from helpers import OUTPUTS, app_page
 from test_app import generate
 
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 
-from inference_pipeline import (GenerationRequest, InferencePipeline, InvalidRequestError, ModelLoadError)
+from inference_pipeline import GenerationRequest, InferencePipeline, InvalidRequestError, ModelLoadError
 from studio.core.run_card import png_with_run_card, read_run_card
-from studio.engine import tiny_models
 from studio.core.settings import Settings
+from studio.engine import tiny_models
+
 from helpers import pixels
 
 
@@ -94,13 +94,31 @@ def test_bad_requests_are_refused_with_the_setting_named():
 def test_real_weights_without_a_hub_fail_fast_naming_the_id(model_id, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: no hub
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))  # a "Hub" that counts connections and hangs up on each
+    connections: list[int] = []
+
+    def hang_up() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(1)
+            client.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
     settings = Settings(models="sd15", sd15_model=model_id, controlnet_model=model_id, cache_dir=tmp_path,
                         device="cpu")
-    started = time.monotonic()
-    with pytest.raises(ModelLoadError) as error:
-        InferencePipeline(settings=settings)
-    assert time.monotonic() - started < 30
+    try:
+        with pytest.raises(ModelLoadError) as error:
+            InferencePipeline(settings=settings)
+    finally:
+        listener.close()
+    assert connections == [], "offline (the tests set HF_HUB_OFFLINE): the cache decides, no download is tried"
     message = str(error.value)
     assert model_id in message
     assert "MODELS=tiny" in message and "CONTROLNET_MODEL" in message

@@ -7,6 +7,7 @@ import pytest
 
 from inference_pipeline import GenerationRequest, LoraError
 from studio.core.catalog import SCHEDULERS
+
 from helpers import make_lora, pixels
 
 

@@ -8,11 +8,11 @@ import io
 import pytest
 from PIL import Image, PngImagePlugin
 
-from conftest import OUTPUTS
-from helpers import app_page
 from studio.core.errors import InvalidImageError
 from studio.core.png_info import from_parameters, read_png_info, style_lora
 from studio.serving import history
+
+from helpers import OUTPUTS, app_page
 from test_app import wait_for_the_job
 
 # Real-looking infotexts as A1111 1.6 (ControlNet extension, two LoRAs) and 1.9 (schedule type, hires fix,

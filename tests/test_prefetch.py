@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from fake_hub import FakeHub
-from studio.serving import prefetch
 from studio.core.settings import Settings
 from studio.engine.tiny_models import tiny_model_paths
+from studio.serving import prefetch
+
+from fake_hub import FakeHub
 
 SD15_FILES = {
-    "model_index.json": b"{}", "unet/config.json": b'{"unet": 1}', "unet/diffusion_pytorch_model.safetensors": b"u" * 4000,
+    "model_index.json": b"{}", "unet/config.json": b'{"unet": 1}',
+    "unet/diffusion_pytorch_model.safetensors": b"u" * 4000,
     "unet/diffusion_pytorch_model.fp16.safetensors": b"U" * 2000, "vae/config.json": b'{"vae": 1}',
     "vae/diffusion_pytorch_model.fp16.safetensors": b"V" * 300, "text_encoder/model.fp16.safetensors": b"T" * 500,
     "tokenizer/merges.txt": b"#", "safety_checker/model.fp16.safetensors": b"S" * 900, "v1-5-pruned.ckpt": b"C" * 9000,

@@ -8,11 +8,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from studio.core.request import GenerationRequest, InvalidRequestError
 from inference_pipeline import InferencePipeline, LoraError
-from studio.engine.live_preview import PREVIEW_EVERY, decode_preview, preview_steps
 from studio.core.presets import PRESETS
+from studio.core.request import GenerationRequest, InvalidRequestError
 from studio.core.settings import Settings
+from studio.engine.live_preview import PREVIEW_EVERY, decode_preview, preview_steps
+
 from helpers import make_lora, pixels
 
 BASE = GenerationRequest(prompt="a red box", resolution=64, seed=21)

@@ -1,5 +1,6 @@
-"""The jobs on a Ray Serve deployment (studio/serving/ray_jobs.py): a Ray instance started by the tests on
-loopback, two CPU replicas of the tiny pipeline; the same queue as the local backend, the same pixels."""
+"""The jobs on a Ray Serve deployment (studio/serving/ray_jobs.py): the session's Ray instance on loopback (the
+`ray_address` fixture), two CPU replicas of the tiny pipeline; the same queue as the local backend, the same
+pixels."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import time
 import numpy as np
 import pytest
 
-from helpers import app_page, pixels
 from inference_pipeline import GenerationRequest
 from studio.core.errors import JobsBackendError
 from studio.core.settings import Settings
 from studio.serving import state
 from studio.serving.jobs import CANCELLED, DONE, FAILED, RUNNING
+
+from helpers import app_page, pixels
 
 ray = pytest.importorskip("ray")
 from studio.serving.ray_jobs import APP, STOPPED, RayJobQueue  # noqa: E402
@@ -54,16 +56,17 @@ def test_a_cluster_that_cannot_be_reached_says_so_and_the_page_offers_the_local_
         state.reset()
 
 
-def test_the_jobs_benchmark_measures_the_ray_path_beside_the_local_one(tmp_path):
+def test_the_jobs_benchmark_measures_the_ray_path_beside_the_local_one(tmp_path, ray_address):
     import json
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     out = tmp_path / "jobs.json"
     proc = subprocess.run([sys.executable, "benchmarks/bench_jobs.py", "--quick", "--backend", "both", "--repeats",
-                           "1", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+                           "1", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "RAY_ADDRESS": ray_address})
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["ray"]["workers"] == ["replica slot 1", "replica slot 2"]
@@ -74,10 +77,11 @@ def test_the_jobs_benchmark_measures_the_ray_path_beside_the_local_one(tmp_path)
 
 
 @pytest.fixture(scope="module")
-def ray_queue(model_cache):
+def ray_queue(model_cache, ray_address):
     saved = dict(os.environ)
     os.environ.update(MODELS="tiny", APP_CACHE_DIR=str(model_cache), DEVICE="cpu")
-    queue = RayJobQueue.for_settings(Settings.from_env(jobs_backend="ray", ray_address="local", ray_replicas=2))
+    queue = RayJobQueue.for_settings(Settings.from_env(jobs_backend="ray", ray_address=ray_address, ray_replicas=2))
+    assert queue.deployed, "a server that stopped (tests/browser/test_browser_ray.py's) deleted its application"
     yield queue
     queue.shutdown()
     os.environ.clear()
@@ -122,8 +126,8 @@ def test_a_queued_jobs_place_moves_up_as_the_replicas_free(ray_queue, photo):
     wait(*jobs)
 
 
-def test_a_second_server_uses_the_application_already_running_and_leaves_it_running(ray_queue, photo):
-    second = RayJobQueue.for_settings(Settings.from_env(jobs_backend="ray", ray_address="local", ray_replicas=2))
+def test_a_second_server_uses_the_application_already_running_and_leaves_it_running(ray_queue, ray_address, photo):
+    second = RayJobQueue.for_settings(Settings.from_env(jobs_backend="ray", ray_address=ray_address, ray_replicas=2))
     assert (second.deployed, second.started) == (False, False)
     try:
         job = second.submit(photo, GenerationRequest(prompt="a red box", steps=2, resolution=64, seed=4), owner="b")
@@ -141,9 +145,10 @@ def test_the_serve_config_and_the_rayservice_deploy_this_application():
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from conftest import ROOT
     from studio.core.settings import variables
     from studio.serving import ray_jobs
+
+    from helpers import ROOT
 
     config = yaml.safe_load((ROOT / "deploy/serve_config.yaml").read_text())
     service = yaml.safe_load((ROOT / "deploy/rayservice.yaml").read_text())

@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import sys
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def readme_line(prefix: str) -> str:

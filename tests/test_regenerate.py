@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import sample_scene
-from inference_pipeline import GenerationRequest, InvalidRequestError
-from inference_pipeline import InferencePipeline
+from inference_pipeline import GenerationRequest, InferencePipeline, InvalidRequestError
 from studio.core.settings import Settings
+
+from helpers import sample_scene
 
 BASE = GenerationRequest(prompt="a red box", resolution=192, steps=4, seed=5)
 

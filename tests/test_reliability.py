@@ -10,8 +10,9 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from inference_pipeline import GenerationError, GenerationRequest
-from helpers import pixels
 from studio.core.control_image import build_control_image, place_image
+
+from helpers import pixels
 
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 14.74 GiB"
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from diffusers import LCMScheduler, TCDScheduler, UniPCMultistepScheduler
 
-from studio.engine import schedulers
-from conftest import ROOT
 from studio.core.catalog import SCHEDULERS
+from studio.engine import schedulers
 from studio.engine.schedulers import AsyncLCMScheduler, AsyncTCDScheduler, AsyncUniPCMultistepScheduler, make_scheduler
+
+from helpers import ROOT
 
 CONFIG = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 

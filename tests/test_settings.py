@@ -131,7 +131,8 @@ def test_the_launcher_and_make_run_read_the_upload_limit_with_the_apps_parser(mo
     import sys
 
     import launch
-    from conftest import ROOT
+
+    from helpers import ROOT
 
     monkeypatch.setenv("MAX_UPLOAD_MB", "0")
     with pytest.raises(launch.LaunchError, match="MAX_UPLOAD_MB must be a whole number of megabytes"):

@@ -15,25 +15,21 @@ from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ClientState_pb2 import ClientState
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 
-import launch
-from helpers import free_port
-from streamlit_protocol import StreamlitClient, text
 from studio.core.request import request_field
 from studio.serving import access, gate
-from test_api import API, PASSWORD, environment
+
+from streamlit_protocol import StreamlitClient, text
+from test_api import API, PASSWORD
 
 CONTROL_MODE = request_field("control_mode").metadata["label"]
 LONG = {"prompt": "a long one", "steps": 150, "resolution": 256, "seed": 4}
 
 
 @pytest.fixture(scope="module")
-def locked(model_cache, tmp_path_factory):
+def locked(servers):
     """A server with a password; yields its address, its log and its process."""
-    folder = tmp_path_factory.mktemp("shared-link")
-    with environment(APP_CACHE_DIR=str(model_cache), DEVICE="cpu", APP_PASSWORD=PASSWORD, MAX_QUEUED_PER_VISITOR="2"):
-        started = launch.start(free_port(), "none", "tiny", state_dir=folder, quiet=True)
-    yield started.local_url, folder / "streamlit.log", psutil.Process(started.pid)
-    launch.stop(folder)
+    server = servers.get(APP_PASSWORD=PASSWORD, MAX_QUEUED_PER_VISITOR="2")
+    return server.url, server.state / "streamlit.log", psutil.Process(server.pid)
 
 
 def token(base: str) -> str:

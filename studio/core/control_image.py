@@ -9,8 +9,8 @@ border lies on the object's own edge, and Canny's edge pixels there fall on eith
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import cv2
 import numpy as np

@@ -137,7 +137,8 @@ def from_parameters(text: str) -> PngSettings:
 
 def lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
     """The prompt without its `<lora:name:weight>` tags, and the tags' names and weights."""
-    loras = [(name, float(weight) if weight and is_number(weight) else 1.0) for name, weight in LORA_TAG.findall(prompt)]
+    loras = [(name, float(weight) if weight and is_number(weight) else 1.0)
+             for name, weight in LORA_TAG.findall(prompt)]
     text = re.sub(r",(\s*,)+", ",", LORA_TAG.sub("", prompt))
     return re.sub(r"\s{2,}", " ", text).strip(" ,"), loras
 

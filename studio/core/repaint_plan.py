@@ -14,8 +14,9 @@ Pure image work (milliseconds), so the page shows every detail crop at its worki
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image

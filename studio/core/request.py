@@ -8,9 +8,10 @@ read it, so the page, the Python API and the HTTP API cannot disagree.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields
 from numbers import Integral, Real
-from typing import Any, Mapping
+from typing import Any
 
 from studio.core.catalog import SCHEDULERS
 from studio.core.control_image import CONTROL_MODES, REGENERATE_MODES, RESIZE_MODES

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from studio.core.presets import PRESETS
 
@@ -145,6 +146,8 @@ class Settings:
     max_queue: int = setting("MAX_QUEUE", 20, whole("jobs", minimum=1))
     max_queued_per_visitor: int = setting("MAX_QUEUED_PER_VISITOR", 2, whole("jobs", minimum=0))
     abandon_s: float = setting("ABANDON_S", 60.0, number("seconds", 1.0))
+    # the sidebar's queue line: each poll costs about 600 bytes of a metered tunnel
+    queue_poll_s: float = setting("QUEUE_POLL_S", 10.0, number("seconds", 1.0))
     outputs_dir: Path | None = setting("OUTPUTS_DIR", _default_outputs_dir, folder)  # OUTPUTS_DIR= (empty): off
     api_result_ttl_s: int = setting("API_RESULT_TTL_S", 3600, whole("seconds"))
     api_result_mb: int = setting("API_RESULT_MB", 512, whole("megabytes"))

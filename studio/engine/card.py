@@ -4,7 +4,7 @@ a run can be repeated (core/run_card.py writes it into PNGs and as A1111 text)."
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -40,5 +40,5 @@ def run_card(request: GenerationRequest, seeds: list[int], size: tuple[int, int]
                    "weight": weight} for name, (source, weight) in loras.items()],
         **engine,
         **outcome,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 from studio.core.detections import Detection, numbered
 
@@ -23,7 +25,7 @@ class Detector:
     """One YOLO model on one device. Its lock is not the GPU lock: a preview's detection never waits for a
     generation, nor a generation for a preview."""
 
-    def __init__(self, model: Any, device: str, on_device: Callable[[], ContextManager[None]]) -> None:
+    def __init__(self, model: Any, device: str, on_device: Callable[[], AbstractContextManager[None]]) -> None:
         self.model, self.device, self.on_device = model, device, on_device
         self.names = {int(k): str(v) for k, v in model.names.items()}
         self.runs = 0  # how often the model ran: the page's caches are judged by it

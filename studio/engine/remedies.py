@@ -8,8 +8,9 @@ edge map.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 SHRINK = 0.75
 

@@ -9,8 +9,9 @@ pass's mask, so outside every mask the picture stays as it was, pixel for pixel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image

@@ -117,16 +117,16 @@ def build_diffusion_models(folder: Path, arch: str = "sd15", device: str = "cuda
     real shapes, saved in fp16 like the Hub's variant; "tiny": the smoke shapes)."""
     root = Path(folder) / arch
     paths = TinyModelPaths(sd15=root / "sd15", controlnet=root / "controlnet", yolo=Path(),
-                           distill_lora=root / "distill-lora" / "pytorch_lora_weights.safetensors", taesd=root / "taesd",
-                           inpaint=root / "inpaint")
+                           distill_lora=root / "distill-lora" / "pytorch_lora_weights.safetensors",
+                           taesd=root / "taesd", inpaint=root / "inpaint")
     _build_diffusion(paths, SD15 if arch == "sd15" else TINY, device=device, half=arch == "sd15")
     return paths
 
 
 def _build_diffusion(paths: TinyModelPaths, arch: dict = TINY, device: str = "cpu", half: bool = False) -> None:
     import torch
-    from diffusers import (AutoencoderKL, AutoencoderTiny, ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel,
-                           UniPCMultistepScheduler)
+    from diffusers import (AutoencoderKL, AutoencoderTiny, ControlNetModel, StableDiffusionControlNetPipeline,
+                           UNet2DConditionModel, UniPCMultistepScheduler)
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)

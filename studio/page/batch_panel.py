@@ -66,7 +66,7 @@ def batch_panel(jobs: JobQueue, request: GenerationRequest | None, problem: str 
             finished(run)
         if st.session_state.get("batch_problem"):
             st.error(st.session_state.batch_problem)
-        st.button("Start the batch", key="batch-start", disabled=not uploads or request is None, help=problem, on_click=guarded(start),
-                  args=(jobs, request, max_upload_mb))
+        st.button("Start the batch", key="batch-start", disabled=not uploads or request is None, help=problem,
+                  on_click=guarded(start), args=(jobs, request, max_upload_mb))
         st.caption("The photos' runs wait their turn in the queue, one at a time; each is also saved in the "
                    "outputs folder.")

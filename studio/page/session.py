@@ -3,7 +3,8 @@ ask too: they run without the page's script, so the password gate at its top doe
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import streamlit as st
 

@@ -3,7 +3,8 @@ downloads that cost nothing until pressed."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from studio.core.request import request_field
 

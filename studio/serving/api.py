@@ -15,8 +15,9 @@ import io
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -151,7 +152,7 @@ async def image_and_request(request: Request) -> tuple[Image.Image, Any]:
     try:
         form = await request.form(max_files=1, max_fields=1, max_part_size=MAX_REQUEST_JSON)
     except Exception as exc:  # Starlette's own message says what is wrong with the body
-        raise ApiError(400, f"The body must be multipart/form-data with 'image' and 'request' parts ({exc}).")
+        raise ApiError(400, f"The body must be multipart/form-data with 'image' and 'request' parts ({exc}).") from None
     upload, raw = form.get("image"), form.get("request", "{}")
     if upload is None or isinstance(upload, str):
         raise ApiError(422, "The 'image' part is missing: send the photo as a file named 'image'.")
@@ -161,7 +162,7 @@ async def image_and_request(request: Request) -> tuple[Image.Image, Any]:
     try:
         values = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ApiError(400, f"The 'request' part is not valid JSON: {exc}.")
+        raise ApiError(400, f"The 'request' part is not valid JSON: {exc}.") from None
     generation = request_from(values)
     image = await run_in_threadpool(load_image, data, settings.max_pixels, settings.max_aspect)
     return image, generation

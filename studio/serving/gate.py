@@ -13,8 +13,9 @@ in: `load_git_info` (answered with the repository, the branch and the names of u
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from studio.serving import access

@@ -12,9 +12,10 @@ carries 1 GB a month), and in "Save & Run All", where nobody opens a page.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from studio.core.detections import draw_detections
 from studio.core.errors import EXPECTED_ERRORS

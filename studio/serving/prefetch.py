@@ -12,13 +12,12 @@ model set there is nothing to fetch: the set is built locally.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from studio.core.catalog import LORA_FILE, MODELS, sources
 from studio.core.settings import Settings
-
 
 NO_INTERNET = ("The Hugging Face Hub cannot be reached from here, so no weights can be fetched. On Kaggle, turn on "
                "Settings → Internet in the notebook (it needs a verified phone number), then run this again; "

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `streamlit run` puts this file's folder first on the path, not the project's
@@ -27,9 +28,10 @@ from studio.serving import api, gate, state  # noqa: E402
 @asynccontextmanager
 async def warmed_up(app: Any) -> AsyncIterator[None]:
     """The models load and warm up as the server starts, not when the first visitor arrives (launch.py waits for
-    /api/v1/health to say "ready" before it prints the URL)."""
+    /api/v1/health to say "ready" before it prints the URL); they are let go when it stops."""
     threading.Thread(target=state.warm_up, name="warm-up", daemon=True).start()
     yield
+    state.reset()  # a server that stops ends its jobs and deletes the Ray application it deployed
 
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # the warm-up's too

@@ -9,8 +9,7 @@ import time
 import pytest
 
 from helpers import sample_scene
-from test_browser import (RUNNING, browser, launched, new_page, page, prepare_a_long_run, press,  # noqa: F401
-                          results_seed, server, unfold, wait_until_idle)
+from pages import RUNNING, new_page, prepare_a_long_run, press, results_seed, wait_until_idle
 
 QUEUE_LINE = re.compile(r"Queue: (\d+) running, (\d+) waiting")
 
@@ -22,7 +21,7 @@ def queue_counts(page) -> tuple[int, int]:
 
 
 def wait_for_an_empty_queue(page, timeout_s: float = 60.0) -> None:
-    """The queue line is a fragment of its own, polling every QUEUE_POLL_S (10 s)."""
+    """The queue line is a fragment of its own, polling every QUEUE_POLL_S (10 s; the `abandoning` server's: 1 s)."""
     deadline = time.monotonic() + timeout_s
     while queue_counts(page) != (0, 0):
         assert time.monotonic() < deadline, f"the queue still holds {queue_counts(page)}"
@@ -30,13 +29,14 @@ def wait_for_an_empty_queue(page, timeout_s: float = 60.0) -> None:
 
 
 @pytest.fixture
-def short_abandon(monkeypatch):
-    monkeypatch.setenv("ABANDON_S", "5")
+def abandoning(servers):
+    """A server that cancels a job nobody polled for 5 s, and whose queue line polls every second."""
+    return servers.get(ABANDON_S="5", QUEUE_POLL_S="1")
 
 
 @pytest.fixture
-def one_queued_each(monkeypatch):
-    monkeypatch.setenv("MAX_QUEUED_PER_VISITOR", "1")
+def one_queued_each(servers) -> str:
+    return servers.get(MAX_QUEUED_PER_VISITOR="1").url
 
 
 def test_a_reload_during_a_run_re_attaches_it_cancel_works_and_the_next_run_waits_for_nothing(server, page):
@@ -58,8 +58,8 @@ def test_a_reload_during_a_run_re_attaches_it_cancel_works_and_the_next_run_wait
     wait_for_an_empty_queue(page)
 
 
-def test_a_closed_tabs_job_is_cancelled_after_abandon_s(short_abandon, launched, browser):
-    url, state = launched
+def test_a_closed_tabs_job_is_cancelled_after_abandon_s(abandoning, browser):
+    url, state = abandoning.url, abandoning.state
     page = new_page(browser)
     page.goto(url)
     prepare_a_long_run(page)
@@ -73,7 +73,8 @@ def test_a_closed_tabs_job_is_cancelled_after_abandon_s(short_abandon, launched,
 
 
 def test_a_visitor_past_its_share_is_refused_with_the_reason_and_another_visitor_is_still_served(
-        one_queued_each, server, browser):
+        one_queued_each, browser):
+    server = one_queued_each
     first = new_page(browser)
     first.goto(server)
     prepare_a_long_run(first)

@@ -7,30 +7,14 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+from pathlib import Path
 
-import pytest
 from PIL import Image
 
-import launch
-from helpers import free_port, sample_scene
 from studio.core.run_card import PARAMETERS_KEY, RUN_CARD_KEY
-from test_browser import browser, launched, new_page, page, press, results_seed, server, wait_until_idle  # noqa: F401
 
-PASSWORD = "open sesame"
-
-
-@pytest.fixture
-def signed_server(tmp_path, monkeypatch, model_cache):
-    """A real server with a password and an outputs folder of its own; yields its address and that folder."""
-    outputs = tmp_path / "outputs"
-    monkeypatch.setenv("APP_PASSWORD", PASSWORD)
-    monkeypatch.setenv("OUTPUTS_DIR", str(outputs))
-    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
-    monkeypatch.setenv("DEVICE", "cpu")
-    state = tmp_path / "launch"
-    started = launch.start(free_port(), "none", "tiny", state_dir=state, quiet=True)
-    yield started.local_url, outputs
-    launch.stop(state)
+from helpers import sample_scene
+from pages import PASSWORD, new_page, press, results_seed, wait_until_idle
 
 
 def signed_in(browser, url: str):
@@ -44,14 +28,15 @@ def signed_in(browser, url: str):
 
 
 def test_a_picture_made_on_the_page_is_in_its_visitors_history_after_a_reload_and_in_no_one_elses(
-        signed_server, browser):
-    url, outputs = signed_server
+        signed, browser):
+    url, outputs = signed.url, Path(signed.env["OUTPUTS_DIR"])
+    earlier = set(outputs.glob("*/*-result-*.png"))  # other tests' pictures on this shared server
     first = signed_in(browser, url)
     press(first, "Steps", "Home", "ArrowRight")
     press(first, "Resolution", "Home")
     first.get_by_role("button", name="Generate").click()
     seed = results_seed(first)
-    saved = list(outputs.glob("*/*-result-*.png"))
+    saved = list(set(outputs.glob("*/*-result-*.png")) - earlier)
     assert len(saved) == 1 and f"-result-{seed}-" in saved[0].name
     assert {RUN_CARD_KEY, PARAMETERS_KEY} <= set(Image.open(saved[0]).text)
 

@@ -3,82 +3,13 @@
 from __future__ import annotations
 
 import re
-import shutil
 import time
-from pathlib import Path
 
-import pytest
-
-import launch
-from conftest import ROOT
-from helpers import free_port, sample_scene
 from studio.core.run_card import read_run_card
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
-RUNNING = re.compile(r"Denoising step \d+ of 150")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  # two visitors are two pages of one browser: keep the one behind polling its job
-                  "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
-                  "--disable-backgrounding-occluded-windows"]
-
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not shutil.which("chromium"),
-                                reason="needs Debian's chromium (make test installs it)")
-
-
-def serve_app(tmp_path, monkeypatch, model_cache):
-    """A real server (`streamlit run app.py` through launch.py) with the tiny models; yields its address and its
-    state folder, which holds its log."""
-    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
-    monkeypatch.setenv("DEVICE", "cpu")
-    port = free_port()
-    state = tmp_path / "launch"
-    started = launch.start(port, "none", "tiny", state_dir=state, quiet=True)
-    yield started.local_url, state
-    launch.stop(state)
-
-
-@pytest.fixture
-def launched(tmp_path, monkeypatch, model_cache):
-    yield from serve_app(tmp_path, monkeypatch, model_cache)
-
-
-@pytest.fixture
-def server(launched) -> str:
-    return launched[0]
-
-
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
-
-
-def new_page(browser):
-    return browser.new_context(viewport={"width": 1400, "height": 1800}, accept_downloads=True).new_page()
-
-
-@pytest.fixture
-def page(browser):
-    return new_page(browser)
-
-
-def wait_until_idle(page, quiet_s: float = 1.0, timeout_s: float = 120.0) -> None:
-    """Streamlit shows its running indicator while a script runs, and stale elements linger until it ends; a
-    rerun a click caused may start a moment later. Idle: the indicator hidden for `quiet_s` in a row."""
-    status = page.locator("[data-testid='stStatusWidget']")
-    deadline = quiet_from = time.monotonic()
-    deadline += timeout_s
-    while time.monotonic() - quiet_from < quiet_s:
-        assert time.monotonic() < deadline, "the page kept running"
-        if status.is_visible():
-            quiet_from = time.monotonic()
-        page.wait_for_timeout(100)
+from helpers import ROOT, sample_scene
+from pages import (ARTIFACTS, RUNNING, detector_runs, downloaded_card, new_page, prepare_a_long_run, press,
+                   results_seed, slider, wait_until_idle)
 
 
 def test_upload_prompt_generate_download_and_a_friendly_error(server, page, tmp_path):
@@ -124,67 +55,6 @@ def test_upload_prompt_generate_download_and_a_friendly_error(server, page, tmp_
     assert page.locator("[data-testid='stException']").count() == 0
     wait_until_idle(page)
     page.screenshot(path=str(ARTIFACTS / "app-bad-upload.png"), full_page=True)
-
-
-def slider(page, label: str):
-    return page.get_by_role("slider", name=re.compile("^" + re.escape(label)))
-
-
-def unfold(page, element) -> None:
-    """Open the folded panels (expanders), if `element` is hidden in one: a folded panel may not draw its content."""
-    if element.count() and element.first.is_visible():
-        return
-    folded = page.locator("[data-testid='stMain'] details:not([open]) > summary")
-    for _ in range(20):
-        if not folded.count():
-            break
-        folded.first.click()
-        page.wait_for_timeout(100)
-    element.first.wait_for(state="visible", timeout=30_000)
-
-
-def press(page, label: str, *keys: str) -> None:
-    handle = slider(page, label)
-    unfold(page, handle)
-    handle.focus()
-    for key in keys:
-        handle.press(key)
-    wait_until_idle(page)
-
-
-def prepare_a_long_run(page) -> None:
-    """150 steps at 256 px: long enough on the CPU to act while it runs."""
-    page.get_by_text("Control image preview").wait_for(timeout=120_000)
-    press(page, "Resolution", "ArrowLeft", "ArrowLeft", "ArrowLeft", "ArrowLeft")
-    press(page, "Steps", "End")
-    assert slider(page, "Steps").input_value() == "150"
-    assert slider(page, "Resolution").input_value() == "256"
-
-
-def results_seed(page, other_than: str | None = None, timeout: int = 240_000) -> str:
-    """The seed in the results heading, once it shows one (other than `other_than`)."""
-    pattern = re.compile(r"Results \(seed (\d+)\)")
-    heading = page.get_by_text(pattern)
-    deadline = time.monotonic() + timeout / 1000
-    while True:
-        if heading.count():
-            seed = pattern.search(heading.first.inner_text()).group(1)
-            if seed != other_than:
-                return seed
-        assert time.monotonic() < deadline, "no new results"
-        page.wait_for_timeout(250)
-
-
-def downloaded_card(page, tmp_path, name: str) -> dict:
-    with page.expect_download() as download:
-        page.get_by_role("button", name="Download PNG").first.click()
-    saved = tmp_path / name
-    download.value.save_as(saved)
-    return read_run_card(saved.read_bytes())
-
-
-def detector_runs(state: Path) -> int:
-    return (state / "streamlit.log").read_text().count("detector ran on")
 
 
 def test_moving_sliders_during_a_run_neither_kills_it_nor_changes_it(server, page, tmp_path):
@@ -244,8 +114,8 @@ def test_two_visitors_generate_at_once_and_the_second_sees_its_place(server, bro
     assert [card["steps_done"] for card in cards] == [150, 20]
 
 
-def test_a_canny_slider_rebuilds_the_control_preview_without_the_detector(launched, page):
-    url, state = launched
+def test_a_canny_slider_rebuilds_the_control_preview_without_the_detector(served, page):
+    url, state = served.url, served.state
     page.goto(url)
     preview = page.locator("[data-testid='stImage']").filter(has_text="Control image preview").locator("img")
     preview.wait_for(timeout=120_000)
@@ -368,31 +238,23 @@ def test_an_api_job_and_a_page_visitor_wait_in_one_queue_and_see_each_others_pla
 
 
 def test_with_a_password_the_page_signs_in_uploads_and_shows_its_pictures_through_the_gate(
-        tmp_path, monkeypatch, model_cache, browser):
-    monkeypatch.setenv("APP_PASSWORD", "open sesame")
-    monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
-    monkeypatch.setenv("DEVICE", "cpu")
-    state = tmp_path / "launch"
-    started = launch.start(free_port(), "none", "tiny", state_dir=state, quiet=True)
-    try:
-        page = new_page(browser)
-        refused = []
-        page.on("response", lambda r: refused.append(r.url) if r.status == 403 else None)
-        page.goto(started.local_url)
-        page.get_by_label("Password", exact=True).fill("open sesame")
-        page.get_by_role("button", name="Enter").click()
-        page.get_by_text("Control image preview").first.wait_for(timeout=120_000)
-        photo = tmp_path / "two.png"
-        sample_scene((256, 192)).crop((0, 64, 256, 192)).save(photo)  # another picture than the page's sample
-        page.locator("input[type='file']").first.set_input_files(str(photo))
-        page.get_by_text(re.compile(r"Control image preview, \d+x\d+")).first.wait_for(timeout=60_000)
-        page.get_by_text("two.png").first.wait_for(timeout=60_000)  # the upload passed the gate
-        press(page, "Steps", "Home", "ArrowRight")
-        page.get_by_role("button", name="Generate").click()
-        results_seed(page)
-        wait_until_idle(page)
-        widths = page.locator("[data-testid='stImage'] img").evaluate_all("images => images.map(i => i.naturalWidth)")
-        assert widths and all(width > 0 for width in widths), widths  # every picture came through /media
-        assert refused == [], refused
-    finally:
-        launch.stop(state)
+        signed, browser, tmp_path):
+    page = new_page(browser)
+    refused = []
+    page.on("response", lambda r: refused.append(r.url) if r.status == 403 else None)
+    page.goto(signed.url)
+    page.get_by_label("Password", exact=True).fill(signed.env["APP_PASSWORD"])
+    page.get_by_role("button", name="Enter").click()
+    page.get_by_text("Control image preview").first.wait_for(timeout=120_000)
+    photo = tmp_path / "two.png"
+    sample_scene((256, 192)).crop((0, 64, 256, 192)).save(photo)  # another picture than the page's sample
+    page.locator("input[type='file']").first.set_input_files(str(photo))
+    page.get_by_text(re.compile(r"Control image preview, \d+x\d+")).first.wait_for(timeout=60_000)
+    page.get_by_text("two.png").first.wait_for(timeout=60_000)  # the upload passed the gate
+    press(page, "Steps", "Home", "ArrowRight")
+    page.get_by_role("button", name="Generate").click()
+    results_seed(page)
+    wait_until_idle(page)
+    widths = page.locator("[data-testid='stImage'] img").evaluate_all("images => images.map(i => i.naturalWidth)")
+    assert widths and all(width > 0 for width in widths), widths  # every picture came through /media
+    assert refused == [], refused

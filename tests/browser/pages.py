@@ -1,0 +1,148 @@
+"""What the browser tests do to a page: open one, wait for Streamlit to settle, move sliders, read results."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from studio.core.run_card import read_run_card
+
+from helpers import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+PASSWORD = "open sesame"  # the password of the `signed` server
+RUNNING = re.compile(r"Denoising step \d+ of 150")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  # two visitors are two pages of one browser: keep the one behind polling its job
+                  "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                  "--disable-backgrounding-occluded-windows"]
+
+
+def new_page(browser):
+    """A new visitor: a browser context of its own (its own tab address, so its own identity on the server)."""
+    return browser.new_context(viewport={"width": 1400, "height": 1800}, accept_downloads=True).new_page()
+
+
+def wait_until_idle(page, quiet_s: float = 1.0, timeout_s: float = 120.0) -> None:
+    """Streamlit shows its running indicator while a script runs, and stale elements linger until it ends; a
+    rerun a click caused may start a moment later. Idle: the indicator hidden for `quiet_s` in a row."""
+    status = page.locator("[data-testid='stStatusWidget']")
+    deadline = quiet_from = time.monotonic()
+    deadline += timeout_s
+    while time.monotonic() - quiet_from < quiet_s:
+        assert time.monotonic() < deadline, "the page kept running"
+        if status.is_visible():
+            quiet_from = time.monotonic()
+        page.wait_for_timeout(100)
+
+
+def test_upload_prompt_generate_download_and_a_friendly_error(server, page, tmp_path):
+    from PIL import Image, ImageDraw
+
+    photo = tmp_path / "shapes.png"
+    image = Image.new("RGB", (384, 256), (40, 60, 90))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((30, 40, 130, 140), fill=(240, 200, 60))
+    draw.rectangle((220, 90, 330, 200), fill=(200, 70, 60))
+    image.save(photo)
+
+    page.goto(server)
+    page.get_by_text("YOLO ControlNet Studio").first.wait_for(timeout=120_000)
+    page.get_by_text("Attention:").wait_for(timeout=120_000)
+    assert "sdpa" in page.locator("section[data-testid='stSidebar']").inner_text()
+
+    page.locator("input[type='file']").first.set_input_files(str(photo))
+    page.get_by_role("tab", name="Detections (2)").wait_for(timeout=60_000)
+    prompt = page.get_by_label("Prompt", exact=True)
+    prompt.fill("a watercolor of a sun over a red house")
+    prompt.press("Control+Enter")
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("Results (seed").wait_for(timeout=180_000)
+    assert page.get_by_text(re.compile(r"edge fidelity -?\d\.\d\d")).count() >= 1
+
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download PNG").click()
+    saved = tmp_path / "result.png"
+    download.value.save_as(saved)
+    card = read_run_card(saved.read_bytes())
+    assert card["request"]["prompt"] == "a watercolor of a sun over a red house"
+    assert card["attention"]["chosen"] == "sdpa" and card["models"]["set"] == "tiny"
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    wait_until_idle(page)
+    page.screenshot(path=str(ARTIFACTS / "app-after-generate.png"), full_page=True)
+
+    fake = tmp_path / "notes.png"
+    fake.write_text("these are my notes, not a picture")
+    page.locator("input[type='file']").first.set_input_files(str(fake))
+    page.get_by_text("not an image that can be read").wait_for(timeout=60_000)
+    assert page.locator("[data-testid='stException']").count() == 0
+    wait_until_idle(page)
+    page.screenshot(path=str(ARTIFACTS / "app-bad-upload.png"), full_page=True)
+
+
+def slider(page, label: str):
+    return page.get_by_role("slider", name=re.compile("^" + re.escape(label)))
+
+
+def unfold(page, element) -> None:
+    """Open the folded panels (expanders), if `element` is hidden in one: a folded panel may not draw its content."""
+    if element.count() and element.first.is_visible():
+        return
+    folded = page.locator("[data-testid='stMain'] details:not([open]) > summary")
+    for _ in range(20):
+        if not folded.count():
+            break
+        folded.first.click()
+        page.wait_for_timeout(100)
+    element.first.wait_for(state="visible", timeout=30_000)
+
+
+def press(page, label: str, *keys: str) -> None:
+    handle = slider(page, label)
+    unfold(page, handle)
+    handle.focus()
+    for key in keys:
+        handle.press(key)
+    wait_until_idle(page)
+
+
+def prepare_a_long_run(page) -> None:
+    """150 steps at 256 px: long enough on the CPU to act while it runs."""
+    page.get_by_text("Control image preview").wait_for(timeout=120_000)
+    press(page, "Resolution", "ArrowLeft", "ArrowLeft", "ArrowLeft", "ArrowLeft")
+    press(page, "Steps", "End")
+    assert slider(page, "Steps").input_value() == "150"
+    assert slider(page, "Resolution").input_value() == "256"
+
+
+def results_seed(page, other_than: str | None = None, timeout: int = 240_000) -> str:
+    """The seed in the results heading, once it shows one (other than `other_than`)."""
+    pattern = re.compile(r"Results \(seed (\d+)\)")
+    heading = page.get_by_text(pattern)
+    deadline = time.monotonic() + timeout / 1000
+    while True:
+        if heading.count():
+            seed = pattern.search(heading.first.inner_text()).group(1)
+            if seed != other_than:
+                return seed
+        assert time.monotonic() < deadline, "no new results"
+        page.wait_for_timeout(250)
+
+
+def downloaded_card(page, tmp_path, name: str) -> dict:
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download PNG").first.click()
+    saved = tmp_path / name
+    download.value.save_as(saved)
+    return read_run_card(saved.read_bytes())
+
+
+def detector_runs(state: Path) -> int:
+    """How often the server ran the detector, as its log says."""
+    return (state / "streamlit.log").read_text().count("detector ran on")
+
+
