@@ -26,14 +26,16 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import attention_backend  # noqa: E402  (must run before diffusers is imported)
+from flops import T4_TFLOPS, RunFlops, non_gemm_share, t4_estimate_s  # noqa: E402
 
 PROMPT = "a cozy cottage in a watercolor painting"
 SEED = 1234
@@ -43,6 +45,7 @@ ROWS = (
     ("seed-sliced", "sliced", 512, 1, "quality", False, "all", "square"),
     ("project-eager", "project-eager", 512, 1, "quality", False, "all", "square"),
     ("project-default", "project", 512, 1, "quality", False, "all", "square"),
+    ("project-control-end-0.5", "project", 512, 1, "quality", False, "all", "square"),
     ("project-fast", "project", 512, 1, "fast", False, "all", "square"),
     ("project-turbo", "project", 512, 1, "turbo", False, "all", "square"),
     ("project-turbo-taesd", "project", 512, 1, "turbo", True, "all", "square"),
@@ -57,6 +60,8 @@ ROWS = (
     ("project-detail-3-objects", "project", 768, 1, "quality", False, "detail", "wide"),
     ("project-detail-3-objects-fast", "project", 768, 1, "fast", False, "detail", "wide"),
 )
+# Rows that end the ControlNet's window early (control_end): it is not evaluated on the steps after it.
+CONTROL_END = {"project-control-end-0.5": 0.5}
 # project-preset-switch: the presets one pipeline goes through, in order
 SWITCHES = ("quality", "fast", "quality", "turbo")
 # The benchmarks' detector has random weights and finds nothing: a repaint row repaints one fixed detection, a
@@ -89,14 +94,24 @@ class Bench:
         self.dtype = torch.float16 if device == "cuda" else torch.float32
         self.photos = photos()
         self.photo = self.photos["square"]
+        self.share = 0.0  # the non-GEMM share of the time (measure_share)
+
+    def measure_share(self) -> float:
+        """The non-GEMM share of one Quality call at 512x512 (64 on the CPU), eager, on this device."""
+        pipe = self.pipeline(graphs=False)
+        call = self.project_call(pipe, 512 if self.device == "cuda" else 64, 1, "quality")
+        call()  # warm-up
+        self.share = non_gemm_share(call, self.device)
+        del pipe, call
+        return self.share
 
     def request(self, size: int, batch: int, preset: str = "quality", fast_decode: bool = False,
-                regenerate: str = "all"):
+                regenerate: str = "all", control_end: float = 1.0):
         from inference_pipeline import GenerationRequest
 
         steps = self.steps if preset == "quality" else None  # the preset's own
         return GenerationRequest(prompt=PROMPT, preset=preset, steps=steps, resolution=size, num_images=batch,
-                                 seed=SEED, fast_decode=fast_decode, regenerate=regenerate,
+                                 seed=SEED, fast_decode=fast_decode, regenerate=regenerate, control_end=control_end,
                                  detail_resolution=512 if self.device == "cuda" else 64)
 
     def diffusers_call(self, size: int, batch: int, sliced: bool) -> Callable[[], list[Any]]:
@@ -139,9 +154,11 @@ class Bench:
         return InferencePipeline(settings=settings)
 
     def project_call(self, pipe, size: int, batch: int, preset: str, fast_decode: bool = False,
-                     regenerate: str = "all", photo: str = "square") -> Callable[[], list[Any]]:
+                     regenerate: str = "all", photo: str = "square", control_end: float = 1.0
+                     ) -> Callable[[], list[Any]]:
         """What Generate costs: the page's preview is made before the click and handed to the job."""
-        request, picture = self.request(size, batch, preset, fast_decode, regenerate), self.photos[photo]
+        request = self.request(size, batch, preset, fast_decode, regenerate, control_end)
+        picture = self.photos[photo]
         preview = pipe.preview_from(picture, self.detections(pipe, picture, regenerate), request)
 
         def call() -> list[Any]:
@@ -222,7 +239,8 @@ class Bench:
             call = self.diffusers_call(size, batch, sliced=runner == "sliced")
         else:
             pipe = self.pipeline(graphs=runner != "project-eager", compile=runner == "project-compile")
-            call = self.project_call(pipe, size, batch, preset, fast_decode, regenerate, photo)
+            call = self.project_call(pipe, size, batch, preset, fast_decode, regenerate, photo,
+                                     CONTROL_END.get(config, 1.0))
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -239,13 +257,21 @@ class Bench:
         per_call = statistics.median(seconds)
         if config in self.profile:
             self.print_profile(config, call)
-        row = {"config": config, "size": size, "photo": photo, "batch": batch, "preset": preset, "steps": self.steps_run,
-               "taesd_decode": fast_decode, "regenerate": regenerate, "seconds_per_image": round(per_call / batch, 4),
+        row = {"config": config, "size": size, "photo": photo, "batch": batch, "preset": preset,
+               "steps": self.steps_run, "taesd_decode": fast_decode, "regenerate": regenerate,
+               "seconds_per_image": round(per_call / batch, 4),
                "steps_per_second": round(self.steps_run / per_call, 2), "warmup_s": round(warmup, 2),
                "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if self.device == "cuda"
                else None}
         if runner.startswith("project"):
             row["fast_path"], row["last_call_timings"] = self.fast_path, self.timings
+            flops = RunFlops(pipe.pipe, pipe.denoiser.taesd)
+            with flops.counting():  # one more call, untimed: the evaluations it really ran
+                call()
+            row["evaluations"] = {f"{what} {'x'.join(map(str, shape))}": samples
+                                  for (what, shape), samples in sorted(flops.calls.items())}
+            row["tflops_per_image"] = round(flops.tflops() / batch, 6)
+            row["t4_estimate_s"] = round(t4_estimate_s(row["tflops_per_image"], self.share), 6)
         if regenerate == "detail":
             row["seconds_per_object"] = round(per_call / (batch * len(THREE_OBJECTS)), 4)
         del call
@@ -268,16 +294,21 @@ def build_folders(folder: Path, quick: bool) -> dict[str, Path]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"{result['device']}, torch {result['torch']}, diffusers {result['diffusers']}, quality: {result['steps']} "
-             f"UniPC steps, CFG 7.5; fast: 4 TCD steps, turbo: 2 LCM steps, CFG 1; median of {result['repeats']} "
-             f"after a warm-up, {result['date']}", "",
-             "| config | size | batch | steps | s / image | steps / s | peak GiB | warm-up s | max abs diff vs default |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [f"{result['device']}, torch {result['torch']}, diffusers {result['diffusers']}, "
+             f"quality: {result['steps']} UniPC steps, CFG 7.5; fast: 4 TCD steps, turbo: 2 LCM steps, CFG 1; "
+             f"median of {result['repeats']} after a warm-up, {result['date']}", "",
+             "| config | size | batch | steps | s / image | steps / s | peak GiB | warm-up s "
+             "| max abs diff vs default | TFLOP / image | T4 estimate s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in result["rows"]:
         diff = row["max_abs_diff_vs_default"]
         lines.append(f"| {row['config']} | {row['size']} | {row['batch']} | {row['steps']} | "
-                     f"{row['seconds_per_image']:.3f} | {row['steps_per_second']:.1f} | {row['peak_vram_gib'] or '-'} | "
-                     f"{row['warmup_s']:.1f} | {'-' if diff != diff else f'{diff:.4f}'} |")
+                     f"{row['seconds_per_image']:.3f} | {row['steps_per_second']:.1f} | "
+                     f"{row['peak_vram_gib'] or '-'} | {row['warmup_s']:.1f} | "
+                     f"{'-' if diff is None else f'{diff:.4f}'} | {row.get('tflops_per_image', '-')} | "
+                     f"{row.get('t4_estimate_s', '-')} |")
+    lines.append(f"\nT4 estimate: TFLOP / {result['t4']['tflops']} TFLOP/s / (1 - {result['t4']['non_gemm_share']}), "
+                 "the non-GEMM share of a Quality call's operator time measured here")
     switch = result.get("preset_switch")
     if switch:
         lines += ["", "| project-preset-switch | " + " | ".join(switch["switch_extra_s"]) + " |",
@@ -317,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         bench = Bench(build_folders(Path(folder), args.quick), device, steps, repeats,
                       tuple(filter(None, args.profile.split(","))))
+        result["t4"] = {"tflops": T4_TFLOPS, "non_gemm_share": round(bench.measure_share(), 4)}
         for config, runner, size, batch, preset, fast_decode, regenerate, photo in rows_to_run:
             size = 64 if args.quick else size
             row, image = bench.run(config, runner, size, batch, preset, fast_decode, regenerate, photo)
@@ -324,14 +356,13 @@ def main(argv: list[str] | None = None) -> int:
             if runner == "diffusers":
                 references[size] = pixels
             reference = references.get(size) if (preset, fast_decode, regenerate, photo) == \
-                ("quality", False, "all", "square") else None
+                ("quality", False, "all", "square") and config not in CONTROL_END else None
             same_run = (size, batch, preset, fast_decode, regenerate, photo)
             if runner == "project":
                 fast_path_images[same_run] = pixels
             elif runner == "project-eager" and same_run in fast_path_images:  # the fast path's pixels, eager
                 row["max_abs_diff_vs_fast_path"] = float(np.abs(pixels - fast_path_images[same_run]).max())
-            row["max_abs_diff_vs_default"] = float(np.abs(pixels - reference).max()) if reference is not None \
-                else float("nan")
+            row["max_abs_diff_vs_default"] = None if reference is None else float(np.abs(pixels - reference).max())
             print(json.dumps(row), flush=True)
             results.append(row)
             out.write_text(json.dumps(result, indent=2) + "\n")  # after every row: a cut-short run keeps its rows

@@ -7,8 +7,8 @@ import types
 
 import numpy as np
 
-from studio.engine import cuda_graphs
 from inference_pipeline import GenerationRequest
+from studio.engine import cuda_graphs
 
 
 def test_on_the_cpu_the_wrapper_steps_aside_and_unwraps_cleanly(tiny_pipeline, photo):
@@ -34,7 +34,7 @@ def test_pipeline_benchmark_script_writes_its_rows_and_table(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "benchmarks/bench_pipeline.py", "--quick", "--out", str(out)],
@@ -44,16 +44,27 @@ def test_pipeline_benchmark_script_writes_its_rows_and_table(tmp_path):
     assert result["device"] == "cpu" and result["torch"] and result["diffusers"]
     rows = {row["config"]: row for row in result["rows"]}
     assert {"seed-sliced", "diffusers-default", "project-default", "project-default-batch4", "project-fast",
-            "project-turbo"} <= set(rows)
+            "project-turbo", "project-control-end-0.5"} <= set(rows)
     assert (rows["project-fast"]["preset"], rows["project-fast"]["steps"]) == ("fast", 4)
     assert (rows["project-turbo"]["preset"], rows["project-turbo"]["steps"]) == ("turbo", 2)
-    assert rows["project-fast"]["max_abs_diff_vs_default"] != rows["project-fast"]["max_abs_diff_vs_default"]  # NaN
+    assert rows["project-fast"]["max_abs_diff_vs_default"] is None  # another preset: nothing to compare with
     assert rows["diffusers-default"]["max_abs_diff_vs_default"] == 0.0  # the reference row
     assert rows["project-default"]["max_abs_diff_vs_default"] <= 1 / 255  # the project makes diffusers' pixels
     assert rows["project-fast-eager"]["max_abs_diff_vs_fast_path"] == 0.0  # compared with the project-fast row
-    assert rows["project-default-batch4"]["seconds_per_image"] < rows["project-default-batch4"]["steps"] / \
-        rows["project-default-batch4"]["steps_per_second"]  # a call of 4 images, a quarter of it per image
+    batch4 = rows["project-default-batch4"]
+    pipeline_s = batch4["last_call_timings"]["total_s"]  # what the pipeline itself measured in its last call
+    assert batch4["batch"] * batch4["seconds_per_image"] >= 0.8 * pipeline_s > 0, batch4  # a call of 4 images
+    assert batch4["seconds_per_image"] < pipeline_s, "the bench's time per image is a quarter of a call"
     assert rows["project-default"]["fast_path"]["state"] == "off: CUDA graphs need a CUDA GPU"
+    assert 0 < result["t4"]["non_gemm_share"] < 1 and result["t4"]["tflops"] == 42.7
+    for row in result["rows"]:
+        if row["config"].startswith("project"):
+            assert row["tflops_per_image"] > 0 and row["t4_estimate_s"] > 0, row
+    default, end_half = rows["project-default"]["evaluations"], rows["project-control-end-0.5"]["evaluations"]
+    assert default == {"controlnet 4x8x8": 4, "unet 4x8x8": 4, "vae-decode 4x8x8": 1}  # 2 steps, CFG: batch 2
+    assert end_half == {"controlnet 4x8x8": 2, "unet 4x8x8": 4, "vae-decode 4x8x8": 1}  # its first step only
+    assert rows["project-control-end-0.5"]["tflops_per_image"] < rows["project-default"]["tflops_per_image"]
+    assert rows["project-control-end-0.5"]["max_abs_diff_vs_default"] is None  # other settings than the default
     switch = result["preset_switch"]
     assert list(switch["switch_extra_s"]) == ["quality->fast", "fast->quality", "quality->turbo"]
     assert set(switch["steady_s"]) == {"quality", "fast", "turbo"} and min(switch["steady_s"].values()) > 0

@@ -16,9 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import pixels, sample_scene
 from inference_pipeline import GenerationRequest, InferencePipeline
 from studio.core.settings import Settings
+
+from helpers import pixels, sample_scene
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -131,6 +132,30 @@ def test_fast_path_matches_eager_for_every_scheduler(fast, eager, scene, schedul
                          ids=["guess-mode", "start-end", "scale", "batch-2", "cfg-off"])
 def test_fast_path_matches_eager_for_control_settings_and_batches(fast, eager, scene, change):
     assert_same(fast, eager, scene, replace(BASE, **change))
+
+
+@pytest.mark.parametrize("change, runs", [(dict(control_end=0.5), 4), (dict(control_start=0.5, guess_mode=True), 4),
+                                          (dict(controlnet_scale=0.0), 0)],
+                         ids=["end-0.5", "start-0.5-guess", "scale-0"])
+def test_the_controlnet_skipped_outside_its_window_on_the_fast_path_equals_diffusers_eager_run(
+        fast, eager, scene, change, runs):
+    """The gated fast path (a UNet graph without residuals for the skipped steps) against the ungated eager run,
+    which evaluates the ControlNet at every step and scales its residuals by 0: bit for bit."""
+    request = replace(BASE, steps=8, **change)
+    evaluations: list[int] = []
+    hook = fast.pipe.controlnet.register_forward_pre_hook(lambda module, args: evaluations.append(1))
+    try:
+        got = pixels(fast.generate(scene, request))
+    finally:
+        hook.remove()
+    eager.pipe.controlnet.skip_at_zero_scale = False
+    try:
+        expected = pixels(eager.generate(scene, request))
+    finally:
+        del eager.pipe.controlnet.skip_at_zero_scale
+    assert len(evaluations) == runs, "8 steps: the ControlNet ran on those of its window only"
+    assert fast.denoiser.graph_stats.failures == {}
+    assert np.array_equal(got, expected), f"differ by {int(np.abs(got - expected).max())} levels"
 
 
 def test_a_size_change_and_back_reuses_the_first_graphs(fast, eager, scene):

@@ -27,14 +27,15 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-MAX_GRAPHS_PER_MODULE = 4
+MAX_GRAPHS_PER_MODULE = 6  # per size: with and without CFG, with and without ControlNet residuals, a repaint
 WARMUP_CALLS = 2
 # PyTorch allows one capture at a time per process, and `torch.cuda.empty_cache()` frees memory on every GPU,
 # which would break another GPU's capture: with one pipeline per GPU in its own thread, both take this lock.

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import gc
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image
@@ -116,8 +117,10 @@ class Denoiser:
 
             extra = {"unet": self.inpaint_unet} if self.inpaint_unet is not None else {}
             # from_pipe casts every shared module to `dtype`, float32 unless told: that would turn the loaded
-            # fp16 weights into float32 ones (twice the memory, the captured graphs left pointing at freed ones)
-            self._inpaint = RepaintPipeline.from_pipe(self.pipe, dtype=self.pipe.unet.dtype, **extra)
+            # fp16 weights into float32 ones (twice the memory, the captured graphs left pointing at freed ones).
+            # It also leaves out a component whose class is not exactly its type hint: the GatedControlNet.
+            self._inpaint = RepaintPipeline.from_pipe(self.pipe, controlnet=self.pipe.controlnet,
+                                                      dtype=self.pipe.unet.dtype, **extra)
             self._inpaint.set_progress_bar_config(disable=True)
             if self.inpaint_unet is not None:
                 attention_backend.apply(self._inpaint, self.attention_in_use)

@@ -137,9 +137,11 @@ class ModelLoader:
                 f"MODELS=tiny to use the offline smoke models.") from exc
 
     def diffusion(self) -> Any:
-        from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+        from diffusers import StableDiffusionControlNetPipeline
 
-        controlnet = self.from_pretrained(ControlNetModel, "controlnet")
+        from studio.engine.control_gate import GatedControlNet
+
+        controlnet = self.from_pretrained(GatedControlNet, "controlnet")  # skips its calls at scale 0
         checker = {} if self.settings.safety_checker else {"safety_checker": None}
         pipe = self.from_pretrained(StableDiffusionControlNetPipeline, "sd15", controlnet=controlnet,
                                     requires_safety_checker=False, **checker)
