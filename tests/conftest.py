@@ -22,6 +22,9 @@ os.environ["HF_HOME"] = _HOME
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"  # no test may try the network
 os.environ["YOLO_CONFIG_DIR"] = str(Path(_HOME) / "ultralytics")
+# The tests' Ray instances live on loopback for minutes: no token (Ray 2.60 turns token auth on by default once a
+# token exists in ~/.ray, and a server started later then fails to join the session's head with it).
+os.environ["RAY_AUTH_MODE"] = "disabled"
 OUTPUTS = Path(_HOME) / "outputs"
 os.environ["OUTPUTS_DIR"] = str(OUTPUTS)  # never the project's own outputs/ folder
 # The marker each fixture brings to the tests that use it, directly or through another fixture.
@@ -33,6 +36,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for fixture, marker in MARKED_BY.items():
             if fixture in item.fixturenames:
                 item.add_marker(marker)
+    # The Ray tests last: once the session's Ray head runs, RAY_ADDRESS=auto finds it (Ray looks for running
+    # processes), and the test of an unreachable cluster must run before that.
+    items.sort(key=lambda item: item.get_closest_marker("ray") is not None)
 
 
 @pytest.fixture(scope="session")
