@@ -159,7 +159,7 @@ def password_gate() -> bool:
 
 # -- panels ----------------------------------------------------------------------------------------------
 
-@st.fragment(run_every=state.settings().queue_poll_s)
+@st.fragment(run_every=state.queue_poll_s())
 def queue_line(jobs: JobQueue) -> None:
     """The queue as it is now: a fragment of its own, so the line follows the jobs without rerunning the page."""
     if signed_in():

@@ -42,13 +42,15 @@ def count(fn: Callable[[], Any]) -> float:
     return counter.get_total_flops() / 1e12
 
 
+PER_SAMPLE: dict[tuple[str, tuple[int, ...], str], float] = {}  # (what, shape, module config) -> TFLOP
+
+
 class RunFlops:
     """The TFLOP of what a pipeline really evaluated while `counting()` was open (`tflops` afterwards)."""
 
     def __init__(self, pipe: Any, taesd: Any | None = None) -> None:
         self.pipe, self.taesd = pipe, taesd
         self.calls: Counter[tuple[str, tuple[int, ...]]] = Counter()  # (what, per-sample input shape) -> samples
-        self._per_sample: dict[tuple[str, tuple[int, ...]], float] = {}
 
     @contextmanager
     def counting(self) -> Iterator[None]:
@@ -89,15 +91,20 @@ class RunFlops:
         return sum(samples * self.per_sample(key) for key, samples in self.calls.items())
 
     def per_sample(self, key: tuple[str, tuple[int, ...]]) -> float:
-        """One sample's TFLOP through `what` at that input shape, counted on a meta-device copy of the module."""
-        if key not in self._per_sample:
-            what, shape = key
-            self._per_sample[key] = count(self._meta_call(what, shape))
-        return self._per_sample[key]
+        """One sample's TFLOP through `what` at that input shape, counted on a meta-device copy of the module
+        (once per module configuration and shape in this process)."""
+        what, shape = key
+        config = repr(sorted(dict(self._source(what).config).items()))
+        if (what, shape, config) not in PER_SAMPLE:
+            PER_SAMPLE[(what, shape, config)] = count(self._meta_call(what, shape))
+        return PER_SAMPLE[(what, shape, config)]
+
+    def _source(self, what: str) -> Any:
+        return {"unet": self.pipe.unet, "controlnet": self.pipe.controlnet, "vae-decode": self.pipe.vae,
+                "vae-encode": self.pipe.vae, "taesd-decode": self.taesd}[what]
 
     def _meta_call(self, what: str, shape: tuple[int, ...]) -> Callable[[], Any]:
-        source = {"unet": self.pipe.unet, "controlnet": self.pipe.controlnet, "vae-decode": self.pipe.vae,
-                  "vae-encode": self.pipe.vae, "taesd-decode": self.taesd}[what]
+        source = self._source(what)
         with torch.device("meta"):
             model = type(source).from_config(source.config)
             x = torch.zeros(1, *shape)

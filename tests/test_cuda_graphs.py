@@ -6,6 +6,7 @@ from __future__ import annotations
 import types
 
 import numpy as np
+import pytest
 
 from inference_pipeline import GenerationRequest
 from studio.engine import cuda_graphs
@@ -27,6 +28,7 @@ def test_on_the_cpu_the_wrapper_steps_aside_and_unwraps_cleanly(tiny_pipeline, p
     assert isinstance(tiny_pipeline.pipe.controlnet.forward, types.MethodType)
 
 
+@pytest.mark.slow  # every row of the benchmark on the tiny models: about two minutes on two cores
 def test_pipeline_benchmark_script_writes_its_rows_and_table(tmp_path):
     """The benchmark's plumbing on the tiny models (every row eager on the CPU, so its numbers mean nothing
     here; the fast path against eager is checked in test_gpu.py)."""

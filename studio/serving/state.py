@@ -124,6 +124,15 @@ def settings() -> Settings:
     return queue.pipelines[0].settings if queue is not None else server_settings()
 
 
+def queue_poll_s() -> float:
+    """How often the page's queue line polls (QUEUE_POLL_S). A broken setting is for the model load to report, in
+    the page; until then the line polls at the default."""
+    try:
+        return settings().queue_poll_s
+    except ValueError:
+        return Settings.queue_poll_s
+
+
 def batch(owner: str) -> BatchRun | None:
     """The visitor's latest batch from the page, on its way or ended (its zip still to download)."""
     return _batches.get(owner)

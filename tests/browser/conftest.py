@@ -1,4 +1,4 @@
-"""The browser tests' fixtures: one Chromium for the session, a page per test, and the shared servers (a test that
+"""The browser tests' fixtures: one Chromium per module, a page per test, and the shared servers (a test that
 needs another environment asks `servers.get(...)` for it). Each page is a new visitor of its own."""
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.skip(reason="needs Debian's chromium (make test installs it)"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """One Chromium per module: Playwright's sync API keeps an asyncio loop running in this thread while it is
+    open, which other tests' `asyncio.run` (and AppTest) cannot share."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
