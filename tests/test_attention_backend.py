@@ -103,6 +103,7 @@ def candidate(outcome: dict, name: str) -> dict:
     return next(c for c in outcome["report"]["candidates"] if c["name"] == name)
 
 
+@pytest.mark.slow  # each case a fresh Python that imports diffusers and generates: about 10 s a case
 @pytest.mark.parametrize("case", ["schema-xformers", "call-broken-xformers", "undefined-symbol-flash-attn",
                                   "schema-xformers+flash-attn", "call-broken-xformers+flash-attn"])
 def test_prepare_names_quarantines_and_the_pipeline_still_generates(case, request, model_cache):

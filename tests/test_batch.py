@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from PIL import Image
 
 from inference_pipeline import GenerationRequest
@@ -43,6 +44,7 @@ def test_five_photos_one_broken_make_four_outputs_and_one_clear_error_line(tiny_
     assert again.summary() == "0 made, 4 already there, 1 failed."
 
 
+@pytest.mark.slow  # a batch process started, killed and started again: about 40 s
 def test_a_killed_run_resumes_and_makes_only_the_missing_outputs(model_cache, tmp_path):
     inputs = folder_of_photos(tmp_path / "in", 8)
     outputs = tmp_path / "out"
