@@ -10,6 +10,7 @@ import pytest
 
 from inference_pipeline import GenerationRequest
 from studio.engine.control_gate import GatedControlNet
+from studio.engine.cuda_graphs import model_name
 
 from helpers import pixels, sample_scene
 
@@ -37,8 +38,10 @@ def ungated(pipe):
         del pipe.controlnet.skip_at_zero_scale
 
 
-def test_the_loaded_controlnet_is_the_gated_one(tiny_pipeline):
+def test_the_loaded_controlnet_is_the_gated_one_and_run_cards_name_it_as_diffusers_does(tiny_pipeline):
     assert isinstance(tiny_pipeline.pipe.controlnet, GatedControlNet)
+    assert model_name(tiny_pipeline.pipe.controlnet) == "ControlNetModel"
+    assert model_name(tiny_pipeline.pipe.unet) == "UNet2DConditionModel"
 
 
 @pytest.mark.parametrize("window, calls", [(dict(control_end=0.5), 10), (dict(control_start=0.25), 15),

@@ -117,7 +117,7 @@ class GraphedForward:
         self.graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._scalars: dict[tuple, torch.Tensor] = {}
         self.module = module
-        self.module_name = type(module).__name__
+        self.module_name = model_name(module)
         self.failure: str | None = None
         self.weights = self._weight_pointers()
 
@@ -227,6 +227,13 @@ def _wrapped(pipe: Any, extra_unets: tuple) -> list[tuple[Any, str, tuple[str, .
         [(unet, "forward", ()) for unet in extra_unets]
 
 
+def model_name(module: torch.nn.Module) -> str:
+    """The diffusers class a module is, as run cards name it: `ControlNetModel` also for the project's
+    `GatedControlNet` subclass, so a card reads the same with or without the gate."""
+    library = next((cls for cls in type(module).__mro__ if cls.__module__.startswith("diffusers.")), type(module))
+    return library.__name__
+
+
 def disable(pipe: Any, extra_unets: tuple = ()) -> None:
     """Back to plain eager forwards (drops every captured graph)."""
     for module, method, _ in _wrapped(pipe, extra_unets):
@@ -235,5 +242,5 @@ def disable(pipe: Any, extra_unets: tuple = ()) -> None:
 
 def moved(pipe: Any, extra_unets: tuple = ()) -> list[str]:
     """The graphed modules whose weights moved to other memory since they were wrapped (their graphs are stale)."""
-    return [type(module).__name__ for module, method, _ in _wrapped(pipe, extra_unets)
+    return [model_name(module) for module, method, _ in _wrapped(pipe, extra_unets)
             if isinstance(module.__dict__.get(method), GraphedForward) and module.__dict__[method].weights_moved()]
