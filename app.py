@@ -37,7 +37,7 @@ from studio.page.fill import OBJECT_PROMPT, PICK
 from studio.page.history_panel import history_panel
 from studio.page.png_info_panel import png_info_panel
 from studio.page.session import client, guarded, signed_in, visitor
-from studio.page.widgets import choice, later, slider, switch
+from studio.page.widgets import choice, later, plain, slider, switch
 from studio.serving import access, state
 from studio.serving.jobs import CANCELLED, DONE, QUEUED, JobQueue
 from studio.serving.previews import Previews
@@ -257,7 +257,7 @@ def input_panel(previews: Previews, max_upload_mb: int) -> tuple[Any, str] | tup
         sample = st.selectbox("…or a sample image", list(SAMPLES), key="sample")
         return previews.image(SAMPLES[sample])
     except InvalidImageError as exc:
-        name = f"'{upload.name[:80]}'" if upload is not None else "The photo"
+        name = f"'{plain(upload.name[:80])}'" if upload is not None else "The photo"
         st.error(f"{name} cannot be used: {exc} Upload another one, or remove it (×) to use a sample.")
         return None, None
 

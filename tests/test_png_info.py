@@ -4,12 +4,17 @@ as they map, the rest listed with why."""
 from __future__ import annotations
 
 import io
+import random
+import time
+import zlib
 
 import pytest
 from PIL import Image, PngImagePlugin
 
 from studio.core.errors import InvalidImageError
-from studio.core.png_info import from_parameters, read_png_info, style_lora
+from studio.core.png_info import (LORA_TAG, PARAM, from_parameters, lora_tag_spans, read_png_info, settings_pairs,
+                                  style_lora)
+from studio.core.png_text import MAX_TEXT_CHARS
 from studio.serving import history
 
 from helpers import OUTPUTS, app_page
@@ -102,7 +107,7 @@ def test_the_style_lora_is_the_first_one_offered_and_the_others_are_listed():
 def test_a_picture_without_settings_and_a_file_that_is_no_picture_say_so():
     with pytest.raises(InvalidImageError, match="carries no generation settings"):
         read_png_info(png_with_text(Comment="a holiday photo"))
-    with pytest.raises(InvalidImageError, match="not a picture that can be read"):
+    with pytest.raises(InvalidImageError, match="not a PNG"):
         read_png_info(b"these are my notes")
 
 
@@ -145,7 +150,7 @@ def test_an_a1111_png_fills_the_page_and_lists_what_it_does_not_use(app_env):
     app = app_page().run()
     app.file_uploader(key="png-info").set_value(("a1111.png", png_with_text(parameters=A1111_CONTROLNET),
                                                  "image/png")).run()
-    listed = " ".join(w.value for w in app.warning)
+    listed = " ".join(block.value for block in app.code)
     assert "Clip skip: 2 (not used here)" in listed and "LoRA add_detail: 0.6 (not offered on this server)" in listed
     app.button(key="png-info-use").click().run()
     assert not app.exception
@@ -160,3 +165,108 @@ def test_an_a1111_png_fills_the_page_and_lists_what_it_does_not_use(app_env):
     next(b for b in app.button if b.label == "Generate").click().run()
     card = wait_for_the_job(app).session_state["result"].run_card  # the filled page runs
     assert (card["request"]["canny_high"], card["size"], card["seed"]) == (160, [512, 768], 3094711532)
+
+
+def test_the_linear_parsers_give_a1111s_own_matches_on_random_text():
+    """A tripwire for the two rewritten patterns: on random text of the characters that matter, the pairs and tags
+    are exactly what A1111's regular expressions find."""
+    rng = random.Random(3)
+    alphabet = 'ab -/:,"\\\t<lora:>1.'
+    for _ in range(5000):
+        line = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        assert settings_pairs(line) == PARAM.findall(line), line
+        spans = lora_tag_spans(line)
+        assert [(name, weight) for *_, name, weight in spans] == LORA_TAG.findall(line), line
+        assert [(start, end) for start, end, *_ in spans] == [m.span() for m in LORA_TAG.finditer(line)], line
+
+
+def fastest_read(data: bytes) -> float:
+    """The best of three reads, in seconds (the first may pay for imports)."""
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        try:
+            read_png_info(data)
+        except InvalidImageError:
+            pass
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+HOSTILE = {  # each at the largest text that is read (longer texts are refused unread)
+    "a settings line of key characters and no colon": "x\n" + "a" * (MAX_TEXT_CHARS - 2),
+    "words and spaces": "x\n" + "ab " * (MAX_TEXT_CHARS // 3 - 1),
+    "lora tags that never close": "<lora:x" * (MAX_TEXT_CHARS // 7),
+    "one lora tag that never closes": "<lora:" + "a" * (MAX_TEXT_CHARS - 6),
+    "quotes that never close": 'k: "a, ' * (MAX_TEXT_CHARS // 7),
+    "empty pairs": "a, " * (MAX_TEXT_CHARS // 3),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_png_info_text_is_read_in_under_a_tenth_of_a_second(name):
+    """The review's 253-byte PNG (an 80,000-character settings line) held the GIL for 34 s."""
+    assert fastest_read(png_with_text(parameters=HOSTILE[name])) < 0.1
+
+
+def ztxt(key: str, text: bytes) -> bytes:
+    body = key.encode() + b"\0\0" + zlib.compress(text, 9)
+    return len(body).to_bytes(4, "big") + b"zTXt" + body + zlib.crc32(b"zTXt" + body).to_bytes(4, "big")
+
+
+def test_a_megabyte_of_compressed_text_in_a_tiny_png_is_refused_unread():
+    plain_png = png_with_text()
+    bomb = plain_png[:33] + ztxt("parameters", b"a" * 2**20) + plain_png[33:]  # after the IHDR chunk
+    assert len(bomb) < 4000
+    with pytest.raises(InvalidImageError, match="longer than 64 K characters"):
+        read_png_info(bomb)
+    assert fastest_read(bomb) < 0.1
+    over = png_with_text(parameters="x\n" + "a" * 80_000)  # the review's line: refused, never parsed
+    with pytest.raises(InvalidImageError, match="A1111's are a few thousand"):
+        read_png_info(over)
+
+
+def test_png_info_decodes_no_pixel_of_a_large_or_animated_png(decoded):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", A1111_FOREIGN)
+    frames = [Image.new("RGB", (3000, 2000), (i * 40, 0, 0)) for i in range(4)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:], pnginfo=info)
+    assert read_png_info(buffer.getvalue()).values["seed"] == 77
+    assert decoded == []
+
+
+def test_damaged_pngs_and_run_cards_are_a_message_not_a_crash():
+    whole = png_with_text(parameters=A1111_FOREIGN)
+    assert read_png_info(whole[:len(whole) - 30]).values["seed"] == 77  # cut inside the pixels: the text came first
+    with pytest.raises(InvalidImageError, match="carries no generation settings"):
+        read_png_info(whole[:40])
+    for card in ("{not json", '{"request": 3, "seeds": [1]}', '{"seeds": [1]}', "[]"):
+        with pytest.raises(InvalidImageError, match="run card is damaged"):
+            read_png_info(png_with_text(run_card=card))
+
+
+def test_a_run_cards_values_are_checked_like_any_request():
+    card = '{"request": {"steps": 100000, "guidance_scale": 5.5, "scheduler": "no such"}, "seeds": [9]}'
+    found = read_png_info(png_with_text(run_card=card))
+    assert found.values == {"guidance_scale": 5.5, "seed": 9}
+    assert [line.split(":")[0] for line in found.unknown] == ["steps", "scheduler"]
+
+
+def test_the_panel_reads_an_upload_once_and_shows_its_words_as_plain_text(app_env, monkeypatch):
+    from studio.page import png_info_panel
+
+    reads: list[int] = []
+    real = png_info_panel.read_png_info
+    monkeypatch.setattr(png_info_panel, "read_png_info", lambda data: reads.append(len(data)) or real(data))
+    hostile = ("a photo [click me](https://evil.example) ![x](https://tracker.example/p.png)\n"
+               "Steps: 20, Seed: 5, CFG scale: 7, Note: **bold** [link](https://evil.example)")
+    app = app_page().run()
+    app.file_uploader(key="png-info").set_value(("a.png", png_with_text(parameters=hostile), "image/png")).run()
+    app.slider(key="canny_low").set_value(90).run()  # two more reruns of the page
+    app.slider(key="canny_high").set_value(190).run()
+    assert len(reads) == 1
+    markdown = [element.value for kind in ("markdown", "warning", "caption", "error", "info") for element in
+                getattr(app, kind)]
+    assert not any("](https://" in text for text in markdown), "no link or image of the PNG's becomes Markdown"
+    assert "Note: **bold** [link](https://evil.example) (not used here)" in " ".join(block.value for block in app.code)

@@ -9,24 +9,24 @@ never dropped in silence.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import PurePath
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from studio.core.catalog import SCHEDULERS
 from studio.core.errors import InvalidImageError, InvalidRequestError
-from studio.core.image_io import FORMATS
+from studio.core.png_text import TextTooLong, is_png, png_texts
 from studio.core.request import GenerationRequest, _check, request_field
 from studio.core.run_card import A1111_RESIZE, GENERIC_LORA, PARAMETERS_KEY, RUN_CARD_KEY
 
-# A1111's own pattern (modules/infotext_utils.py): `Key: value` or `Key: "quoted, with commas"`, comma separated.
+# A1111's own pattern (modules/infotext_utils.py): `Key: value` or `Key: "quoted, with commas"`, comma separated;
+# settings_pairs applies it in linear time.
 PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
-LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]+))?[^>]*>")
+LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]+))?[^>]*>")  # A1111's; lora_tag_spans gives its matches
+KEY_RUN = re.compile(r"[\w \-/]*")  # the characters PARAM's key is made of
+WORD = re.compile(r"\w")
 SIZE = re.compile(r"^(\d+)x(\d+)$")
 SAMPLERS = {scheduler.a1111: name for name, scheduler in SCHEDULERS.items()}
 RESIZE_MODES = {label: name for name, label in A1111_RESIZE.items()}
@@ -52,36 +52,50 @@ class PngSettings:
 
 
 def read_png_info(data: bytes) -> PngSettings:
-    """The settings in a PNG's text chunks; InvalidImageError with a message when there are none to read."""
+    """The settings in a PNG's text chunks; InvalidImageError with a message when there are none to read. No pixel
+    is decoded and no text beyond png_text.MAX_TEXT_CHARS is read (a hostile file costs what a real one does)."""
+    if not is_png(data):
+        raise InvalidImageError("This file is not a PNG: A1111 and this app keep their settings in a PNG's text.")
     try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
-            texts = dict(getattr(image, "text", {}) or image.info)
-    # Ultralytics patches Image.open to load a HEIF plugin on unknown files; without it, ImportError.
-    except (UnidentifiedImageError, ImportError, OSError, ValueError) as exc:
-        raise InvalidImageError("This file is not a picture that can be read.") from exc
+        texts = png_texts(data, (RUN_CARD_KEY, PARAMETERS_KEY))
+    except TextTooLong as exc:
+        raise InvalidImageError(f"This PNG's settings cannot be read: {exc}, and A1111's are a few thousand.") from exc
     if RUN_CARD_KEY in texts:
-        card = json.loads(texts[RUN_CARD_KEY])
         seed = parse_parameters(texts.get(PARAMETERS_KEY, "")).get("Seed")  # the seed of this very image
-        return from_run_card(card, int(seed) if seed and seed.isdigit() else None)
-    if isinstance(texts.get(PARAMETERS_KEY), str):
+        return from_run_card(texts[RUN_CARD_KEY], int(seed) if seed and seed.isdigit() else None)
+    if PARAMETERS_KEY in texts:
         return from_parameters(texts[PARAMETERS_KEY])
     raise InvalidImageError("This picture carries no generation settings (no A1111 `parameters` text and no run "
                             "card): it was not saved by this app or by A1111.")
 
 
-def from_run_card(card: dict, seed: int | None = None) -> PngSettings:
-    """This app's run card: every request field as it ran, the seed of the image it came with."""
+def from_run_card(text: str, seed: int | None = None) -> PngSettings:
+    """This app's run card: every request field as it ran (each checked against its limits, since a card is text
+    anyone can write), the seed of the image it came with."""
+    try:
+        card = json.loads(text)
+        request, seeds = dict(card["request"]), list(card["seeds"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidImageError("This PNG's run card is damaged: its settings cannot be read.") from exc
     known = {item.name for item in fields(GenerationRequest)}
-    values = {name: value for name, value in card["request"].items() if name in known}
-    values["seed"] = seed if seed is not None else card["seeds"][0]
-    loras = [(values["lora"], values["lora_weight"])] if values.get("lora") else []
-    return PngSettings("this app", values, loras)
+    values: dict[str, Any] = {}
+    unknown: list[str] = []
+    for name, value in request.items():
+        if name in known:
+            take(values, unknown, name, f"{name}: {str(value)[:80]}", value)
+    if seed is None and seeds and isinstance(seeds[0], int):
+        seed = seeds[0]
+    if seed is not None:
+        take(values, unknown, "seed", f"seed: {seed}", seed)
+    loras = [(values["lora"], values.get("lora_weight", 1.0))] if values.get("lora") else []
+    return PngSettings("this app", values, loras, unknown)
 
 
 def parse_parameters(text: str) -> dict[str, str]:
     """A1111's infotext as "Prompt", "Negative prompt" and its `Key: value` pairs (quoted values unquoted)."""
     *lines, last = text.strip().split("\n")
-    if len(PARAM.findall(last)) < 3:  # A1111's rule: the settings line has three pairs or more
+    pairs = settings_pairs(last)
+    if len(pairs) < 3:  # A1111's rule: the settings line has three pairs or more
         lines, last = [*lines, last], ""
     prompt, negative, in_negative = [], [], False
     for line in lines:
@@ -89,9 +103,27 @@ def parse_parameters(text: str) -> dict[str, str]:
             in_negative, line = True, line.strip().removeprefix("Negative prompt:")
         (negative if in_negative else prompt).append(line.strip())
     parsed = {"Prompt": "\n".join(prompt).strip(), "Negative prompt": "\n".join(negative).strip()}
-    for key, value in PARAM.findall(last):
+    for key, value in pairs if len(pairs) >= 3 else []:
         parsed[key.strip()] = unquote(value.strip())
     return parsed
+
+
+def settings_pairs(line: str) -> list[tuple[str, str]]:
+    """`PARAM.findall(line)` in linear time. findall retries the pattern at every position, and a long run of key
+    characters without a colon costs its whole length at each of them (80,000 characters: 34 s with the GIL held).
+    A start inside a run fails when the run's first word character failed (the key would end where the run ends),
+    so those starts are skipped; tests/test_png_info.py checks the two give the same pairs."""
+    pairs, pos = [], 0
+    while pos < len(line):
+        match = PARAM.match(line, pos)
+        if match:
+            pairs.append(match.groups())
+            pos = match.end()
+            continue
+        run_end = KEY_RUN.match(line, pos).end()
+        first_word = WORD.search(line, pos, run_end)
+        pos = first_word.start() if first_word and first_word.start() > pos else max(run_end, pos + 1)
+    return pairs
 
 
 def unquote(value: str) -> str:
@@ -137,16 +169,38 @@ def from_parameters(text: str) -> PngSettings:
 
 def lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
     """The prompt without its `<lora:name:weight>` tags, and the tags' names and weights."""
-    loras = [(name, float(weight) if weight and is_number(weight) else 1.0)
-             for name, weight in LORA_TAG.findall(prompt)]
-    text = re.sub(r",(\s*,)+", ",", LORA_TAG.sub("", prompt))
+    tags = lora_tag_spans(prompt)
+    loras = [(name, float(weight) if weight and is_number(weight) else 1.0) for _, _, name, weight in tags]
+    kept, pos = [], 0
+    for start, end, _, _ in tags:
+        kept.append(prompt[pos:start])
+        pos = end
+    text = re.sub(r",(\s*,)+", ",", "".join([*kept, prompt[pos:]]))
     return re.sub(r"\s{2,}", " ", text).strip(" ,"), loras
+
+
+def lora_tag_spans(prompt: str) -> list[tuple[int, int, str, str]]:
+    """`LORA_TAG`'s matches (start, end, name, weight) in linear time: the pattern backtracks through the whole rest
+    of the text at every `<lora:` that has no `>` after it. A tag is `<lora:` up to the next `>`; its name runs to
+    the first colon, its weight to the next; a tag with an empty name is no tag (as the pattern says)."""
+    spans, pos = [], 0
+    while (start := prompt.find("<lora:", pos)) >= 0:
+        end = prompt.find(">", start)
+        if end < 0:
+            break
+        name, _, rest = prompt[start + 6:end].partition(":")
+        if not name:
+            pos = start + 1
+            continue
+        spans.append((start, end + 1, name, rest.partition(":")[0]))
+        pos = end + 1
+    return spans
 
 
 def controlnet_unit(key: str, text: str, values: dict[str, Any], unknown: list[str], taken: bool) -> bool:
     """One ControlNet unit: the first canny unit fills the ControlNet fields (True); any other is listed, since
     one Canny ControlNet runs here."""
-    unit = {name.strip(): value.strip() for name, value in PARAM.findall(text)}
+    unit = {name.strip(): value.strip() for name, value in settings_pairs(text)}
     if taken or "canny" not in unit.get("Module", "").lower():
         unknown.append(f"{key}: {text} (one Canny ControlNet runs here)")
         return False

@@ -11,6 +11,9 @@ from studio.core.png_info import PngSettings, read_png_info, style_lora
 from studio.core.request import request_field
 from studio.page.fill import fill
 from studio.page.session import guarded
+from studio.page.widgets import plain
+
+PARSED_KEY = "png-info-parsed"
 
 
 def shown(values: dict[str, Any], lora: str | None, weight: float | None) -> list[dict[str, str]]:
@@ -20,6 +23,18 @@ def shown(values: dict[str, Any], lora: str | None, weight: float | None) -> lis
     if lora is not None:
         rows.append({"setting": "Style LoRA", "value": f"{lora} at {weight}"})
     return rows
+
+
+def parsed(upload: Any) -> PngSettings | InvalidImageError:
+    """The upload's settings, read once per upload (the panel reruns with every widget the visitor moves)."""
+    kept = st.session_state.get(PARSED_KEY)
+    if kept is None or kept[0] != upload.file_id:
+        try:
+            found: PngSettings | InvalidImageError = read_png_info(upload.getvalue())
+        except InvalidImageError as exc:
+            found = exc
+        kept = st.session_state[PARSED_KEY] = (upload.file_id, found)
+    return kept[1]
 
 
 def use(found: PngSettings, lora: str | None, weight: float | None, names: dict[int, str]) -> None:
@@ -34,15 +49,15 @@ def png_info_panel(names: dict[int, str], offered: list[str], any_lora: bool) ->
             st.caption("Its prompt, seed, sampler, ControlNet settings and LoRAs fill the page; what this app does "
                        "not use is listed.")
             return
-        try:
-            found = read_png_info(upload.getvalue())
-        except InvalidImageError as exc:
-            st.error(f"'{upload.name[:80]}': {exc}")
+        found = parsed(upload)
+        if isinstance(found, InvalidImageError):
+            st.error(f"'{plain(upload.name[:80])}': {found}")
             return
         lora, weight, notes = style_lora(found, offered, any_lora)
         st.caption(f"Made by {found.source}.")
         st.dataframe(shown(found.values, lora, weight), hide_index=True)
         if found.unknown or notes:
-            st.warning("Not used here:\n\n" + "\n".join(f"- {line}" for line in [*notes, *found.unknown]))
+            st.warning("Not used here (the picture's own words, as plain text):")
+            st.code("\n".join([*notes, *found.unknown]), language=None, wrap_lines=True)
         st.button("Use these settings", key="png-info-use", type="primary", on_click=guarded(use),
                   args=(found, lora, weight, names))

@@ -9,6 +9,15 @@ from typing import Any
 from studio.core.request import request_field
 
 
+MARKDOWN = set("\\`*_{}[]()<>#+-.!|~:$")
+
+
+def plain(text: str) -> str:
+    """Text a visitor or a file chose (a file name, a PNG's words), shown inside Markdown as typed: no links,
+    images or emphasis of its own."""
+    return "".join(f"\\{char}" if char in MARKDOWN else char for char in text)
+
+
 def slider(where: Any, name: str, **kwargs: Any) -> Any:
     """A slider for a request field: its label, range, step and help from the field's metadata."""
     meta = request_field(name).metadata
