@@ -143,15 +143,15 @@ def password_gate() -> bool:
     with st.form("login"):
         given = st.text_input("Password", type="password")
         if st.form_submit_button("Enter"):
-            wait = access.BACKOFF.wait_s(client())
-            if wait > 0:
+            if access.BACKOFF.turn(client(), wait=False) is None:
+                wait = access.BACKOFF.wait_s(client())
                 st.error(f"Too many wrong passwords from here: try again in {math.ceil(wait)} s.")
-            elif access.allowed(given):
+            elif access.is_password(given):
                 access.BACKOFF.succeeded(client())
                 st.query_params[access.TOKEN_PARAM] = access.mint()
                 st.rerun()
             else:
-                failures = access.BACKOFF.failed(client())
+                failures = access.BACKOFF.failures(client())
                 log.warning("wrong app password (failure %d in a row from this client)", failures)
                 st.error("That password is not right.")
     return False
@@ -159,7 +159,7 @@ def password_gate() -> bool:
 
 # -- panels ----------------------------------------------------------------------------------------------
 
-@st.fragment(run_every=state.queue_poll_s())
+@st.fragment(run_every=state.setting("queue_poll_s"))
 def queue_line(jobs: JobQueue) -> None:
     """The queue as it is now: a fragment of its own, so the line follows the jobs without rerunning the page."""
     if signed_in():

@@ -314,6 +314,8 @@ def start(port: int = 8501, tunnel: str = "none", models: str | None = None, aut
         env["MODELS"] = models
     if credentials:  # the app's own password gate, behind ngrok's basic auth
         env["APP_PASSWORD"] = credentials[1]
+    if tunnel == "ngrok":  # the agent adds the visitor's address as the last X-Forwarded-For hop
+        env.setdefault("TRUSTED_PROXY_HOPS", "1")
     log = state_dir / "streamlit.log"
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
                "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",

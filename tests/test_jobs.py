@@ -79,6 +79,8 @@ def test_cancel_while_queued_never_starts_the_job(queue, tiny_pipeline, photo):
         assert second.state == CANCELLED and queue.position(second) is None and queue.waiting == 0
     wait_for(lambda: first.state == DONE)
     assert second.started is None and second.result is None and second.step == 0
+    assert second.image is None, "an ended job that shows no result lets its photo go"
+    assert first.image is not None and first.detections is None, "a result is shown beside its photo"
 
 
 def test_cancel_while_running_stops_at_the_next_step(queue, photo):
@@ -89,6 +91,7 @@ def test_cancel_while_running_stops_at_the_next_step(queue, photo):
     assert job.state == CANCELLED
     assert job.result.cancelled and job.result.images == []
     assert 2 <= job.result.run_card["steps_done"] < 150
+    assert job.image is None and job.preview is None
     after = queue.submit(photo, QUICK, owner="a")  # the worker serves on at once
     wait_for(lambda: not after.active)
     assert after.state == DONE and after.result.images
@@ -103,6 +106,7 @@ def test_a_failing_job_reports_its_message_and_the_worker_serves_the_next(queue,
     assert missing_lora.state == FAILED and "LoRA" in missing_lora.message and "nope.bin" in missing_lora.message
     assert broken.state == FAILED and broken.message.startswith("The run failed unexpectedly (AttributeError")
     assert fine.state == DONE and fine.result.images and fine.message is None
+    assert missing_lora.image is None and broken.image is None and broken.detections is None
 
 
 def test_two_workers_serve_two_jobs_at_once(two_workers, tiny_pipeline, second_pipeline, photo):

@@ -148,6 +148,7 @@ class Settings:
     abandon_s: float = setting("ABANDON_S", 60.0, number("seconds", 1.0))
     # the sidebar's queue line: each poll costs about 600 bytes of a metered tunnel
     queue_poll_s: float = setting("QUEUE_POLL_S", 10.0, number("seconds", 1.0))
+    trusted_proxy_hops: int = setting("TRUSTED_PROXY_HOPS", 0, whole("proxies", minimum=0))
     outputs_dir: Path | None = setting("OUTPUTS_DIR", _default_outputs_dir, folder)  # OUTPUTS_DIR= (empty): off
     api_result_ttl_s: int = setting("API_RESULT_TTL_S", 3600, whole("seconds"))
     api_result_mb: int = setting("API_RESULT_MB", 512, whole("megabytes"))

@@ -8,14 +8,14 @@ from typing import Any
 
 import streamlit as st
 
-from studio.serving import access
+from studio.serving import access, state
 
 
 def client() -> str:
     """Whom this tab's requests come from, as the server counts password failures (access.client_key)."""
     forwarded, address = st.context.headers.get("X-Forwarded-For"), st.context.ip_address
     return access.client_key(forwarded if isinstance(forwarded, str) else None,
-                             address if isinstance(address, str) else None)
+                             address if isinstance(address, str) else None, state.setting("trusted_proxy_hops"))
 
 
 def signed_in() -> bool:

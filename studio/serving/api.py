@@ -13,6 +13,8 @@ import asyncio
 import base64
 import io
 import json
+import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -34,6 +36,7 @@ from studio.serving import access, openapi, state
 from studio.serving.jobs import DONE, Job, JobQueue
 
 API = "/api/v1"
+log = logging.getLogger(__name__)
 MAX_REQUEST_JSON = 64 * 1024
 
 
@@ -55,8 +58,9 @@ class Kept:
 
 
 class Registry:
-    """The API's jobs by id: kept API_RESULT_TTL_S after they end, and the oldest ended ones dropped first when
-    their images pass API_RESULT_MB."""
+    """The API's jobs by id: kept API_RESULT_TTL_S after they end. Everything a kept job holds (its photo, its
+    images, their PNGs, a live preview) counts toward API_RESULT_MB, in whatever state the job is; past it, the
+    oldest ended jobs go first (a waiting or running job is bounded by the queue's per-visitor limits)."""
 
     def __init__(self) -> None:
         self._kept: OrderedDict[str, Kept] = OrderedDict()
@@ -74,26 +78,40 @@ class Registry:
         kept.job.touch()  # a client that polls keeps its job; one that went away has it cancelled (ABANDON_S)
         return kept
 
+    def held_bytes(self) -> int:
+        return sum(map(_held_bytes, self._kept.values()))
+
     def prune(self) -> None:
         settings = state.settings()
         cutoff = time.time() - settings.api_result_ttl_s
         for job_id in [i for i, k in self._kept.items() if k.job.finished and k.job.finished < cutoff]:
             del self._kept[job_id]
         ended = [k for k in self._kept.values() if k.job.finished]
-        while ended and sum(_result_bytes(k) for k in ended) > settings.api_result_mb * 2**20:
-            del self._kept[ended.pop(0).job.id]
+        held = self.held_bytes()
+        while ended and held > settings.api_result_mb * 2**20:
+            oldest = ended.pop(0)
+            held -= _held_bytes(oldest)
+            del self._kept[oldest.job.id]
 
 
-def _result_bytes(kept: Kept) -> int:
-    images = kept.job.result.images if kept.job.result else []
-    return sum(image.width * image.height * 3 for image in images) + sum(map(len, kept.pngs.values()))
+def _pixels_bytes(image: Any) -> int:
+    return image.width * image.height * len(image.getbands()) if isinstance(image, Image.Image) else 0
+
+
+def _held_bytes(kept: Kept) -> int:
+    """What a kept job holds in memory: its photo, its live preview, its images and their encoded PNGs."""
+    job = kept.job
+    images = job.result.images if job.result else []
+    return (_pixels_bytes(job.image) + _pixels_bytes(job.preview) + sum(map(_pixels_bytes, images))
+            + sum(map(len, kept.pngs.values())))
 
 
 REGISTRY = Registry()
 
 
 def client_of(request: Request) -> str:
-    return access.client_key(request.headers.get("x-forwarded-for"), request.client.host if request.client else None)
+    return access.client_key(request.headers.get("x-forwarded-for"), request.client.host if request.client else None,
+                             state.setting("trusted_proxy_hops"))
 
 
 def credential_of(request: Request) -> str | None:
@@ -111,15 +129,20 @@ def credential_of(request: Request) -> str | None:
 
 
 async def authorize(request: Request) -> str:
-    """The owner a call counts as; 401 without the password or a token, after the client's back-off wait."""
+    """The owner a call counts as; 401 without the password or a token. A valid token passes at once; a password
+    guess waits for its client's turn (access.Backoff), and one more than a minute away is refused unchecked."""
     credential, client = credential_of(request), client_of(request)
-    if access.password() is None:
-        return access.owner_of(None, client)
-    await asyncio.sleep(access.BACKOFF.wait_s(client))  # held back without holding a thread
-    if access.allowed(credential):
+    if access.password() is None or access.valid_token(credential):
+        return access.owner_of(credential, client)
+    wait = access.BACKOFF.turn(client, wait=True)
+    if wait is None:
+        raise ApiError(429, f"Too many wrong passwords from {client}: try again in "
+                            f"{math.ceil(access.BACKOFF.wait_s(client))} s.")
+    await asyncio.sleep(wait)  # held back without holding a thread
+    if access.is_password(credential):
         access.BACKOFF.succeeded(client)
         return access.owner_of(credential, client)
-    access.BACKOFF.failed(client)
+    log.warning("wrong API password (failure %d in a row from %s)", access.BACKOFF.failures(client), client)
     raise ApiError(401, "This server needs its password: send 'Authorization: Bearer <password or token>'.")
 
 
@@ -150,7 +173,10 @@ async def image_and_request(request: Request) -> tuple[Image.Image, Any]:
     if int(request.headers.get("content-length") or 0) > limit + MAX_REQUEST_JSON:
         raise ApiError(413, f"The upload is larger than {settings.max_upload_mb} MB (MAX_UPLOAD_MB).")
     try:
-        form = await request.form(max_files=1, max_fields=1, max_part_size=MAX_REQUEST_JSON)
+        form = await capped(request, limit + MAX_REQUEST_JSON).form(max_files=1, max_fields=1,
+                                                                    max_part_size=MAX_REQUEST_JSON)
+    except ApiError:
+        raise
     except Exception as exc:  # Starlette's own message says what is wrong with the body
         raise ApiError(400, f"The body must be multipart/form-data with 'image' and 'request' parts ({exc}).") from None
     upload, raw = form.get("image"), form.get("request", "{}")
@@ -166,6 +192,22 @@ async def image_and_request(request: Request) -> tuple[Image.Image, Any]:
     generation = request_from(values)
     image = await run_in_threadpool(load_image, data, settings.max_pixels, settings.max_aspect)
     return image, generation
+
+
+def capped(request: Request, limit: int) -> Request:
+    """The request with its body refused (413) as soon as more than `limit` bytes arrive: a chunked upload has no
+    Content-Length to check first, and Starlette's form parser would spool all of it to disk before we saw it."""
+    received = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise ApiError(413, f"The upload is larger than {limit // 2**20} MB (MAX_UPLOAD_MB).")
+        return message
+
+    return Request(request.scope, receive)
 
 
 def status(job: Job, queue: JobQueue) -> dict[str, Any]:
@@ -216,7 +258,8 @@ async def job_image(request: Request, owner: str) -> Response:
 async def job_preview(request: Request, owner: str) -> Response:
     kept = REGISTRY.get(request.path_params["job_id"], owner)
     if kept.job.preview is None:
-        raise ApiError(404, "No live preview yet: one comes every 3 denoising steps.")
+        raise ApiError(404, f"The job is {kept.job.state}: its images, not previews, are what it keeps."
+                       if kept.job.finished else "No live preview yet: one comes every 3 denoising steps.")
     return Response(jpeg(kept.job.preview), media_type="image/jpeg")
 
 
@@ -232,10 +275,41 @@ def png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+class PreviewPool:
+    """`/detect` and `/control` decode a photo and run the detector outside the job queue, so they get limits of
+    their own: at most `SLOTS` at once for the whole server (the rest wait with their body still unread, so a
+    waiting call holds no photo), and per visitor the queue's own share (one running, MAX_QUEUED_PER_VISITOR
+    waiting); beyond it, 429."""
+
+    SLOTS = 2
+
+    def __init__(self) -> None:
+        self._slots: asyncio.Semaphore | None = None
+        self._calls: dict[str, int] = {}
+
+    async def run(self, request: Request, owner: str) -> Any:
+        share = 1 + state.settings().max_queued_per_visitor
+        if self._calls.get(owner, 0) >= share:
+            raise ApiError(429, f"You already have {share} detection{'s' if share > 1 else ''} on the way; wait "
+                                "for an answer first.")
+        self._slots = self._slots or asyncio.Semaphore(self.SLOTS)
+        self._calls[owner] = self._calls.get(owner, 0) + 1
+        try:
+            async with self._slots:
+                image, generation = await image_and_request(request)
+                queue = await run_in_threadpool(state.jobs)
+                return await run_in_threadpool(queue.pipelines[0].preview, image, generation)
+        finally:
+            self._calls[owner] -= 1
+            if not self._calls[owner]:
+                del self._calls[owner]
+
+
+PREVIEWS = PreviewPool()
+
+
 async def detect(request: Request, owner: str) -> Response:
-    image, generation = await image_and_request(request)
-    queue = await run_in_threadpool(state.jobs)
-    preview = await run_in_threadpool(queue.pipelines[0].preview, image, generation)
+    preview = await PREVIEWS.run(request, owner)
     detections = [{"id": d.id, "class": d.label, "class_id": d.class_id, "confidence": round(d.confidence, 4),
                    "box": [round(v, 1) for v in d.box], "polygon": [list(p) for p in d.polygon] if d.polygon else None}
                   for d in preview.detections]
@@ -245,9 +319,7 @@ async def detect(request: Request, owner: str) -> Response:
 
 
 async def control(request: Request, owner: str) -> Response:
-    image, generation = await image_and_request(request)
-    queue = await run_in_threadpool(state.jobs)
-    preview = await run_in_threadpool(queue.pipelines[0].preview, image, generation)
+    preview = await PREVIEWS.run(request, owner)
     return Response(png(preview.control_image), media_type="image/png")
 
 
@@ -274,8 +346,9 @@ async def health(request: Request, owner: str) -> Response:
 
 
 async def token(request: Request, owner: str) -> Response:
-    """A token of its own for a client (per-client limits count per token), valid for TOKEN_HOURS."""
-    minted = access.mint()
+    """A token of its own for a client shown the password (per-visitor limits count per token), valid for
+    TOKEN_HOURS; shown a token, that same token (a token cannot extend its life or multiply its share)."""
+    minted = access.mint(shown=credential_of(request))
     return JSONResponse({"token": minted, "expires": int(minted.partition(".")[0])})
 
 

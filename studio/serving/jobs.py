@@ -99,6 +99,17 @@ class Job:
         """Ask the job to stop: a queued job never starts, a running one stops after its current step."""
         self._cancel.set()
 
+    def end(self, state: str, message: str | None = None) -> None:
+        """The job ended: what only its run needed goes (its detections, the page's preview, the live preview),
+        and the photo too unless it is DONE (the page shows a result beside its photo). An ended job is kept for
+        its visitor to read (API_RESULT_TTL_S), so what it keeps is only what can still be read."""
+        if message is not None:
+            self.message = message
+        self.state, self.finished = state, time.time()
+        self.detections = self.preview_of_control = self.preview = None
+        if state != DONE:
+            self.image = None
+
 
 def size_key(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
@@ -277,12 +288,12 @@ class JobQueue:
         try:
             resolve(job.request.lora, settings)  # type: ignore[arg-type]  # downloads once; the worker's is a lookup
         except LoraError as exc:
-            job.message, job.state, job.finished = str(exc), FAILED, time.time()
+            job.end(FAILED, str(exc))
             return
         except Exception as exc:  # a bug: the job must end, not wait in "fetch" for ever
             log.exception("fetching the LoRA of job %s failed", job.id)
             job.message = f"The LoRA could not be fetched ({short_error(exc)}). It was logged; try again."
-            job.state, job.finished = FAILED, time.time()
+            job.end(FAILED)
             return
         job.stage = None
         self._queue(job)
@@ -290,7 +301,7 @@ class JobQueue:
     def _queue(self, job: Job) -> None:
         with self._cond:
             if job.cancel_requested or self._stopping:
-                job.state, job.finished = CANCELLED, time.time()
+                job.end(CANCELLED)
                 return
             self._waiting.append(job)
             self._cond.notify()
@@ -301,7 +312,7 @@ class JobQueue:
         with self._cond:
             if job in self._waiting:
                 self._waiting.remove(job)
-                job.state, job.finished = CANCELLED, time.time()
+                job.end(CANCELLED)
 
     def active_job(self, owner: str) -> Job | None:
         """The owner's running job, else its first waiting one: what a reloaded page re-attaches to (a batch's jobs
@@ -368,7 +379,7 @@ class JobQueue:
             self._stopping = True
             for job in self._waiting:
                 job.cancel()
-                job.state, job.finished = CANCELLED, time.time()
+                job.end(CANCELLED)
             self._waiting.clear()
             for worker in self.workers:
                 if worker.job is not None:
@@ -393,5 +404,5 @@ class JobQueue:
 
     def _finished(self, worker: Worker, job: Job, state: str) -> None:
         with self._cond:
-            job.finished, job.state = time.time(), state
+            job.end(state)
             worker.job = None

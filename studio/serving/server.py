@@ -22,7 +22,7 @@ import streamlit as st  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from starlette.middleware.gzip import GZipMiddleware  # noqa: E402
 
-from studio.serving import api, gate, state  # noqa: E402
+from studio.serving import api, gate, memory, state  # noqa: E402
 
 
 @asynccontextmanager
@@ -35,6 +35,7 @@ async def warmed_up(app: Any) -> AsyncIterator[None]:
 
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # the warm-up's too
+memory.return_large_blocks()
 # gzip: Streamlit's own scripts are 6.7 MB as they are, about a quarter of that compressed, for each new browser.
 app = st.App(str(ROOT / "app.py"), routes=api.routes(), lifespan=warmed_up,
              middleware=[Middleware(gate.Gate), Middleware(GZipMiddleware, minimum_size=1024)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from PIL import Image
 
@@ -124,13 +125,13 @@ def settings() -> Settings:
     return queue.pipelines[0].settings if queue is not None else server_settings()
 
 
-def queue_poll_s() -> float:
-    """How often the page's queue line polls (QUEUE_POLL_S). A broken setting is for the model load to report, in
-    the page; until then the line polls at the default."""
+def setting(name: str) -> Any:
+    """One setting the server runs with (`queue_poll_s`, `trusted_proxy_hops`). A broken environment is for the
+    model load to report, in the page; until then the setting's default."""
     try:
-        return settings().queue_poll_s
+        return getattr(settings(), name)
     except ValueError:
-        return Settings.queue_poll_s
+        return getattr(Settings, name)
 
 
 def batch(owner: str) -> BatchRun | None:

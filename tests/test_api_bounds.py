@@ -1,0 +1,96 @@
+"""What one API call may hold (studio/serving/api.py): an upload refused while it streams in, detect/control calls
+bounded for the server and per visitor, and every kept job's bytes counted, in whatever state it ended."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from PIL import Image
+from starlette.requests import Request
+
+from studio.core.request import GenerationRequest
+from studio.core.settings import Settings
+from studio.serving import api, state
+from studio.serving.jobs import CANCELLED, DONE, FAILED, Job
+
+
+@pytest.fixture
+def settings(monkeypatch):
+    chosen = Settings(max_upload_mb=2, max_queued_per_visitor=1, api_result_mb=1)
+    monkeypatch.setattr(state, "settings", lambda: chosen)
+    return chosen
+
+
+def chunked_upload(sent: list[int], megabytes: int = 40) -> Request:
+    """A chunked multipart upload (no Content-Length) of `megabytes`, counting the chunks the server took."""
+    head = b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n'
+
+    async def receive() -> dict:
+        sent.append(1)
+        return {"type": "http.request", "body": head if len(sent) == 1 else b"\0" * 2**16,
+                "more_body": len(sent) < megabytes * 16}
+
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/jobs", "query_string": b"",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"transfer-encoding", b"chunked")]}
+    return Request(scope, receive)
+
+
+def test_a_chunked_upload_is_refused_once_it_passes_the_limit_not_after_it_was_read(settings):
+    sent: list[int] = []
+    with pytest.raises(api.ApiError) as refused:
+        asyncio.run(api.image_and_request(chunked_upload(sent)))
+    assert refused.value.status == 413 and "2 MB" in refused.value.message
+    assert len(sent) * 2**16 <= 2 * 2**20 + api.MAX_REQUEST_JSON + 2 * 2**16, "read up to the limit, no further"
+
+
+def test_detect_calls_are_bounded_for_the_server_and_per_visitor(settings, monkeypatch):
+    running, most = [0], [0]
+
+    async def slow_preview(request: Request) -> tuple:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        await asyncio.sleep(0.05)
+        running[0] -= 1
+        raise api.ApiError(422, "stop here")  # the photo's decode and the detector are not what is tested
+
+    monkeypatch.setattr(api, "image_and_request", slow_preview)
+    pool = api.PreviewPool()
+
+    async def one(owner: str) -> int:
+        try:
+            await pool.run(None, owner)
+        except api.ApiError as exc:
+            return exc.status
+        return 200
+
+    async def everyone() -> list[int]:
+        return list(await asyncio.gather(*(one(owner) for owner in ["a"] * 3 + ["b", "c", "d", "e"])))
+
+    answers = asyncio.run(everyone())
+    assert answers[:3] == [422, 422, 429], "a visitor's share: one running and MAX_QUEUED_PER_VISITOR waiting"
+    assert answers[3:] == [422] * 4 and most[0] == api.PreviewPool.SLOTS
+
+
+def job(state_: str, side: int) -> Job:
+    ended = Job(GenerationRequest(), Image.new("RGB", (side, side)), owner="a")
+    ended.end(state_)
+    return ended
+
+
+def test_every_kept_job_counts_toward_the_byte_bound_and_the_oldest_ended_go_first(settings):
+    registry = api.Registry()
+    done = job(DONE, 400)  # 480 KB of photo kept beside its result
+    registry.add(done, "a")
+    assert registry.held_bytes() == 400 * 400 * 3
+    for ended in (job(CANCELLED, 2000), job(FAILED, 2000)):
+        assert ended.image is None
+        registry.add(ended, "a")
+    assert registry.held_bytes() == 400 * 400 * 3
+    second = job(DONE, 400)
+    registry.add(second, "a")  # 960 KB: under 1 MB
+    third = job(DONE, 400)
+    registry.add(third, "a")  # over: the oldest ended job goes
+    with pytest.raises(api.ApiError):
+        registry.get(done.id, "a")
+    assert registry.get(third.id, "a").job is third and registry.held_bytes() <= 2**20
