@@ -120,3 +120,14 @@ def test_the_pages_multi_upload_gives_one_zip_and_the_page_keeps_working(app_env
     with zipfile.ZipFile(io.BytesIO(run.archive)) as archive:
         assert sorted(archive.namelist()) == ["a-7.png", "b-8.png", "errors.txt"]
     assert button is not None and not app.exception
+
+
+def test_a_left_visitors_ended_batch_is_let_go_and_its_photos_go_as_they_are_used(queue, monkeypatch):
+    photos = [(f"photo{i}.png", png(shift=10 * i)) for i in range(3)]
+    run = state.start_batch(BatchRun(queue, photos, GenerationRequest(steps=1, resolution=64, seed=1), "token:gone"))
+    wait(run)
+    assert run.photos == [] and run.archive, "the photos went; the zip waits for its page"
+    assert state.batch("token:gone") is run, "its page looked a moment ago"
+    run.seen -= state.setting("abandon_s") + 1  # the visitor left: nobody looked for ABANDON_S
+    assert state.batch("token:someone else") is None and state.batch("token:gone") is None
+    assert "token:gone" not in state._batches

@@ -63,6 +63,7 @@ def batch_panel(jobs: JobQueue, request: GenerationRequest | None, problem: str 
             batch_progress()
             return
         if run is not None:
+            run.touch()  # its zip is kept while its page shows it
             finished(run)
         if st.session_state.get("batch_problem"):
             st.error(st.session_state.batch_problem)

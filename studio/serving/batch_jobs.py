@@ -102,7 +102,8 @@ class BatchRun:
         return self.done + len(self.failed)
 
     def touch(self) -> None:
-        """Its page still looks: the running job is kept alive for it."""
+        """Its page still looks: the running job is kept alive for it, and the ended batch's zip kept
+        (state.batch lets it go `abandon_s` after its page last looked)."""
         self.seen = time.time()
 
     def cancel(self) -> None:
@@ -119,13 +120,16 @@ class BatchRun:
                 for index, (name, data) in enumerate(self.photos):
                     if self._cancel.is_set():
                         break
+                    self.photos[index] = (name, b"")  # a photo's bytes go once its job has them
                     self._one(archive, index, name, data)
+                    del data
                 if self.failed:
                     archive.writestr("errors.txt", "\n".join(self.failed) + "\n")
         except Exception:  # a bug: the batch must end, and say so
             log.exception("batch %s failed", self.id)
             self.failed.append("The batch stopped unexpectedly (it was logged).")
-        self.archive = self._zip_buffer.getvalue()
+        self.archive, self.photos = self._zip_buffer.getvalue(), []
+        self._zip_buffer = io.BytesIO()
         self.state = "cancelled" if self._cancel.is_set() else "done"
 
     def _one(self, archive: zipfile.ZipFile, index: int, name: str, data: bytes) -> None:

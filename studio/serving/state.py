@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from PIL import Image
@@ -135,8 +136,14 @@ def setting(name: str) -> Any:
 
 
 def batch(owner: str) -> BatchRun | None:
-    """The visitor's latest batch from the page, on its way or ended (its zip still to download)."""
-    return _batches.get(owner)
+    """The visitor's latest batch from the page, on its way or ended (its zip still to download). An ended batch
+    whose page has not looked for ABANDON_S is let go (its visitor left; its pictures are in the outputs folder),
+    everyone's at once, so a visitor who never comes back holds nothing."""
+    now, patience = time.time(), setting("abandon_s")
+    with _lock:
+        for left in [who for who, run in _batches.items() if not run.active and now - run.seen > patience]:
+            del _batches[left]
+        return _batches.get(owner)
 
 
 def start_batch(run: BatchRun) -> BatchRun:
