@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+from dataclasses import replace
+
 import pytest
 from PIL import Image
 
@@ -42,6 +44,24 @@ def test_five_photos_one_broken_make_four_outputs_and_one_clear_error_line(tiny_
     assert [p.name for p in photos_in(inputs)][3] == "photo2b.jpg"
     again = run(tiny_pipeline, inputs, tmp_path / "out", request, progress=False)
     assert again.summary() == "0 made, 4 already there, 1 failed."
+
+
+def test_unreadable_oversized_and_same_named_photos_each_get_a_line_or_a_file_of_their_own(
+        tiny_pipeline, tmp_path, capsys, monkeypatch):
+    inputs = folder_of_photos(tmp_path / "in", 2)
+    sample_scene((96, 64)).save(inputs / "photo0.jpg")  # photo0.png's namesake
+    sample_scene((96, 64)).save(inputs / "photo0.png.png")  # whose output name "photo0.png" already is
+    (inputs / "unreadable.png").symlink_to("/proc/self/mem")  # a file the system refuses to read (EIO)
+    (inputs / "huge.png").write_bytes(b"\0" * (2 * 2**20 + 1))
+    monkeypatch.setattr(tiny_pipeline, "settings", replace(tiny_pipeline.settings, max_upload_mb=2))
+    request = GenerationRequest(prompt="a red box", steps=1, resolution=64, seed=1)
+    tally = run(tiny_pipeline, inputs, tmp_path / "out", request, progress=False)
+    errors = sorted(capsys.readouterr().err.strip().splitlines())
+    assert errors == ["huge.png: The file is 2 MB, more than the 2 MB allowed (MAX_UPLOAD_MB).",
+                      "unreadable.png: The file cannot be read (Input/output error)."]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "photo0.jpg.png", "photo0.png-2.png", "photo0.png.png", "photo1.png"]
+    assert tally.summary() == "4 made, 0 already there, 2 failed."
 
 
 @pytest.mark.slow  # a batch process started, killed and started again: about 40 s
