@@ -159,6 +159,7 @@ def test_the_serve_config_and_the_rayservice_deploy_this_application():
         assert (module, getattr(ray_jobs, name)) == ("studio.serving.ray_jobs", ray_jobs.application)
         assert app.name == APP and [d.name for d in app.deployments] == ["pipeline"]
         assert app.deployments[0].max_ongoing_requests == 1 and set(app.args) <= set(variables())
+        assert app.deployments[0].max_queued_requests == app.deployments[0].autoscaling_config["max_replicas"]
 
 
 def run_pair(queue, photo, owner: str) -> set[int]:

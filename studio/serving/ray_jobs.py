@@ -45,6 +45,8 @@ APP = "studio"
 POLL_S = 0.1
 ROOT = Path(__file__).resolve().parents[2]
 STOPPED = "The worker that ran this job stopped (its process ended); try again."
+FULL = ("The Ray cluster has more jobs waiting than it takes from one server (max_queued_requests): another "
+        "server sends it work too. Try again in a moment.")
 
 
 class Board:
@@ -157,6 +159,7 @@ class RayWorker(Worker):
 
     def _generate(self, job: Job) -> GenerationResult | None:
         from ray.exceptions import ActorDiedError, ActorUnavailableError
+        from ray.serve.exceptions import BackPressureError
 
         response = self.handle.run.remote(job.id, wire.encoded(job.image), wire.request_data(job.request),
                                           wire.detections_data(job.detections))
@@ -174,6 +177,8 @@ class RayWorker(Worker):
         except (ActorDiedError, ActorUnavailableError) as exc:
             log.warning("job %s: its replica stopped (%s)", job.id, short_error(exc))
             raise GenerationError(STOPPED) from exc
+        except BackPressureError as exc:
+            raise GenerationError(FULL) from exc
         finally:
             self._follow(job)
             self.board.forget.remote(job.id)
@@ -291,7 +296,10 @@ def application(args: dict[str, str]) -> Any:
     gpus = int(ray.cluster_resources().get("GPU", 0))
     scaling = {"num_replicas": replicas} if replicas else {"autoscaling_config": {
         "min_replicas": 1, "max_replicas": max(gpus, 1), "target_ongoing_requests": 1}}
-    deployment = serve.deployment(Replica, name="pipeline", max_ongoing_requests=1, **scaling,
+    # One job at a time on a replica (its CUDA graphs replay one run); each caller (a front server's handle) may
+    # queue one job per replica there could be, which its workers never pass: beyond, Serve refuses at once.
+    most = replicas or max(gpus, 1)
+    deployment = serve.deployment(Replica, name="pipeline", max_ongoing_requests=1, max_queued_requests=most, **scaling,
                                   ray_actor_options={"num_gpus": 1 if gpus else 0, "num_cpus": 0 if gpus else 0.5})
     return deployment.bind({**replica_environment(), **{name: str(value) for name, value in args.items()}})
 
