@@ -135,6 +135,20 @@ def test_a_fragment_rerun_without_the_token_shows_nothing_and_presses_nothing(lo
     requests.delete(f"{base}{API}/jobs/{job['id']}", **as_client(victim))
 
 
+def test_another_visitors_session_id_with_a_valid_token_of_ones_own_shows_nothing_of_theirs(locked):
+    """The review's M2: the victim's session id plus the attacker's own valid token reran the victim's page (its
+    results, its media, its photo)."""
+    base, _, _ = locked
+    victim, attacker_token = token(base), token(base)
+    with StreamlitClient(base) as page:
+        shown = text(page.rerun(query_string=f"access={victim}"))
+        session = page.session_id
+    assert "Control image preview" in shown and "/media/" in shown, "the victim's own page"
+    with StreamlitClient(base, session_id=session) as attacker:
+        answer = text(attacker.rerun(query_string=f"access={attacker_token}"))
+    assert "/media/" not in answer and "Control image preview" not in answer and "Password" in answer
+
+
 def test_thirty_guesses_over_thirty_fresh_connections_meet_the_back_off(locked):
     base, _, _ = locked
     answers = []

@@ -18,9 +18,17 @@ def client() -> str:
                              address if isinstance(address, str) else None, state.setting("trusted_proxy_hops"))
 
 
+OWNER_KEY = "session-owner"
+
+
 def signed_in() -> bool:
-    """No password is set, or this tab's address carries a valid token."""
-    return access.password() is None or access.valid_token(st.query_params.get(access.TOKEN_PARAM))
+    """No password is set, or this tab's address carries a valid token; and the session is this visitor's.
+    Streamlit lets a websocket reattach to a session by its id, so a client that learned another visitor's session
+    id could rerun it with a valid token of its own: the session belongs to the visitor who first ran it signed
+    in, and nobody else is signed in to it."""
+    if access.password() is not None and not access.valid_token(st.query_params.get(access.TOKEN_PARAM)):
+        return False
+    return st.session_state.setdefault(OWNER_KEY, visitor()) == visitor()
 
 
 def visitor() -> str:
