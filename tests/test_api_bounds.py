@@ -94,3 +94,31 @@ def test_every_kept_job_counts_toward_the_byte_bound_and_the_oldest_ended_go_fir
     with pytest.raises(api.ApiError):
         registry.get(done.id, "a")
     assert registry.get(third.id, "a").job is third and registry.held_bytes() <= 2**20
+
+
+def form_request(parts: list[tuple[str, str | None, bytes]], headers: list | None = None) -> Request:
+    """A multipart request of (name, file name or None, content) parts, sent in one piece."""
+    body = b"".join(b'--b\r\nContent-Disposition: form-data; name="' + name.encode() + b'"'
+                    + (b'; filename="' + filename.encode() + b'"' if filename else b"") + b"\r\n\r\n" + content
+                    + b"\r\n" for name, filename, content in parts) + b"--b--\r\n"
+    sent = [False]
+
+    async def receive() -> dict:
+        first, sent[0] = not sent[0], True
+        return {"type": "http.request", "body": body if first else b"", "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/jobs", "query_string": b"",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=b"), *(headers or [])]}
+    return Request(scope, receive)
+
+
+@pytest.mark.parametrize("parts, headers, status, message", [
+    ([("image", "x.png", b"png"), ("request", "r.json", b"{}")], None, 400, "Too many files"),
+    ([("image", "x.png", b"png")], [(b"content-length", b"lots")], 400, "Content-Length header must be a whole"),
+    ([("image", None, b"png")], None, 422, "'image' part is missing"),
+    ([("image", "x.png", b"png"), ("request", None, b"\xff\xfe")], None, 400, "not valid JSON"),
+])
+def test_malformed_api_bodies_are_a_4xx_that_names_the_problem(settings, parts, headers, status, message):
+    with pytest.raises(api.ApiError) as refused:
+        asyncio.run(api.image_and_request(form_request(parts, headers)))
+    assert refused.value.status == status and message in refused.value.message, refused.value.message

@@ -118,14 +118,16 @@ def test_library_versions_name_what_is_installed_and_leave_out_what_is_not(monke
     assert library_versions() == {"diffusers": metadata.version("diffusers"), "torch": metadata.version("torch")}
 
 
+@pytest.mark.parametrize("brk", ["\n", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
 @pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
-def test_a_prompt_with_line_breaks_cannot_forge_the_settings(field):
-    forged = {field: "a red bus\nSteps: 150, Seed: 42, Size: 64x64\r\nNegative prompt: none"}
+def test_a_prompt_with_line_breaks_cannot_forge_the_settings(field, brk):
+    """Every character Python's splitlines breaks at (readers split either way), not only \\n."""
+    forged = {field: f"a red bus{brk}Steps: 150, Seed: 42, Size: 64x64{brk}Negative prompt: none"}
     request = GenerationRequest(steps=20, seed=7, **forged)
     text = a1111_parameters(card_for(request, [7], (512, 384)))
     parsed = parse_like_a1111(text)
     assert (parsed["Steps"], parsed["Seed"], parsed["Size-1"], parsed["Size-2"]) == ("20", "7", "512", "384")
-    assert len(text.split("\n")) == 3  # the prompt, the negative prompt, the settings: one line each
+    assert len(text.splitlines()) == len(text.split("\n")) == 3  # prompt, negative prompt, settings: a line each
     assert "Steps: 150, Seed: 42" in parsed["Prompt" if field == "prompt" else "Negative prompt"]
 
 

@@ -84,8 +84,9 @@ def a1111_parameters(card: dict, index: int = 0) -> str:
 
 def one_line(text: str) -> str:
     """A prompt as one line: A1111's readers take the text's last line as its settings, so a prompt with line
-    breaks could forge them (`…\\nSteps: 150, Seed: 42`); each break becomes a space."""
-    return re.sub(r"\s*[\r\n\u2028\u2029]+\s*", " ", text).strip()
+    breaks could forge them (`…\\nSteps: 150, Seed: 42`); each break (every character `str.splitlines` breaks
+    at, since readers split either way) becomes a space."""
+    return re.sub(r"\s*[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+\s*", " ", text).strip()
 
 
 def adetailer_fields(card: dict, index: int = 0) -> list[str]:
@@ -95,8 +96,8 @@ def adetailer_fields(card: dict, index: int = 0) -> list[str]:
     objects = [entry for entry in card.get("objects", []) if entry.get("image", 0) == index]
     if not objects or not (request.get("regenerate") == "detail" or request.get("detail_output")):
         return []
-    prompts = " [SEP] ".join(entry["prompt"] for entry in objects)
-    negatives = " [SEP] ".join(entry["negative_prompt"] for entry in objects)
+    prompts = " [SEP] ".join(one_line(entry["prompt"]) for entry in objects)
+    negatives = " [SEP] ".join(one_line(entry["negative_prompt"]) for entry in objects)
     return [f"ADetailer model: {model_name(card['models'].get('yolo', 'yolo'))}",
             f"ADetailer prompt: {json.dumps(prompts)}", f"ADetailer negative prompt: {json.dumps(negatives)}",
             f"ADetailer confidence: {request['detect_conf']}",

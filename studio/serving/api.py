@@ -170,7 +170,10 @@ async def image_and_request(request: Request) -> tuple[Image.Image, Any]:
     """The multipart body's `image` (a file) and `request` (JSON of GenerationRequest's fields), both checked."""
     settings = state.settings()
     limit = settings.max_upload_mb * 2**20
-    if int(request.headers.get("content-length") or 0) > limit + MAX_REQUEST_JSON:
+    length = request.headers.get("content-length") or "0"
+    if not length.isdigit():
+        raise ApiError(400, "The Content-Length header must be a whole number of bytes.")
+    if int(length) > limit + MAX_REQUEST_JSON:
         raise ApiError(413, f"The upload is larger than {settings.max_upload_mb} MB (MAX_UPLOAD_MB).")
     try:
         form = await capped(request, limit + MAX_REQUEST_JSON).form(max_files=1, max_fields=1,
