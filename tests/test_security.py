@@ -452,7 +452,9 @@ def test_04_only_offered_loras_resolve_and_every_refusal_reads_the_same(lora_dir
     from studio.engine.loras import REFUSED, LoraError, offered, resolve
 
     settings = Settings(lora_dir=lora_dir, lora_hub_ids=("org/listed-lora",))
-    assert offered(settings) == ["ink.safetensors", "org/listed-lora"]
+    (tmp_path / "elsewhere.safetensors").write_bytes((lora_dir / "ink.safetensors").read_bytes())
+    (lora_dir / "link-out.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    assert offered(settings) == ["ink.safetensors", "org/listed-lora"], "a link out of LORA_DIR is not offered"
     assert resolve("ink.safetensors", settings) == str(lora_dir / "ink.safetensors")
     refusals = set()
     for probe in ("../outside.safetensors", str(tmp_path / "outside.safetensors"), "folder.safetensors",
@@ -470,7 +472,7 @@ def test_04_only_offered_loras_resolve_and_every_refusal_reads_the_same(lora_dir
 class _FakeHub:
     """The Hub's model-info API on loopback: a listed LoRA whose file is far too big."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int | None = 7_700 * 2**20) -> None:
         import http.server
         import threading
 
@@ -481,7 +483,7 @@ class _FakeHub:
                 Handler.requests.append(self.path)
                 body = json.dumps({"id": "org/huge-lora", "sha": "0" * 40, "siblings": [
                     {"rfilename": "README.md", "size": 10},
-                    {"rfilename": "pytorch_lora_weights.safetensors", "size": 7_700 * 2**20}]}).encode()
+                    {"rfilename": "pytorch_lora_weights.safetensors", "size": size}]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -528,6 +530,22 @@ def test_05_a_listed_hub_lora_is_refused_by_its_size_before_any_download_and_out
     message = str(outcome["error"])
     assert "'org/huge-lora' (pytorch_lora_weights.safetensors, 7,700 MB) is larger than the 400 MB allowed" in message
     assert all(path.startswith("/api/models/org/huge-lora") for path in hub.handler.requests), "no file download"
+
+
+def test_05_a_hub_lora_that_does_not_say_its_size_is_not_downloaded_and_says_so(monkeypatch):
+    from huggingface_hub import constants
+
+    from studio.core.settings import Settings
+    from studio.engine.loras import LoraError, resolve
+
+    hub = _FakeHub(size=None)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(LoraError) as refused:
+        resolve("org/huge-lora", Settings(lora_hub_ids=("org/huge-lora",), lora_max_mb=400))
+    hub.server.shutdown()
+    assert "does not say its size on the Hub, so it is not downloaded (at most 400 MB" in str(refused.value)
+    assert " 0 MB" not in str(refused.value)
 
 
 def test_03_tokens_minted_in_the_same_second_differ_and_every_part_is_checked():

@@ -24,7 +24,8 @@ def offered(settings: Settings) -> list[str]:
     names: list[str] = []
     if settings.lora_dir is not None and settings.lora_dir.is_dir():
         root = settings.lora_dir.resolve()
-        names += sorted(p.relative_to(root).as_posix() for p in root.rglob("*.safetensors") if p.is_file())
+        names += sorted(p.relative_to(root).as_posix() for p in root.rglob("*.safetensors")
+                        if p.is_file() and p.resolve().is_relative_to(root))  # no link out of the folder
     return names + [hub_id for hub_id in settings.lora_hub_ids if hub_id not in names]
 
 
@@ -71,8 +72,11 @@ def _download(repo_id: str, settings: Settings) -> str:
     if not files:
         raise LoraError(f"The LoRA '{repo_id}' has no .safetensors file (other formats can run code).")
     chosen = next((s for s in files if s.rfilename.endswith(LORA_FILE)), files[0])
-    size_mb = (chosen.size or 0) / 2**20
-    if chosen.size is None or size_mb > settings.lora_max_mb:
+    if chosen.size is None:
+        raise LoraError(f"The LoRA '{repo_id}' ({chosen.rfilename}) does not say its size on the Hub, so it is not "
+                        f"downloaded (at most {settings.lora_max_mb} MB are, LORA_MAX_MB).")
+    size_mb = chosen.size / 2**20
+    if size_mb > settings.lora_max_mb:
         raise LoraError(f"The LoRA '{repo_id}' ({chosen.rfilename}, {size_mb:,.0f} MB) is larger than the "
                         f"{settings.lora_max_mb} MB allowed (LORA_MAX_MB).")
     return hf_hub_download(repo_id, chosen.rfilename)
