@@ -251,9 +251,9 @@ def input_panel(previews: Previews, max_upload_mb: int) -> tuple[Any, str] | tup
     photo = st.camera_input("Take a photo") if st.session_state.use_camera else None
     try:
         if upload is not None:
-            return previews.image(upload.getvalue())
+            return previews.image(upload.getvalue(), visitor())
         if photo is not None:
-            return previews.image(photo.getvalue())
+            return previews.image(photo.getvalue(), visitor())
         sample = st.selectbox("…or a sample image", list(SAMPLES), key="sample")
         return previews.image(SAMPLES[sample])
     except InvalidImageError as exc:

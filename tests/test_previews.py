@@ -1,5 +1,5 @@
-"""The page's preview caches: shared by every visitor, so bounded by bytes, and holding messages (not exceptions,
-whose tracebacks would keep a copy of each refused upload alive)."""
+"""The page's preview caches: one for all visitors (an upload's entries its own visitor's), so bounded by bytes,
+and holding messages (not exceptions, whose tracebacks would keep a copy of each refused upload alive)."""
 
 from __future__ import annotations
 
@@ -69,3 +69,13 @@ def test_one_preview_is_built_once_per_image_and_request(tiny_pipeline, monkeypa
     assert previews.preview(image, key, request) is first and len(built) == 1
     assert previews.preview(image, key, GenerationRequest(resolution=64, canny_low=50)) is not first
     assert len(built) == 2
+
+
+def test_an_upload_is_decoded_once_per_visitor_so_no_visitor_learns_what_another_uploaded(tiny_pipeline, decoded):
+    previews = Previews(tiny_pipeline)
+    photo = png(120, 90, 77)
+    first, first_key = previews.image(photo, "token:alice")
+    again, _ = previews.image(photo, "token:alice")
+    assert again is first and len(decoded) == 1, "alice's reruns reuse her decode"
+    other, other_key = previews.image(photo, "token:mallory")
+    assert other is not first and other_key != first_key and len(decoded) == 2, "mallory pays her own decode"

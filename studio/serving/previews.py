@@ -7,7 +7,8 @@ ran YOLO and ran Canny again. Here:
 - detections are computed once per (image, confidence, IoU, classes): a Canny slider never runs the detector;
 - the control image is rebuilt from cached detections, which takes milliseconds, so it follows the sliders, and
   the last ones are kept per (image, request), so one rerun builds each once.
-The caches are shared by every browser session of the server and bounded by bytes (PREVIEW_CACHE_MB).
+The caches are bounded by bytes (PREVIEW_CACHE_MB); an upload's entries are its visitor's own, the samples'
+are shared.
 """
 
 from __future__ import annotations
@@ -57,13 +58,15 @@ class Previews:
         # the page asks twice per rerun (Generate's check and the control panel): one build serves both
         self._previews = ByteLRU(max(budget // 4, 2**20), preview_bytes)
 
-    def image(self, data: bytes | str | Path) -> tuple[Any, str]:
-        """The RGB image of an upload's bytes (or a file path) and the key that names it in the caches.
+    def image(self, data: bytes | str | Path, visitor: str = "") -> tuple[Any, str]:
+        """The RGB image of an upload's bytes (or a file path: the samples) and the key that names it in the
+        caches. An upload is cached per visitor: a shared entry would answer a second visitor's upload of the
+        same photo in milliseconds instead of seconds, telling them that someone else had uploaded it.
         Raises InvalidImageError, with the same message each time, for what cannot be used."""
         if isinstance(data, (str, Path)):
             key = f"path:{Path(data).resolve()}"
         else:
-            key = "sha1:" + hashlib.sha1(data).hexdigest()
+            key = f"{visitor}:sha1:" + hashlib.sha1(data).hexdigest()
 
         def decode() -> Any:
             settings = self.pipeline.settings
