@@ -122,3 +122,24 @@ def test_a_password_in_any_script_can_be_entered_composed_or_not_and_over_basic_
     basic = base64.b64encode(f"studio:{password}".encode()).decode()
     assert authorize_all(monkeypatch, [request(basic, scheme="Basic")])[0] == ["ok"]
     assert not access.is_password(password + "x") and not access.is_password("")
+
+
+@pytest.mark.parametrize("scheme, proto, secure", [("http", None, False), ("http", b"https", True),
+                                                   ("https", None, True)])
+def test_the_access_cookie_is_secure_when_the_browser_came_over_https(clock, scheme, proto, secure):
+    from studio.serving import gate
+
+    token, sent = access.mint(), []
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def send(message) -> None:
+        sent.append(message)
+
+    headers = [(b"x-forwarded-proto", proto)] if proto else []
+    scope = {"type": "http", "scheme": scheme, "path": "/", "query_string": f"access={token}".encode(),
+             "headers": headers}
+    asyncio.run(gate.Gate(app)(scope, None, send))
+    cookie = dict(sent[0]["headers"])[b"set-cookie"].decode()
+    assert cookie.startswith(f"studio_access={token};") and ("; Secure;" in cookie) is secure

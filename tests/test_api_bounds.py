@@ -122,3 +122,23 @@ def test_malformed_api_bodies_are_a_4xx_that_names_the_problem(settings, parts, 
     with pytest.raises(api.ApiError) as refused:
         asyncio.run(api.image_and_request(form_request(parts, headers)))
     assert refused.value.status == status and message in refused.value.message, refused.value.message
+
+
+def test_api_refusals_and_failures_are_logged_without_the_request(settings, caplog):
+    async def broken(request: Request, owner: str):
+        raise KeyError("a bug")
+
+    async def refusing(request: Request, owner: str):
+        raise api.ApiError(404, "No job 'x' here.")
+
+    scope = {"type": "http", "method": "GET", "path": "/api/v1/jobs/x", "query_string": b"",
+             "headers": [(b"authorization", b"Bearer secret-guess")]}
+    with caplog.at_level("INFO", logger="studio.serving.api"):
+        crashed = asyncio.run(api.endpoint(broken, open_=True)(Request(scope)))
+        missing = asyncio.run(api.endpoint(refusing, open_=True)(Request(scope)))
+    assert crashed.status_code == 500 and b"it was logged" in crashed.body
+    assert missing.status_code == 404
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[0] == "API GET /api/v1/jobs/x failed" and caplog.records[0].exc_info[0] is KeyError
+    assert lines[1] == "API GET /api/v1/jobs/x: 404 No job 'x' here."
+    assert "secret-guess" not in caplog.text

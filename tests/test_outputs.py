@@ -4,6 +4,7 @@ refuses costs a message, never the result."""
 from __future__ import annotations
 
 import errno
+import os
 import json
 import time
 
@@ -60,13 +61,25 @@ def test_an_outputs_folder_that_cannot_be_written_gives_a_message_and_the_page_k
 
 def test_a_full_disk_leaves_no_half_file_and_says_so(tiny_pipeline, photo, tmp_path, monkeypatch):
     result = tiny_pipeline.generate(photo, GenerationRequest(prompt="a red box", steps=1, resolution=64, seed=3))
-    original = type(tmp_path).write_bytes
+    original = os.fdopen
 
-    def full(self, data):
-        original(self, data[: len(data) // 2])  # the disk filled up half way through
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class HalfWay:
+        """A file on a disk that fills up half way through the picture."""
 
-    monkeypatch.setattr(type(tmp_path), "write_bytes", full)
+        def __init__(self, handle: int, mode: str) -> None:
+            self.file = original(handle, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.file.close()
+
+        def write(self, data: bytes) -> None:
+            self.file.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", HalfWay)
     with pytest.raises(outputs.OutputsError, match=r"\(No space left on device\); download them from this page"):
         outputs.save(tmp_path, result, "token:me", "0123456789ab")
     assert list(today(tmp_path).iterdir()) == [], "neither a half-written picture nor its temporary file"
@@ -79,3 +92,15 @@ def test_outputs_dir_set_to_nothing_turns_the_folder_off(monkeypatch):
     assert Settings.from_env().outputs_dir is None
     monkeypatch.setenv("OUTPUTS_DIR", "/tmp/somewhere")
     assert str(Settings.from_env().outputs_dir) == "/tmp/somewhere"
+
+
+def test_a_link_planted_where_the_temporary_file_used_to_go_redirects_nothing(tmp_path):
+    from studio.serving.outputs import write_whole
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / ".picture.png.part").symlink_to(victim)  # the old, predictable temporary name
+    write_whole(tmp_path / "picture.png", b"the picture")
+    assert victim.read_text() == "keep me" and (tmp_path / "picture.png").read_bytes() == b"the picture"
+    assert (tmp_path / "picture.png").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".picture.png.part", "picture.png", "victim.txt"]

@@ -155,15 +155,24 @@ def endpoint(handler: Callable[[Request, str], Awaitable[Response]], *, open_: b
             owner = "" if open_ else await authorize(request)
             return await handler(request, owner)
         except ApiError as exc:
-            return JSONResponse({"error": exc.message}, exc.status)
+            return refused(request, exc.status, exc.message)
         except TooManyJobsError as exc:
-            return JSONResponse({"error": str(exc)}, 429)
+            return refused(request, 429, str(exc))
         except (InvalidImageError, InvalidRequestError) as exc:
-            return JSONResponse({"error": str(exc)}, 422)
+            return refused(request, 422, str(exc))
         except EXPECTED_ERRORS as exc:
-            return JSONResponse({"error": str(exc)}, 503)
+            return refused(request, 503, str(exc))
+        except Exception:  # a bug: the client gets a message, the log the traceback
+            log.exception("API %s %s failed", request.method, request.url.path)
+            return JSONResponse({"error": "The server failed unexpectedly; it was logged."}, 500)
 
     return call
+
+
+def refused(request: Request, status: int, message: str) -> JSONResponse:
+    """A refusal as JSON, and a line in the log (its path and reason: never a credential or a prompt)."""
+    log.info("API %s %s: %d %s", request.method, request.url.path, status, message[:200])
+    return JSONResponse({"error": message}, status)
 
 
 async def image_and_request(request: Request) -> tuple[Image.Image, Any]:

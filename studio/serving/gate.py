@@ -43,6 +43,13 @@ def token_of(scope: Scope) -> str | None:
     return next((token for token in candidates if access.valid_token(token)), None)
 
 
+def https(scope: Scope) -> bool:
+    """The browser reached us over https: directly, or through a proxy that says so (ngrok's agent sets
+    X-Forwarded-Proto). Then the cookie is marked Secure; a client that claims https over http only loses it."""
+    headers = dict(scope.get("headers", []))
+    return scope.get("scheme") == "https" or b"https" in headers.get(b"x-forwarded-proto", b"").lower()
+
+
 DROPPED = ("load_git_info", "clear_cache")
 
 
@@ -85,13 +92,14 @@ class Gate:
             await refuse(send)
             return
         sets_cookie = token is not None and access.TOKEN_PARAM.encode() in scope.get("query_string", b"")
+        secure = "; Secure" if https(scope) else ""
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 extra = [(name, value) for name, value in HEADERS if name not in present]
                 if sets_cookie:
-                    extra.append((b"set-cookie", f"{COOKIE}={token}; Path=/; SameSite=Strict; HttpOnly; "
+                    extra.append((b"set-cookie", f"{COOKIE}={token}; Path=/; SameSite=Strict; HttpOnly{secure}; "
                                                  f"Max-Age={access.TOKEN_HOURS * 3600}".encode()))
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)

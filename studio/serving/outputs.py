@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,14 @@ class OutputsError(Exception):
 
 
 def write_whole(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` either does not exist or holds all of it."""
-    temporary = path.with_name(f".{path.name}.part")
+    """Write `data` to `path` so that `path` either does not exist or holds all of it. The temporary file is
+    created new under a random name (O_EXCL), so a file or link planted where it would go cannot redirect it."""
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    temporary = Path(name)
     try:
-        temporary.write_bytes(data)
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        temporary.chmod(0o644)  # mkstemp's 0600 would keep the pictures from their owner's other tools
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
