@@ -282,6 +282,20 @@ def _open_tunnel(port: int, token: str, credentials: tuple[str, str] | None) -> 
     return tunnel.public_url, getattr(process.proc, "pid", None)
 
 
+
+def app_environment(models: str | None, password: str | None, tunnel: str) -> dict[str, str]:
+    """The app's environment: this one without the ngrok token (the app never sees it), with the model set, the
+    password gate behind ngrok's basic auth, and the tunnel's proxy hop trusted (the agent appends the visitor's
+    address to X-Forwarded-For)."""
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_NAME}
+    if models:
+        env["MODELS"] = models
+    if password:
+        env["APP_PASSWORD"] = password
+    if tunnel == "ngrok":
+        env.setdefault("TRUSTED_PROXY_HOPS", "1")
+    return env
+
 def start(port: int = 8501, tunnel: str = "none", models: str | None = None, auth: str | None = None,
           no_auth: bool = False, timeout_s: float = 120.0, state_dir: Path = STATE_DIR, app: Path = APP,
           quiet: bool = False, ready_timeout_s: float = 1800.0) -> Launched:
@@ -309,13 +323,7 @@ def start(port: int = 8501, tunnel: str = "none", models: str | None = None, aut
     if _port_in_use(port):
         raise LaunchError(f"Port {port} is already in use by another program (not one this launcher started). "
                           f"Stop it or pick another port with --port.")
-    env = {k: v for k, v in os.environ.items() if k != TOKEN_NAME}  # the app never sees the token
-    if models:
-        env["MODELS"] = models
-    if credentials:  # the app's own password gate, behind ngrok's basic auth
-        env["APP_PASSWORD"] = credentials[1]
-    if tunnel == "ngrok":  # the agent adds the visitor's address as the last X-Forwarded-For hop
-        env.setdefault("TRUSTED_PROXY_HOPS", "1")
+    env = app_environment(models, credentials[1] if credentials else None, tunnel)
     log = state_dir / "streamlit.log"
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
                "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",

@@ -338,3 +338,13 @@ def test_the_notebook_mode_shows_the_pictures_inline_and_saves_them_with_no_app_
     assert len(list(outputs.glob("*/*-result-1-*.png"))) == 1
     assert "2 made, 0 already there, 1 failed." in text  # the folder's batch, in the notebook
     assert sorted(p.name for p in (outputs / "batch").iterdir()) == ["photo0.png", "photo1.png"]
+
+
+def test_the_app_behind_ngrok_trusts_one_proxy_hop_and_never_sees_the_token(monkeypatch):
+    monkeypatch.setenv(launch.TOKEN_NAME, "secret-token")
+    monkeypatch.delenv("TRUSTED_PROXY_HOPS", raising=False)
+    tunnelled = launch.app_environment("tiny", "pw", "ngrok")
+    local = launch.app_environment(None, None, "none")
+    assert (tunnelled["TRUSTED_PROXY_HOPS"], tunnelled["APP_PASSWORD"], tunnelled["MODELS"]) == ("1", "pw", "tiny")
+    assert "TRUSTED_PROXY_HOPS" not in local and "APP_PASSWORD" not in local
+    assert launch.TOKEN_NAME not in tunnelled and launch.TOKEN_NAME not in local
