@@ -259,6 +259,7 @@ def test_importing_the_pipeline_module_does_not_import_diffusers():
     assert proc.stdout.strip() == "False"
 
 
+@pytest.mark.slow  # a benchmark script in a process of its own: make test runs it, make test-fast does not
 def test_attention_benchmark_script_runs_on_the_tiny_shapes(tmp_path):
     out = tmp_path / "attention.json"
     proc = subprocess.run([sys.executable, "benchmarks/attention_backends.py", "--tiny", "--size", "64", "--steps",

@@ -209,6 +209,7 @@ def test_a_queue_from_settings_serves_on_the_cpu(model_cache, photo):
         queue.shutdown()
 
 
+@pytest.mark.slow  # a benchmark script in a process of its own: make test runs it, make test-fast does not
 def test_jobs_benchmark_script_writes_both_rows(tmp_path):
     import json
     import subprocess
