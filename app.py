@@ -148,6 +148,7 @@ def password_gate() -> bool:
                 st.error(f"Too many wrong passwords from here: try again in {math.ceil(wait)} s.")
             elif access.is_password(given):
                 access.BACKOFF.succeeded(client())
+                st.session_state.clear()  # a new visitor: nothing of whoever held this session before
                 st.query_params[access.TOKEN_PARAM] = access.mint()
                 st.rerun()
             else:

@@ -311,6 +311,24 @@ def test_03_access_is_bound_to_a_signed_token_in_the_tab(app_env, monkeypatch):
     assert [u.key for u in other_tab.file_uploader][0] == "upload-0"
 
 
+def test_03_a_session_shown_someone_elses_token_asks_for_the_password_and_signing_in_starts_it_afresh(
+        app_env, monkeypatch):
+    from studio.serving import access
+
+    monkeypatch.setenv("APP_PASSWORD", "the right one")
+    app = app_page().run()
+    app.text_input[0].set_value("the right one")
+    app.button[0].click().run()
+    app.text_area(key="prompt").set_value("my secret prompt").run()
+    app.query_params["access"] = access.mint()  # another visitor's valid token (or this tab's after it expired)
+    app.run()
+    assert len(app.file_uploader) == 0 and len(app.text_input) == 1, "the password form, nothing of the session"
+    app.text_input[0].set_value("the right one")
+    app.button[0].click().run()
+    assert [u.key for u in app.file_uploader][0] == "upload-0", "signed in again: not locked out of the tab"
+    assert app.text_area(key="prompt").value != "my secret prompt", "the session started afresh"
+
+
 # 1. extreme aspect ratios and oversized outputs ----------------------------------------------------------------------
 
 def header_only(width: int, height: int) -> bytes:
