@@ -80,11 +80,6 @@ def is_password(credential: str | None) -> bool:
     return bool(credential) and expected is not None and hmac.compare_digest(_utf8(credential), _utf8(expected))
 
 
-def allowed(credential: str | None) -> bool:
-    """True when no password is set, or `credential` is the password or a valid token."""
-    return password() is None or valid_token(credential) or is_password(credential)
-
-
 def client_key(forwarded_for: str | None, address: str | None, trusted_hops: int = 0) -> str:
     """Whom a request comes from. Each proxy in front of the server appends the address it was reached from to
     X-Forwarded-For, and a client can write any hops of its own before them, so only the last `trusted_hops`

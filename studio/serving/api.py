@@ -34,6 +34,7 @@ from studio.core.request import request_from
 from studio.core.run_card import png_with_run_card, public_source
 from studio.serving import access, openapi, state
 from studio.serving.jobs import DONE, Job, JobQueue
+from studio.serving.previews import image_bytes
 
 API = "/api/v1"
 log = logging.getLogger(__name__)
@@ -94,16 +95,12 @@ class Registry:
             del self._kept[oldest.job.id]
 
 
-def _pixels_bytes(image: Any) -> int:
-    return image.width * image.height * len(image.getbands()) if isinstance(image, Image.Image) else 0
-
-
 def _held_bytes(kept: Kept) -> int:
     """What a kept job holds in memory: its photo, its live preview, its images and their encoded PNGs."""
     job = kept.job
     images = job.result.images if job.result else []
-    return (_pixels_bytes(job.image) + _pixels_bytes(job.preview) + sum(map(_pixels_bytes, images))
-            + sum(map(len, kept.pngs.values())))
+    pictures = [image for image in (job.image, job.preview, *images) if image is not None]
+    return sum(map(image_bytes, pictures)) + sum(map(len, kept.pngs.values()))
 
 
 REGISTRY = Registry()
