@@ -503,6 +503,7 @@ def objects_panel(image: Any, detections: list[Detection]) -> None:
     with st.expander(f"Objects ({len(detections)}): pick them one by one, each with its own prompt"):
         st.caption("None ticked: every object of the chosen classes. A ticked object is highlighted in the "
                    "detections.")
+        choice(st, "object_prompt_mode")
         for det in detections:
             thumb, fields_column = st.columns([1, 4], vertical_alignment="center")
             crop = image.crop(tuple(int(round(v)) for v in det.box))
@@ -521,6 +522,7 @@ def repaint_panel() -> None:
     with st.expander("Repaint and detail pass (ADetailer)"):
         slider(st, "strength", disabled=not repainting)
         switch(st, "color_match", disabled=not repainting)
+        switch(st, "soft_mask", disabled=not repainting)
         switch(st, "detail_output", disabled=state.regenerate != "all", on_change=guarded(use_mode_defaults))
         left, right = st.columns(2)
         slider(left, "detail_resolution")

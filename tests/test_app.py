@@ -396,7 +396,7 @@ def test_every_request_widget_is_built_from_the_fields_metadata(app):
     for name in ("steps", "guidance_scale", "resolution", "controlnet_scale", "canny_low", "detect_conf"):
         meta, slider = request_field(name).metadata, app.slider(key=name)
         assert (slider.label, slider.min, slider.max, slider.step) == (meta["label"], *meta["limits"], meta["step"])
-    for name in ("scheduler", "resize_mode", "control_mode", "regenerate"):
+    for name in ("scheduler", "resize_mode", "control_mode", "regenerate", "object_prompt_mode"):
         meta = request_field(name).metadata
         assert app.selectbox(key=name).options == list(meta["choices"].values())
 
@@ -416,6 +416,21 @@ def test_objects_are_listed_one_by_one_and_a_picked_one_with_its_prompt_is_the_o
     assert list(card["request"]["objects"]) == [3] and card["regenerate"]["objects"] == [3]
     table = app.dataframe[0].value
     assert list(table["object"]) == ["#3 square"] and list(table["prompt"]) == ["a red box"]
+
+
+def test_two_objects_with_their_prompts_in_one_pass_with_soft_edges_reach_the_run(app):
+    app.selectbox(key="regenerate").set_value("objects").run()
+    for object_id, prompt in ((1, "a red box"), (3, "a blue box")):
+        app.checkbox(key=f"pick-{object_id}").check().run()
+        app.text_input(key=f"object-prompt-{object_id}").input(prompt).run()
+    app.selectbox(key="object_prompt_mode").set_value("one_pass").run()
+    app.checkbox(key="soft_mask").check().run()
+    app.slider(key="steps").set_value(2).run()
+    generate(app)
+    card = app.session_state["result"].run_card
+    assert [(e["id"], e["prompt"], e["one_pass"]) for e in card["objects"]] == [(1, "a red box", True),
+                                                                               (3, "a blue box", True)]
+    assert card["request"]["soft_mask"] is True and card["steps_done"] == 2  # one pass, not one per object
 
 
 def test_another_picture_starts_with_no_object_picked(app):

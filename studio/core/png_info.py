@@ -33,7 +33,7 @@ RESIZE_MODES = {label: name for name, label in A1111_RESIZE.items()}
 # Top-level A1111 keys -> request fields (converted by the field's kind).
 DIRECT = {"Steps": "steps", "CFG scale": "guidance_scale", "Seed": "seed", "Preset": "preset",
           "ADetailer confidence": "detect_conf", "ADetailer denoising strength": "strength",
-          "ADetailer inpaint padding": "detail_padding"}
+          "ADetailer inpaint padding": "detail_padding", "Mask blur": "control_feather"}
 MODEL_KEYS = ("Model", "Model hash", "VAE", "VAE hash")
 # Keys inside a ControlNet unit -> request fields.
 CONTROLNET = {"Weight": "controlnet_scale", "Guidance Start": "control_start", "Guidance End": "control_end",
@@ -156,6 +156,8 @@ def from_parameters(text: str) -> PngSettings:
         take(values, unknown, "height", f"Size: {size[0]}", int(size[2]))
     if any(key.startswith("ADetailer") for key in parsed):
         values["detail_output"] = True  # ADetailer details what was generated: our detail pass of the output
+    if "Soft inpainting enabled" in parsed:
+        take(values, unknown, "soft_mask", "Soft inpainting enabled", parsed.pop("Soft inpainting enabled") == "True")
     for key in [key for key in parsed if key in DIRECT]:
         take(values, unknown, DIRECT[key], f"{key}: {parsed[key]}", number(parsed.pop(key)))
     canny = False

@@ -3,7 +3,8 @@ each inpainting pass the crop of the picture it samples, at which size, under wh
 with which prompt.
 
 - "objects": one pass over the whole picture for the objects that use the main prompt, then one pass for each
-  object with a prompt of its own (`object_prompts`).
+  object with a prompt of its own (`object_prompts`); or, with `object_prompt_mode="one_pass"`, one pass for them
+  all whose `regions` give each such object its prompt inside its mask (regional prompts).
 - "background": one pass over the whole picture, everything but the objects.
 - "detail" (ADetailer's flow, with ControlNet): one pass per object, in id order, on its box grown by
   `detail_padding`, sampled with the short side at `detail_resolution` and scaled back.
@@ -31,6 +32,15 @@ DETAIL_FEATHER = 4  # ADetailer's mask blur: a detail pass's mask is feathered a
 Box = tuple[int, int, int, int]
 
 
+@dataclass(frozen=True)
+class Region:
+    """A part of a regional pass with a prompt of its own: its mask ("L" at the picture's size) and its prompts."""
+
+    mask: Image.Image
+    prompt: str | None
+    negative: str | None
+
+
 def select(detections: Sequence[Detection], request: GenerationRequest, size: tuple[int, int]) -> list[Detection]:
     """The objects a request acts on, in id order: by id (`objects`), or else by class (`control_classes`); none
     smaller than `min_object_area` of a picture of `size`; at most `max_objects`, the most confident."""
@@ -49,7 +59,7 @@ def select(detections: Sequence[Detection], request: GenerationRequest, size: tu
 class RepaintPass:
     """One inpainting pass: the crop `box` of the picture (the whole picture for "objects" and "background"),
     sampled at `size` under `control`, repainting `mask` ("L" at the picture's size, 0 outside this pass) with
-    `prompt` and `negative` (None: the request's)."""
+    `prompt` and `negative` (None: the request's), and inside each of `regions` with that region's."""
 
     objects: tuple[Detection, ...]
     box: Box
@@ -58,6 +68,12 @@ class RepaintPass:
     control: Image.Image
     prompt: str | None = None
     negative: str | None = None
+    regions: tuple[Region, ...] = ()
+
+    def prompts_for(self, det: Detection, request: GenerationRequest) -> tuple[str, str]:
+        """The prompt and negative prompt `det` is repainted with in this pass."""
+        own = request.prompts_for(det.id) if self.regions else (self.prompt, self.negative)
+        return own[0] or request.prompt, own[1] or request.negative_prompt
 
     @property
     def whole(self) -> bool:
@@ -123,6 +139,10 @@ def plan(picture: Image.Image, selected: list[Detection], request: GenerationReq
     if request.regenerate == "background":
         return [RepaintPass((), whole, size, _mask(size, selected, request, invert=True), control)]
     shared = [d for d in selected if request.prompts_for(d.id) == (None, None)]
+    if request.object_prompt_mode == "one_pass" and len(shared) < len(selected):
+        regions = tuple(Region(_mask(size, [det], request), *request.prompts_for(det.id))
+                        for det in selected if det not in shared)
+        return [RepaintPass(tuple(selected), whole, size, _mask(size, selected, request), control, regions=regions)]
     passes = [RepaintPass(tuple(shared), whole, size, _mask(size, shared, request), control)] if shared else []
     for det in (d for d in selected if d not in shared):
         passes.append(RepaintPass((det,), whole, size, _mask(size, [det], request), control,

@@ -27,6 +27,7 @@ CONTROL_SOURCES = {"canny": "Canny of the photo", "edge_map": "The upload is an 
 KINDS = {"whole": "a whole number", "number": "a finite number", "text": "text", "switch": "true or false",
          "classes": "a list of class ids (whole numbers)", "ids": "a list of object ids (whole numbers)",
          "prompts": "a mapping from object ids (whole numbers) to prompts (text)"}
+OBJECT_PROMPT_MODES = {"pass_each": "A pass each", "one_pass": "All in one pass (regional prompts)"}
 DETAIL_STRENGTH = 0.4  # ADetailer's default denoising strength: the object restyled, its colours and shape kept
 
 
@@ -108,6 +109,11 @@ class GenerationRequest:
                                                      "the others with the main prompt.")
     object_negative_prompts: ObjectPrompts | None = knob(None, "prompts", "Negative prompt per object",
                                                          optional=True)
+    object_prompt_mode: str = knob("pass_each", "text", "Objects with a prompt of their own",
+                                   choices=OBJECT_PROMPT_MODES,
+                                   help="In 'Only the chosen objects' mode: a repaint pass per such object, or all "
+                                        "objects in one denoise, each region attending to its own prompt "
+                                        "(regional prompts: one pass, as fast as one object).")
     strength: float | None = knob(None, "number", "Denoising strength", limits=(0.0, 1.0), step=0.05, optional=True,
                                   help="How far a repaint departs from the photo: 1 starts from noise, 0.4 restyles "
                                        "and keeps colours and shapes, 0 keeps the photo. Default: 0.4 for the "
@@ -122,6 +128,10 @@ class GenerationRequest:
     color_match: bool | None = knob(None, "switch", "Keep the photo's colours (colour correction)", optional=True,
                                     help="Match each repainted region's colour statistics to the photo's before "
                                          "blending, as A1111's colour correction. Default: on for detail passes.")
+    soft_mask: bool = knob(False, "switch", "Soft edges (differential diffusion)",
+                           help="The feathered mask says how much each pixel may change: the inside is repainted "
+                                "from the first step, the feathered border from later steps, so it changes less "
+                                "and leaves no seam. Widen it with Feather (px); at 0 the mask is hard.")
     max_objects: int | None = knob(None, "whole", "At most this many objects (the most confident)", limits=(1, 100),
                                    step=1, optional=True)
     min_object_area: float = knob(0.0, "number", "Smallest object (share of the picture)", limits=(0.0, 1.0),

@@ -74,7 +74,7 @@ def a1111_parameters(card: dict, index: int = 0) -> str:
         f"Steps: {request['steps']}", f"Sampler: {SCHEDULERS[request['scheduler']].a1111}",
         f"CFG scale: {request['guidance_scale']}", f"Seed: {card['seeds'][index]}",
         f"Size: {card['size'][0]}x{card['size'][1]}", f"Model: {model_name(card['models']['sd15'])}",
-        f"ControlNet 0: {json.dumps(controlnet)}", *adetailer_fields(card, index),
+        f"ControlNet 0: {json.dumps(controlnet)}", *soft_inpainting_fields(card), *adetailer_fields(card, index),
         f"Preset: {request.get('preset', 'quality')}", "Version: yolo-controlnet-studio"])
     lines = [prompt.strip()]
     if request["negative_prompt"].strip() and request["guidance_scale"] > 1:  # at CFG 1 it was not used
@@ -87,6 +87,14 @@ def one_line(text: str) -> str:
     breaks could forge them (`…\\nSteps: 150, Seed: 42`); each break (every character `str.splitlines` breaks
     at, since readers split either way) becomes a space."""
     return re.sub(r"\s*[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+\s*", " ", text).strip()
+
+
+def soft_inpainting_fields(card: dict) -> list[str]:
+    """A soft repaint as A1111 names it (its img2img mask blur and its soft inpainting switch); none otherwise."""
+    request = card["request"]
+    if not (request.get("soft_mask") and card.get("objects")):
+        return []
+    return [f"Mask blur: {request['control_feather']}", "Soft inpainting enabled: True"]
 
 
 def adetailer_fields(card: dict, index: int = 0) -> list[str]:
