@@ -59,7 +59,18 @@ ROWS = (
     ("project-default-1024x768", "project", 768, 1, "quality", False, "all", "wide"),
     ("project-detail-3-objects", "project", 768, 1, "quality", False, "detail", "wide"),
     ("project-detail-3-objects-fast", "project", 768, 1, "fast", False, "detail", "wide"),
+    ("project-fast-1024x768", "project", 768, 1, "fast", False, "all", "wide"),
+    ("project-objects-3-prompts", "project", 768, 1, "fast", False, "objects-3-prompts", "wide"),
+    ("project-regional-3-prompts", "project", 768, 1, "fast", False, "regional-3-prompts", "wide"),
+    ("project-soft-objects", "project", 512, 1, "quality", False, "soft-objects", "square"),
 )
+# The repaint rows that are not a mode of their own: three objects with three prompts (a pass each, or one pass with
+# regional prompts) and the objects row with soft edits.
+THREE_PROMPTS = {0: "a red ball", 1: "a wooden crate", 2: "a green pyramid"}
+REPAINTS = {"objects-3-prompts": dict(regenerate="objects", object_prompts=THREE_PROMPTS),
+            "regional-3-prompts": dict(regenerate="objects", object_prompts=THREE_PROMPTS,
+                                       object_prompt_mode="one_pass"),
+            "soft-objects": dict(regenerate="objects", soft_mask=True, control_feather=16)}
 # Rows that end the ControlNet's window early (control_end): it is not evaluated on the steps after it.
 CONTROL_END = {"project-control-end-0.5": 0.5}
 # project-preset-switch: the presets one pipeline goes through, in order
@@ -110,9 +121,10 @@ class Bench:
         from inference_pipeline import GenerationRequest
 
         steps = self.steps if preset == "quality" else None  # the preset's own
+        repaint = REPAINTS.get(regenerate, {"regenerate": regenerate})
         return GenerationRequest(prompt=PROMPT, preset=preset, steps=steps, resolution=size, num_images=batch,
-                                 seed=SEED, fast_decode=fast_decode, regenerate=regenerate, control_end=control_end,
-                                 detail_resolution=512 if self.device == "cuda" else 64)
+                                 seed=SEED, fast_decode=fast_decode, control_end=control_end,
+                                 detail_resolution=512 if self.device == "cuda" else 64, **repaint)
 
     def diffusers_call(self, size: int, batch: int, sliced: bool) -> Callable[[], list[Any]]:
         from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UniPCMultistepScheduler
@@ -174,7 +186,7 @@ class Bench:
         from studio.core.detections import Detection
 
         width, height = picture.size
-        if regenerate == "detail":
+        if regenerate in ("detail", "objects-3-prompts", "regional-3-prompts"):
             scale = width / 1024
             return [Detection(label, i, 0.9 - 0.1 * i, tuple(v * scale for v in box))
                     for i, (label, box) in enumerate(THREE_OBJECTS)]
@@ -272,7 +284,7 @@ class Bench:
                                   for (what, shape), samples in sorted(flops.calls.items())}
             row["tflops_per_image"] = round(flops.tflops() / batch, 6)
             row["t4_estimate_s"] = round(t4_estimate_s(row["tflops_per_image"], self.share), 6)
-        if regenerate == "detail":
+        if regenerate in ("detail", "objects-3-prompts", "regional-3-prompts"):
             row["seconds_per_object"] = round(per_call / (batch * len(THREE_OBJECTS)), 4)
         del call
         return row, images[0]  # type: ignore[index]

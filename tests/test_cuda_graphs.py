@@ -65,6 +65,9 @@ def test_pipeline_benchmark_script_writes_its_rows_and_table(tmp_path):
     default, end_half = rows["project-default"]["evaluations"], rows["project-control-end-0.5"]["evaluations"]
     assert default == {"controlnet 4x8x8": 4, "unet 4x8x8": 4, "vae-decode 4x8x8": 1}  # 2 steps, CFG: batch 2
     assert end_half == {"controlnet 4x8x8": 2, "unet 4x8x8": 4, "vae-decode 4x8x8": 1}  # its first step only
+    unet_calls = {config: sum(v for k, v in rows[config]["evaluations"].items() if k.startswith("unet"))
+                  for config in ("project-regional-3-prompts", "project-objects-3-prompts")}
+    assert unet_calls == {"project-regional-3-prompts": 4, "project-objects-3-prompts": 12}  # Fast: 4 steps a pass
     assert rows["project-control-end-0.5"]["tflops_per_image"] < rows["project-default"]["tflops_per_image"]
     assert rows["project-control-end-0.5"]["max_abs_diff_vs_default"] is None  # other settings than the default
     switch = result["preset_switch"]

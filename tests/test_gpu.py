@@ -84,6 +84,17 @@ def test_fast_path_matches_eager_when_repainting_part_of_the_picture(fast, eager
     assert kept.any() and np.abs(pixels(result)[0] - np.asarray(scene, np.int16)).max(axis=-1)[kept].max() <= 1
 
 
+@pytest.mark.parametrize("soft_mask", [False, True])
+def test_regional_prompts_in_one_pass_on_the_fast_path_equal_eager(fast, eager, scene, soft_mask):
+    """Regional attention's masks are a tensor argument of the UNet, so its graphs capture them like any input;
+    soft edits change the pipeline's latent mask between steps, outside the graphs."""
+    request = replace(BASE, regenerate="objects", objects=(0, 1, 3), object_prompt_mode="one_pass",
+                      object_prompts={0: "a blue ball", 3: "a green cube"}, soft_mask=soft_mask, control_feather=8)
+    assert_same(fast, eager, scene, request)
+    card = fast.generate(scene, request).run_card
+    assert [(e["id"], e["one_pass"]) for e in card["objects"]] == [(0, True), (1, True), (3, True)]
+
+
 def test_an_inpainting_checkpoints_9_channel_unet_replays_graphs_too(model_cache, scene):
     checkpoint = [InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cuda:0",
                                                       cuda_graphs=graphs, sd15_inpaint_model="tiny"))
