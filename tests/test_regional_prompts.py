@@ -56,6 +56,12 @@ def test_a_pixel_gets_exactly_the_attention_of_its_regions_prompt():
     assert torch.allclose(mixed[:, 12:], alone[1][:, 12:], atol=1e-6)
     assert not torch.allclose(alone[0][:, 12:], alone[1][:, 12:], atol=1e-3)
     assert torch.equal(plain, alone[0])  # no masks: the installed processor, untouched
+    layer.norm_cross = torch.nn.LayerNorm(8)  # a layer the shared query does not fit: a processor call per region
+    with torch.no_grad():
+        mixed = RegionalAttention(base)(layer, pixels_in, torch.cat([main, other], dim=1), region_masks=masks)
+        alone = [base(layer, pixels_in, prompt) for prompt in (main, other)]
+    assert torch.allclose(mixed[:, :12], alone[0][:, :12], atol=1e-6)
+    assert torch.allclose(mixed[:, 12:], alone[1][:, 12:], atol=1e-6)
 
 
 def count_unet_calls(pipeline) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:

@@ -3,9 +3,10 @@ diffusers' community regional-prompting pipeline do it.
 
 The prompt embeddings of every region are laid end to end (the main prompt first, then one per object, CLIP's 77
 positions each) and handed to the UNet as one `encoder_hidden_states`. In every cross-attention layer,
-`RegionalAttention` attends to each region's 77 positions apart, through the processor that was installed (SDPA,
-xformers, flash-attn, sliced: the backend the run chose), and mixes the answers pixel by pixel with the regions'
-masks scaled to that layer's resolution. The output projection is linear and the weights of a pixel sum to 1, so a
+`RegionalAttention` attends to each region's 77 positions apart and mixes the answers pixel by pixel with the
+regions' masks scaled to that layer's resolution. SD1.5's layers take one SDPA call over a batch of regions with
+the query and output projections computed once (77 keys: SDPA on every backend); any other layer goes through the
+processor that was installed (the backend the run chose), once per region. The output projection is linear and the weights of a pixel sum to 1, so a
 region's pixels get exactly its own prompt's attention, the main prompt's where no region is. Self-attention and any
 call without `region_masks` go to the installed processor untouched.
 
@@ -39,11 +40,47 @@ class RegionalAttention:
             return self.processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         prompts = encoder_hidden_states.split(CLIP_POSITIONS, dim=1)
         weights = region_weights(region_masks, hidden_states.shape[1]).to(hidden_states.dtype)
+        if shared_query_fits(attn, hidden_states, attention_mask):
+            return shared_query(attn, hidden_states, prompts, weights)
         mixed = None
         for prompt, weight in zip(prompts, weights):
             answer = self.processor(attn, hidden_states, prompt, attention_mask, temb, **kwargs) * weight
             mixed = answer if mixed is None else mixed + answer
         return mixed
+
+
+def shared_query_fits(attn: Any, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:
+    """SD1.5's cross-attention layers: tokens in, no norms or masks around the attention itself."""
+    return (hidden_states.ndim == 3 and attention_mask is None and attn.group_norm is None
+            and attn.spatial_norm is None and attn.norm_cross is None)
+
+
+def shared_query(attn: Any, hidden_states: torch.Tensor, prompts: tuple[torch.Tensor, ...],
+                 weights: torch.Tensor) -> torch.Tensor:
+    """Every region's attention in one SDPA call over a batch of regions, with the query and the output projection
+    computed once: the projections are linear and a pixel's weights sum to 1, so this is the installed processor's
+    answer per region, mixed (the per-region calls cost a query and an output projection each)."""
+    batch, regions = hidden_states.shape[0], len(prompts)
+    query = attn.to_q(hidden_states)
+    context = torch.cat(prompts, dim=0)  # region-major: region r's batch at rows r * batch ...
+    key, value = attn.to_k(context), attn.to_v(context)
+    head_dim = key.shape[-1] // attn.heads
+
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], -1, attn.heads, head_dim).transpose(1, 2)
+
+    query, key = heads(query).repeat(regions, 1, 1, 1), heads(key)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    answer = F.scaled_dot_product_attention(query, key, heads(value), scale=attn.scale)
+    answer = answer.transpose(1, 2).reshape(regions, batch, -1, attn.heads * head_dim)
+    mixed = (answer * weights).sum(dim=0)
+    mixed = attn.to_out[1](attn.to_out[0](mixed))
+    if attn.residual_connection:
+        mixed = mixed + hidden_states
+    return mixed / attn.rescale_output_factor
 
 
 def region_weights(masks: torch.Tensor, positions: int) -> torch.Tensor:
