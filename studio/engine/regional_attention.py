@@ -6,9 +6,9 @@ positions each) and handed to the UNet as one `encoder_hidden_states`. In every 
 `RegionalAttention` attends to each region's 77 positions apart and mixes the answers pixel by pixel with the
 regions' masks scaled to that layer's resolution. SD1.5's layers take one SDPA call over a batch of regions with
 the query and output projections computed once (77 keys: SDPA on every backend); any other layer goes through the
-processor that was installed (the backend the run chose), once per region. The output projection is linear and the weights of a pixel sum to 1, so a
-region's pixels get exactly its own prompt's attention, the main prompt's where no region is. Self-attention and any
-call without `region_masks` go to the installed processor untouched.
+processor that was installed (the backend the run chose), once per region. The output projection is linear and
+the weights of a pixel sum to 1, so a region's pixels get exactly its own prompt's attention, the main prompt's
+where no region is. Self-attention and any call without `region_masks` go to the installed processor untouched.
 
 The masks travel as `cross_attention_kwargs={"region_masks": ...}`, a tensor argument of the UNet's forward: the
 CUDA graphs (cuda_graphs.py) capture a regional call like any other, with the masks among the copied inputs.
