@@ -34,6 +34,16 @@ def browser():
         browser.close()
 
 
+@pytest.fixture(autouse=True)
+def close_tabs(request: pytest.FixtureRequest):
+    """Every tab a test opened is closed when it ends: an open tab goes on polling its server (the queue line, a
+    run's progress), and every later test of the module would pay for it in CPU."""
+    yield
+    if "browser" in request.fixturenames:
+        for context in request.getfixturevalue("browser").contexts:
+            context.close()
+
+
 @pytest.fixture
 def page(browser):
     page = new_page(browser)
