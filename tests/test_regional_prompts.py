@@ -11,6 +11,8 @@ from PIL import Image
 
 from inference_pipeline import GenerationRequest
 from studio.core.image_io import load_image
+from studio.core.png_info import from_parameters
+from studio.core.run_card import a1111_parameters
 from studio.engine.regional_attention import RegionalAttention, region_weights
 
 from helpers import ROOT, pixels
@@ -89,6 +91,10 @@ def test_three_objects_with_two_prompts_take_one_denoise_and_each_prompt_acts_in
     assert [(e["id"], e["prompt"], e["one_pass"]) for e in card["objects"]] == [
         (0, "a toy", True), (1, "red box", True), (3, "blue cottage", True)]
     assert card["request"]["object_prompt_mode"] == "one_pass"
+    text = a1111_parameters(card)
+    assert "RP Active: True" in text and "RP Calc Mode: Attention" in text
+    assert from_parameters(text).values["object_prompt_mode"] == "one_pass"
+    assert "RP Active" not in a1111_parameters(results["pass_each", "bus"].run_card)
     request = GenerationRequest(**BASE, object_prompt_mode="one_pass", object_prompts={1: "red box", 3: "blue"})
     plan = tiny_pipeline.preview_from(scene, found, request).passes
     assert len(plan) == 1 and [region.prompt for region in plan[0].regions] == ["red box", "blue"]

@@ -156,6 +156,10 @@ def from_parameters(text: str) -> PngSettings:
         take(values, unknown, "height", f"Size: {size[0]}", int(size[2]))
     if any(key.startswith("ADetailer") for key in parsed):
         values["detail_output"] = True  # ADetailer details what was generated: our detail pass of the output
+    if parsed.get("RP Active") == "True" and parsed.get("RP Calc Mode", "Attention") == "Attention":
+        del parsed["RP Active"]
+        parsed.pop("RP Calc Mode", None)
+        take(values, unknown, "object_prompt_mode", "RP Active", "one_pass")
     if "Soft inpainting enabled" in parsed:
         take(values, unknown, "soft_mask", "Soft inpainting enabled", parsed.pop("Soft inpainting enabled") == "True")
     for key in [key for key in parsed if key in DIRECT]:

@@ -74,7 +74,8 @@ def a1111_parameters(card: dict, index: int = 0) -> str:
         f"Steps: {request['steps']}", f"Sampler: {SCHEDULERS[request['scheduler']].a1111}",
         f"CFG scale: {request['guidance_scale']}", f"Seed: {card['seeds'][index]}",
         f"Size: {card['size'][0]}x{card['size'][1]}", f"Model: {model_name(card['models']['sd15'])}",
-        f"ControlNet 0: {json.dumps(controlnet)}", *soft_inpainting_fields(card), *adetailer_fields(card, index),
+        f"ControlNet 0: {json.dumps(controlnet)}", *soft_inpainting_fields(card), *regional_prompter_fields(card),
+        *adetailer_fields(card, index),
         f"Preset: {request.get('preset', 'quality')}", "Version: yolo-controlnet-studio"])
     lines = [prompt.strip()]
     if request["negative_prompt"].strip() and request["guidance_scale"] > 1:  # at CFG 1 it was not used
@@ -95,6 +96,14 @@ def soft_inpainting_fields(card: dict) -> list[str]:
     if not (request.get("soft_mask") and card.get("objects")):
         return []
     return [f"Mask blur: {request['control_feather']}", "Soft inpainting enabled: True"]
+
+
+def regional_prompter_fields(card: dict) -> list[str]:
+    """Regional prompts in one pass as A1111's Regional Prompter names its mode (regions from masks, attention per
+    region); the prompts per object are in the run card. None otherwise."""
+    if not any(entry.get("one_pass") for entry in card.get("objects", [])):
+        return []
+    return ["RP Active: True", "RP Divide mode: Mask", "RP Calc Mode: Attention"]
 
 
 def adetailer_fields(card: dict, index: int = 0) -> list[str]:
