@@ -66,6 +66,16 @@ def test_a_pixel_gets_exactly_the_attention_of_its_regions_prompt():
     assert torch.allclose(mixed[:, 12:], alone[1][:, 12:], atol=1e-6)
 
 
+def test_a_pass_of_three_objects_measures_its_seam_once(tiny_pipeline, scene, found, monkeypatch):
+    from studio.engine import repainting
+
+    measured = []
+    monkeypatch.setattr(repainting, "seam_score", lambda *args: measured.append(args) or 1.5)
+    request = GenerationRequest(**{**BASE, "steps": 1}, object_prompt_mode="one_pass", object_prompts={1: "a box"})
+    card = tiny_pipeline.generate(scene, request, detections=found).run_card
+    assert len(measured) == 1 and [entry["seam"] for entry in card["objects"]] == [1.5, 1.5, 1.5]
+
+
 def count_unet_calls(pipeline) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
     calls: list[int] = []
     return calls, pipeline.pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1))

@@ -131,8 +131,8 @@ def repaint(denoiser: Any, request: GenerationRequest, scheduler: Any, pictures:
         before, done.pictures = done.pictures, [plan.paste(p, image) for p, image in zip(done.pictures, sampled)]
         done.flagged = [a or b for a, b in zip(done.flagged, flagged)]
         done.notes += [note for note in notes if note not in done.notes]
-        done.objects += [outcome(first_image + i, det, plan, request, sampled[i], mask,
-                                 seam_score(done.pictures[i], before[i], plan.mask))
+        seams = [seam_score(done.pictures[i], before[i], plan.mask) for i in range(len(crops))]  # one per pass
+        done.objects += [outcome(first_image + i, det, plan, request, sampled[i], mask, seams[i])
                          for i in range(len(crops)) for det in plan.objects]
     return done
 
