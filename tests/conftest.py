@@ -56,6 +56,20 @@ def tiny_pipeline(model_cache: Path):
                                                allow_any_lora=True, outputs_dir=OUTPUTS))
 
 
+@pytest.fixture(scope="session")
+def scene() -> Image.Image:
+    """The sample scene: a circle, two squares and a triangle, which the fixture detector finds."""
+    from studio.core.image_io import load_image
+
+    return load_image(Path(__file__).resolve().parents[1] / "assets" / "sample_scene.png")
+
+
+@pytest.fixture(scope="session")
+def found(tiny_pipeline, scene) -> list:
+    """The sample scene's detections, numbered: 0 circle, 1 square, 2 triangle, 3 square."""
+    return tiny_pipeline.detect(scene)
+
+
 @pytest.fixture
 def photo() -> Image.Image:
     """A small scene with hard edges, so that Canny has something to find."""

@@ -7,27 +7,15 @@ import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-from PIL import Image
 
 from inference_pipeline import GenerationRequest
-from studio.core.image_io import load_image
 from studio.core.png_info import from_parameters
 from studio.core.run_card import a1111_parameters
 from studio.engine.regional_attention import RegionalAttention, region_weights
 
-from helpers import ROOT, pixels
+from helpers import pixels
 
 BASE = dict(prompt="a toy", steps=4, resolution=128, seed=5, regenerate="objects", objects=(0, 1, 3))
-
-
-@pytest.fixture(scope="module")
-def scene() -> Image.Image:
-    return load_image(ROOT / "assets" / "sample_scene.png")
-
-
-@pytest.fixture(scope="module")
-def found(tiny_pipeline, scene):
-    return tiny_pipeline.detect(scene)
 
 
 def test_region_weights_follow_the_unets_levels_and_sum_to_one():

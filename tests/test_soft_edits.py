@@ -4,29 +4,17 @@ the fixture detector's sample scene (a circle, two squares, a triangle)."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 from inference_pipeline import GenerationRequest
-from studio.core.image_io import load_image
 from studio.core.png_info import from_parameters
 from studio.core.run_card import a1111_parameters
 from studio.engine.soft_edit import SoftMask
 
-from helpers import ROOT, pixels
+from helpers import pixels
 
 SMALL = dict(prompt="a toy", steps=6, resolution=128, seed=5, regenerate="objects", objects=(1, 3))
-
-
-@pytest.fixture(scope="module")
-def scene() -> Image.Image:
-    return load_image(ROOT / "assets" / "sample_scene.png")
-
-
-@pytest.fixture(scope="module")
-def found(tiny_pipeline, scene):
-    return tiny_pipeline.detect(scene)
 
 
 def test_a_pixel_joins_the_sampling_after_as_many_steps_as_its_strength_leaves_out():
