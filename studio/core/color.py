@@ -71,9 +71,16 @@ def seam_score(result: Image.Image, original: Image.Image, mask: Image.Image, ba
     if not outer.any():
         return 0.0
     box = (int(left), int(top), int(left + inside.shape[1]), int(top + inside.shape[0]))
-    made, photo = to_lab(result.crop(box)), to_lab(original.crop(box))
+    band = inner | outer  # only the bands' pixels are converted to Lab: the whole box cost 30 ms a picture
+    made, photo = (_band_lab(np.asarray(image.convert("RGB").crop(box))[band]) for image in (result, original))
+    inner, outer = inner[band], outer[band]
     kept_step = photo[inner].mean(axis=0) + (made[outer].mean(axis=0) - photo[outer].mean(axis=0))
     return round(float(ciede2000(made[inner].mean(axis=0), kept_step)), 3)
+
+
+def _band_lab(pixels: np.ndarray) -> np.ndarray:
+    """Nx3 float32 CIELAB of Nx3 RGB pixels, as `to_lab` converts them."""
+    return cv2.cvtColor((pixels.astype(np.float32) / 255.0)[None], cv2.COLOR_RGB2Lab)[0]
 
 
 def match_colors(generated: Image.Image, reference: Image.Image, mask: Image.Image) -> Image.Image:

@@ -91,9 +91,12 @@ class RepaintPass:
         picture is kept pixel for pixel."""
         left, top, right, bottom = self.box
         back = sampled if self.whole else sampled.resize((right - left, bottom - top), Image.Resampling.LANCZOS)
-        blended = blend(picture.crop(self.box), back, self.mask.crop(self.box))
+        mask = self.mask.crop(self.box)
         out = picture.copy()
-        out.paste(blended, (left, top))
+        reach = mask.getbbox()  # only where the mask is above 0 is anything mixed (a few objects: a small part)
+        if reach is not None:
+            base = picture.crop(self.box).crop(reach)
+            out.paste(blend(base, back.crop(reach), mask.crop(reach)), (left + reach[0], top + reach[1]))
         return out
 
 
