@@ -27,8 +27,16 @@ TRIPWIRES = {
     "diffusers.pipelines.controlnet.pipeline_controlnet_inpaint:StableDiffusionControlNetInpaintPipeline."
     "prepare_mask_latents":
         ("71a7905d3b1855f3", "studio/engine/repaint_pipeline.py overrides it to skip an unused VAE encode"),
+    "diffusers.pipelines.controlnet.pipeline_controlnet_inpaint:StableDiffusionControlNetInpaintPipeline."
+    "__call__":
+        ("f539b03ba67837ab", "studio/engine/soft_edit.py rewrites the loop's `mask` (a callback tensor input) in place "
+                             "after each step, for the 4-channel blend of the next"),
     "diffusers.models.attention_processor:AttnProcessor2_0.__call__":
-        ("b0b61b163eca9d2f", "attention_backend.FlashAttnProcessor follows its steps with flash-attn's kernel"),
+        ("b0b61b163eca9d2f", "attention_backend.FlashAttnProcessor follows its steps with flash-attn's kernel, and "
+                             "regional_attention.shared_query with a batch of regions"),
+    "diffusers.models.attention_processor:Attention.forward":
+        ("256763aa8fcb3fc3", "region_masks reach RegionalAttention as a cross_attention_kwargs entry its __call__ "
+                             "names (forward drops the ones it does not)"),
     "diffusers.utils.import_utils:is_xformers_available":
         ("6dd8fbb71141ff9f", "attention_backend.quarantine sets diffusers' private _xformers_available flag"),
     "ultralytics.utils.events:Events.__init__":
