@@ -590,7 +590,7 @@ def job_view(jobs: JobQueue) -> None:
         position, eta = jobs.position(job), jobs.eta_s(job)
         if position is not None:
             wait = f"; it starts in about {eta:.0f} s" if eta is not None else ""
-            st.info(f"Waiting for the GPU: your run is number {position} in the queue{wait}.")
+            st.info(f"Waiting for its turn: your run is number {position} in the queue{wait}.")
     elif job.stage == "generate":
         st.progress(min(job.step / max(job.total, 1), 1.0), text=f"Denoising step {job.step} of {job.total}")
         if job.preview is not None:

@@ -54,7 +54,7 @@ def test_a_reload_during_a_run_re_attaches_it_cancel_works_and_the_next_run_wait
     press(page, "Resolution", "Home")
     page.get_by_role("button", name="Generate").click()
     results_seed(page, timeout=120_000)
-    assert page.get_by_text("Waiting for the GPU").count() == 0, "no orphan ahead of it"
+    assert page.get_by_text("Waiting for its turn").count() == 0, "no orphan ahead of it"
     wait_for_an_empty_queue(page)
 
 
