@@ -329,9 +329,9 @@ def generation_panel(settings: Settings, jobs: JobQueue, size: tuple[int, int] |
         seed.number_input("Seed", *request_field("seed").metadata["limits"], key="seed",
                           disabled=st.session_state.randomize_seed,
                           help="With a random seed, this shows the seed the last run used.")
-        dice.button("🎲", key="new_seed", on_click=guarded(new_seed),
+        dice.button("🎲 New", key="new_seed", on_click=guarded(new_seed),
                     help="A new random seed, kept for the next runs")
-        recycle.button("♻️", key="last_seed", on_click=guarded(last_seed),
+        recycle.button("♻️ Last", key="last_seed", on_click=guarded(last_seed),
                        disabled="result" not in st.session_state,
                        help="The seed of the last result")
         slider(st, "resolution", disabled=st.session_state.set_size)

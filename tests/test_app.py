@@ -205,6 +205,7 @@ def served_files(monkeypatch) -> dict[str, bytes]:
 
 
 def test_the_seed_buttons_and_the_seed_field_show_the_seeds_used(app):
+    assert (app.button(key="new_seed").label, app.button(key="last_seed").label) == ("🎲 New", "♻️ Last")
     app.button(key="new_seed").click().run()
     chosen = app.number_input(key="seed").value
     assert app.toggle(key="randomize_seed").value is False and 0 <= chosen < 2**32
