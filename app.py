@@ -674,7 +674,7 @@ def results_panel() -> None:
         column.download_button("Download PNG", later(files[name]), name, "image/png", key=f"download-{i}",
                                on_click="ignore")
         column.code(a1111_parameters(card, i), language=None, wrap_lines=True)
-    if card["regenerate"]["mode"] != "all":
+    if card["regenerate"]["mode"] != "all" and card["steps_done"] > 0:  # strength 0 repaints nothing: no caption
         regenerated = card["regenerate"]
         st.image(display.photo(overlay_mask(result.images[0], result.mask)), width="stretch",
                  caption=f"Repainted ({regenerated['repainted_share']:.0%} of the picture, tinted red, from "

@@ -434,6 +434,17 @@ def test_two_objects_with_their_prompts_in_one_pass_with_soft_edges_reach_the_ru
     assert card["request"]["soft_mask"] is True and card["steps_done"] == 2  # one pass, not one per object
 
 
+def test_a_repaint_at_strength_0_says_nothing_was_repainted_and_shows_no_repainted_area(app):
+    app.selectbox(key="regenerate").set_value("objects").run()
+    app.slider(key="steps").set_value(2).run()
+    generate(app)
+    assert any(c.startswith("Repainted (") for c in image_captions(app.main))
+    app.slider(key="strength").set_value(0.0).run()
+    generate(app)
+    assert any("nothing was repainted" in w.value for w in app.warning)
+    assert not any(c.startswith("Repainted (") for c in image_captions(app.main))
+
+
 def test_another_picture_starts_with_no_object_picked(app):
     app.checkbox(key="pick-1").check().run()
     app.text_input(key="object-prompt-1").input("a cat").run()
