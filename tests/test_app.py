@@ -5,10 +5,13 @@ run the page again, as the job view's poll would."""
 
 from __future__ import annotations
 
+import io
 import re
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from inference_pipeline import GenerationRequest
@@ -82,6 +85,15 @@ def test_reuse_puts_a_runs_settings_back_from_the_saved_picture(app):
     app.button(key="history-reuse").click().run()
     assert app.slider(key="steps").value == 2
     assert app.toggle(key="randomize_seed").value is False and app.number_input(key="seed").value == seed
+
+
+def test_a_32x32_photo_warns_that_its_control_image_is_nearly_empty(app):
+    assert not any("nearly empty" in w.value for w in app.warning)  # the sample scene has edges
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(buffer, "PNG")
+    app.file_uploader[0].set_value(("tiny.png", buffer.getvalue(), "image/png")).run()
+    assert not app.exception
+    assert any(w.value.startswith("The control image is nearly empty") for w in app.warning)
 
 
 def test_a_text_file_named_png_shows_an_error_not_a_traceback(app):

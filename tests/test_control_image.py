@@ -193,6 +193,18 @@ def test_resize_and_fill_leaves_the_filled_area_of_the_control_image_empty():
     assert not np.array_equal(picture[0], picture[y1]), "mirrored there, not one row repeated"
 
 
+def test_a_flat_or_tiny_photo_warns_that_its_control_image_is_nearly_empty(scene):
+    from studio.core.preparation import prepare
+    from studio.core.request import GenerationRequest
+
+    tiny = Image.fromarray(np.random.default_rng(0).integers(120, 136, (32, 32, 3), np.uint8))
+    warned = prepare(tiny, [], GenerationRequest(resolution=256), 2048).warnings
+    assert len(warned) == 1 and warned[0].startswith("The control image is nearly empty: 0.0% of its pixels")
+    assert prepare(scene, [], GenerationRequest(resolution=256), 2048).warnings == []
+    low = GenerationRequest(resolution=256, canny_low=1, canny_high=2)  # what the warning suggests
+    assert prepare(tiny, [], low, 2048).warnings == []
+
+
 def test_own_edge_map_is_used_as_is_or_inverted():
     drawing = np.full((32, 32), 255, np.uint8)
     drawing[10:12, :] = 0  # black lines on white, as people draw them

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 from PIL import Image
 
 from studio.core.control_image import REGENERATE_MODES, place_image
@@ -58,12 +59,25 @@ def prepare(image: Image.Image, detections: list[Detection], request: Generation
     control, warnings = control_for(picture, selected, request)
     if request.resize_mode == "fill":
         control = only_inside(control, placement.inner)
+    warnings += near_empty(control, request)
     passes = plan(picture, selected, request, control, max_side)
     if request.regenerate != "all" and not passes:
         warnings.append("No detected object matches the chosen objects or classes, so there is nothing to tell apart "
                         f"for '{REGENERATE_MODES[request.regenerate]}'. The whole picture is repainted instead.")
     mask = union([p.mask for p in passes]) if passes else None
     return ControlPreview(picture, detections, control, mask, warnings, passes, selected)
+
+
+NEAR_EMPTY_EDGES = 0.005  # a photo's Canny map has 5-15% edge pixels; under 0.5% ControlNet has little to follow
+def near_empty(control: Image.Image, request: GenerationRequest) -> list[str]:
+    """A warning when the whole photo's Canny map has almost no edges (a tiny, blurred or flat photo)."""
+    if request.control_source != "canny" or request.control_mode != "full":
+        return []
+    share = float(np.count_nonzero(np.asarray(control.convert("L")) > 127)) / (control.width * control.height)
+    if share >= NEAR_EMPTY_EDGES:
+        return []
+    return [f"The control image is nearly empty: {share:.1%} of its pixels are edges, so ControlNet has little to "
+            "follow. Lower the Canny thresholds (Control image settings) or use a larger, sharper photo."]
 
 
 KEEP_SLACK = 2.0  # a waiting job keeps its photo at up to twice the output's width and height
