@@ -15,6 +15,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from inference_pipeline import GenerationRequest
+from studio.page.history_panel import OPEN_KEY
 from studio.serving import access, history
 
 from helpers import OUTPUTS, app_page
@@ -74,13 +75,17 @@ def test_generate_from_the_sample_keeps_results_and_history_across_reruns(app):
     app.text_area(key="prompt").set_value("another prompt").run()
     assert app.session_state["result"] is result and not app.exception
     newest = history.runs(OUTPUTS, None)[0]
+    app.session_state[OPEN_KEY] = True  # the history panel opened
+    app.run()
     assert newest.seed == result.seed and app.button(key=f"history-{newest.job}")  # the history shows it
 
 
 def test_reuse_puts_a_runs_settings_back_from_the_saved_picture(app):
     generate(app)
     seed = app.session_state["result"].seed
-    app.slider(key="steps").set_value(30).run()
+    app.slider(key="steps").set_value(30)
+    app.session_state[OPEN_KEY] = True  # the history panel opened
+    app.run()
     app.button(key=f"history-{history.runs(OUTPUTS, None)[0].job}").click().run()  # opens the run
     app.button(key="history-reuse").click().run()
     assert app.slider(key="steps").value == 2

@@ -8,6 +8,7 @@ import io
 from PIL import Image
 
 from inference_pipeline import GenerationRequest
+from studio.page.history_panel import OPEN_KEY
 from studio.serving import history, outputs, state
 
 from helpers import app_page
@@ -52,12 +53,16 @@ def test_with_a_password_each_visitor_sees_only_their_own_history_and_a_reload_k
         first, second = pages
         for page in pages:
             assert any(e.label == "History (the latest 1 run)" for e in page.expander)
+            assert not any(b.key and b.key.startswith("history-") for b in page.button), "closed: nothing drawn"
+            page.session_state[OPEN_KEY] = True  # the visitor opens the panel
+            page.run()
         mine = history.runs(tmp_path / "outputs", None)
         assert len(mine) == 2 and mine[0].owner != mine[1].owner
         assert first.button(key=f"history-{mine[1].job}")
         assert all(b.key != f"history-{mine[0].job}" for b in first.button), "the other visitor's run is not shown"
         reloaded = app_page()
         reloaded.query_params["access"] = first.query_params["access"]  # a reload keeps the tab's address
+        reloaded.session_state[OPEN_KEY] = True
         reloaded.run()
         assert reloaded.session_state.get("result") is None, "the reload starts with an empty results panel"
         assert reloaded.button(key=f"history-{mine[1].job}")

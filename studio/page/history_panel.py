@@ -18,6 +18,7 @@ from studio.page.widgets import later
 from studio.serving import history
 
 COLUMNS = 4
+OPEN_KEY = "history_open"  # the panel's open state (st.expander's own)
 
 
 def reuse(picture: Path, names: dict[int, str], offered: list[str], any_lora: bool) -> None:
@@ -53,7 +54,11 @@ def history_panel(root: Path | None, names: dict[int, str], offered: list[str], 
     past = history.runs(root, history_owner())
     if not past:
         return
-    with st.expander(f"History (the latest {len(past)} run{'s' if len(past) > 1 else ''})"):
+    panel = st.expander(f"History (the latest {len(past)} run{'s' if len(past) > 1 else ''})", key=OPEN_KEY,
+                        on_change="rerun")
+    if not panel.open:  # closed, it draws nothing: no thumbnail is made or fetched for a panel nobody opened
+        return
+    with panel:
         columns = st.columns(COLUMNS)
         for i, run in enumerate(past):
             column, picture = columns[i % COLUMNS], run.pictures[0]
