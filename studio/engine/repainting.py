@@ -30,7 +30,6 @@ from studio.engine.regional_attention import regional
 from studio.engine.soft_edit import SoftMask
 
 LONGEST_SCHEDULE = 1000  # SD1.5's training timesteps
-LATENT_SCALE = 8  # SD1.5's VAE: a latent pixel per 8x8 pixels
 
 
 class Cancelled(Exception):
@@ -153,7 +152,8 @@ def embeddings(denoiser: Any, request: GenerationRequest, plan: RepaintPass
     prompt_embeds = torch.cat([prompt_embeds, *(p for p, _ in own)], dim=1)
     if negative_embeds is not None:
         negative_embeds = torch.cat([negative_embeds, *(n for _, n in own)], dim=1)
-    latent = (plan.size[1] // LATENT_SCALE, plan.size[0] // LATENT_SCALE)
+    scale = denoiser.pipe.vae_scale_factor  # a latent pixel per 8x8 pixels
+    latent = (plan.size[1] // scale, plan.size[0] // scale)
     masks = torch.stack([torch.from_numpy(np.asarray(region.mask.resize(latent[::-1], Image.Resampling.BOX),
                                                      np.float32) / 255.0) for region in plan.regions])
     masks = torch.cat([(1.0 - masks.amax(dim=0, keepdim=True)).clamp_min(0.0), masks])
