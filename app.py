@@ -23,7 +23,7 @@ import streamlit as st
 
 from studio.core import display
 from studio.core.control_image import outline_mask, overlay_mask, place_image
-from studio.core.detections import Detection, draw_detections
+from studio.core.detections import Detection, draw_detections, names_to_find
 from studio.core.downloads import detections_csv, file_name, result_files, zip_of
 from studio.core.errors import EXPECTED_ERRORS, InvalidImageError, InvalidRequestError, JobsBackendError, ModelLoadError
 from studio.core.preparation import ControlPreview
@@ -377,11 +377,18 @@ def detection_panel(class_names: list[str]) -> None:
         st.multiselect(request_field("detect_classes").metadata["label"], class_names, key="detect_classes")
 
 
+def classes_in_use(names: dict[int, str]) -> dict[int, str]:
+    """The classes detections come in: the detector's, or the things named in "Find by name"."""
+    found_by_name = names_to_find(st.session_state.get("find", ""))
+    return dict(enumerate(found_by_name)) if found_by_name else names
+
+
 def request_from_state(names: dict[int, str]) -> GenerationRequest:
     """The request the widgets describe (each widget is keyed by its field's name; PAGE_CONVERTED fields are
     converted from the page's own widgets); raises InvalidRequestError with a message for the person."""
     state = st.session_state
-    ids = {name: class_id for class_id, name in names.items()}
+    ids = {name: class_id for class_id, name in classes_in_use(names).items()}
+    detector_ids = {name: class_id for class_id, name in names.items()}
     values = {item.name: state[item.name] for item in fields(GenerationRequest) if item.name in state}
     values.update(
         seed=None if state.randomize_seed else int(state.seed),
@@ -389,7 +396,7 @@ def request_from_state(names: dict[int, str]) -> GenerationRequest:
         control_start=state.control_range[0], control_end=state.control_range[1], lora=state.lora.strip() or None,
         control_source="edge_map" if state.own_control else "canny",
         control_classes=tuple(ids[n] for n in state.control_classes if n in ids) or None,
-        detect_classes=tuple(ids[n] for n in state.detect_classes if n in ids) or None,
+        detect_classes=tuple(detector_ids[n] for n in state.detect_classes if n in detector_ids) or None,
         objects=tuple(sorted(object_id for object_id, _ in object_widgets(PICK) if state[PICK + str(object_id)]))
         or None, object_prompts={object_id: state[key] for object_id, key in object_widgets(OBJECT_PROMPT)})
     return GenerationRequest(**values)
@@ -403,11 +410,15 @@ def object_widgets(prefix: str) -> list[tuple[int, str]]:
 
 def forget_objects_of_another_image(key: str | None) -> None:
     """Object ids name the objects of one picture: a new picture starts with none picked and no object prompts."""
-    state = st.session_state
-    if state.get("objects_of") != key:
-        for _, widget in object_widgets(PICK) + object_widgets(OBJECT_PROMPT):
-            del state[widget]
-        state.objects_of = key
+    if st.session_state.get("objects_of") != key:
+        forget_objects()
+        st.session_state.objects_of = key
+
+
+def forget_objects() -> None:
+    """Unpick every object and drop their prompts (their ids name other objects now)."""
+    for _, widget in object_widgets(PICK) + object_widgets(OBJECT_PROMPT):
+        del st.session_state[widget]
 
 
 @st.fragment
@@ -420,6 +431,10 @@ def control_panel(previews: Previews, image: Any, key: str | None, names: dict[i
     left, right = st.columns(2)
     choice(left, "control_mode")
     choice(right, "regenerate", on_change=guarded(use_mode_defaults))
+    find = request_field("find").metadata
+    st.text_input(find["label"], key="find", help=find["help"], max_chars=MAX_PROMPT_CHARS,
+                  placeholder="e.g. the wooden door, logo (empty: the detector's classes)",
+                  on_change=guarded(forget_objects))
     try:
         request, problem = request_from_state(names), None
     except InvalidRequestError as exc:
@@ -760,7 +775,7 @@ def main() -> None:
         control_panel(previews, image, key, names)
     with settings_column:
         generation_panel(settings, jobs, preview.size if preview is not None else None)
-        detection_panel(list(names.values()))
+        detection_panel(list(names.values()))  # the detector's own classes, also while finding by name
         png_info_panel(names, offered, settings.allow_any_lora)
     side_by_side_panel()
 

@@ -517,3 +517,19 @@ def test_a_reload_finds_the_visitors_running_job_and_another_visitor_does_not(ap
     reloaded.button(key="cancel").click().run()
     wait_for_the_job(reloaded)
     assert job.state == "cancelled" and any("Cancelled after step" in w.value for w in reloaded.warning)
+
+
+def test_things_found_by_name_are_listed_picked_and_repainted_and_a_new_name_unpicks(app):
+    app.checkbox(key="pick-1").check().run()
+    app.text_input(key="find").input("the square").run()
+    labels = [box.label for box in app.checkbox if box.key and box.key.startswith("pick-")]
+    assert labels == ["#0 the square 0.96", "#1 the square 0.91"]
+    assert not any(box.value for box in app.checkbox if box.key and box.key.startswith("pick-")), \
+        "ids name other objects now"
+    app.selectbox(key="regenerate").set_value("objects").run()
+    app.checkbox(key="pick-1").check().run()
+    app.slider(key="steps").set_value(2).run()
+    generate(app)
+    card = app.session_state["result"].run_card
+    assert card["request"]["find"] == "the square" and card["request"]["objects"] == (1,)
+    assert [e["id"] for e in card["objects"]] == [1]

@@ -122,7 +122,9 @@ def test_the_notebook_installs_fetches_launches_tunnels_and_stops_as_on_kaggle(
     port = free_port()
     environment = {**REPOS, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "PYNGROK_NGROK_PATH": str(agent),
                    "NGROK_AUTHTOKEN": TOKEN, "APP_PORT": str(port), "APP_STOP": "1", "DEVICE": "cpu",
-                   "YOLO_MODEL": str(ROOT / "assets" / "shapes_segmenter.pt"), "OUTPUTS_DIR": str(tmp_path / "out"),
+                   "YOLO_MODEL": str(ROOT / "assets" / "shapes_segmenter.pt"),
+                   "OPEN_VOCAB_MODEL": str(ROOT / "assets" / "shapes_segmenter.pt"),
+                   "OUTPUTS_DIR": str(tmp_path / "out"),
                    "JUPYTER_PATH": str(tmp_path / "jupyter"), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
                    "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELS)}  # the install cell: from the wheels alone
     for key in ("APP_SMOKE_TEST", "APP_MODE", "MODELS", "PYTHONPATH", "HF_HUB_OFFLINE", "APP_CACHE_DIR"):

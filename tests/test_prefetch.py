@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from studio.core.settings import Settings
-from studio.engine.tiny_models import tiny_model_paths
+from studio.engine.tiny_models import SHAPES_SEGMENTER, tiny_model_paths
 from studio.serving import prefetch
 
 from fake_hub import FakeHub
@@ -45,7 +45,8 @@ def hub(monkeypatch, tmp_path):
 
 def settings(**overrides) -> Settings:
     values = dict(models="sd15", sd15_model="sd/sd15", controlnet_model="cn/canny", taesd_model="mb/taesd",
-                  preset_lora_fast="org/tcd", preset_lora_turbo="org/lcm", yolo_model=str(Path(__file__)))
+                  preset_lora_fast="org/tcd", preset_lora_turbo="org/lcm", yolo_model=str(Path(__file__)),
+                  open_vocab_model=str(SHAPES_SEGMENTER))
     return Settings(**{**values, **overrides})
 
 
@@ -83,11 +84,12 @@ def test_prefetch_fetches_everything_once_with_the_total_up_front(hub):
                for name in expected)
     assert first == {"files": 13, "bytes": size, "fetched": size}
     assert said[0].startswith("13 files, 0.00 GB in all; 13 to fetch") and "0 already cached" in said[0]
-    assert "is a local file" in said[-1]
+    assert said[-2:] == [f"Detector: {Path(__file__)} is a local file.",
+                         f"Open-vocabulary segmenter: {SHAPES_SEGMENTER} is a local file."]
     hub.downloads.clear()
     again = prefetch.run(settings(), say=said.append)
     assert hub.downloads == [] and again == {"files": 13, "bytes": size, "fetched": 0}
-    assert "0 to fetch (0.00 GB), 13 already cached" in said[-2]
+    assert "0 to fetch (0.00 GB), 13 already cached" in said[-3]
 
 
 def test_the_tiny_set_is_built_not_fetched(tmp_path):

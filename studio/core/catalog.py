@@ -49,13 +49,16 @@ MODELS: tuple[Model, ...] = (
     Model("sd15", "Stable Diffusion 1.5 model", "SD15_MODEL", "model_index.json", ("unet", "vae", "text_encoder")),
     Model("controlnet", "ControlNet", "CONTROLNET_MODEL"),
     Model("yolo", "detector", "YOLO_MODEL", probe=""),
+    Model("open_vocab", "open-vocabulary segmenter", "OPEN_VOCAB_MODEL", probe="", required=False),
     Model("taesd", "TAESD", "TAESD_MODEL", required=False),
     Model("inpaint", "inpainting model", "SD15_INPAINT_MODEL", "unet/config.json", ("unet",)),
     *(Model(f"lora_{name}", f"{preset.label} preset's distillation LoRA", f"PRESET_LORA_{name.upper()}",
             LORA_FILE, weight_name=LORA_FILE, required=False)
       for name, preset in PRESETS.items() if preset.lora),
 )
-SETTING_OF = {"sd15": "sd15_model", "controlnet": "controlnet_model", "yolo": "yolo_model", "taesd": "taesd_model",
+ULTRALYTICS = ("yolo", "open_vocab")  # fetched by Ultralytics from its own releases, not from the Hub
+SETTING_OF = {"sd15": "sd15_model", "controlnet": "controlnet_model", "yolo": "yolo_model",
+              "open_vocab": "open_vocab_model", "taesd": "taesd_model",
               "inpaint": "sd15_inpaint_model"}
 
 

@@ -48,6 +48,16 @@ def with_ids(detections: list[Detection]) -> list[Detection]:
     return [d if d.id is not None else replace(d, id=i) for i, d in enumerate(detections)]
 
 
+MAX_NAMES = 16  # things one request may find by name: each is a class of the open-vocabulary segmenter
+
+
+def names_to_find(text: str) -> tuple[str, ...]:
+    """The things a "find by name" text names: comma-separated, trimmed, lower-cased, each once, in order
+    ("the wooden door, Logo" -> ("the wooden door", "logo"))."""
+    names = (" ".join(part.split()).lower() for part in text.split(","))
+    return tuple(dict.fromkeys(name for name in names if name))
+
+
 def class_color(class_id: int) -> tuple[int, int, int]:
     """A stable, well-separated RGB colour per class (golden-ratio hue steps)."""
     r, g, b = colorsys.hsv_to_rgb((class_id * 0.618033988749895) % 1.0, 0.85, 0.95)

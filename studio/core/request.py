@@ -15,7 +15,7 @@ from typing import Any
 
 from studio.core.catalog import SCHEDULERS
 from studio.core.control_image import CONTROL_MODES, REGENERATE_MODES, RESIZE_MODES
-from studio.core.detections import Detection
+from studio.core.detections import MAX_NAMES, Detection, names_to_find
 from studio.core.errors import InvalidRequestError
 from studio.core.presets import PRESETS
 
@@ -102,6 +102,10 @@ class GenerationRequest:
     detect_conf: float = knob(0.25, "number", "Confidence", limits=(0.0, 1.0), step=0.05)
     detect_iou: float = knob(0.45, "number", "IoU (overlap)", limits=(0.0, 1.0), step=0.05)
     detect_classes: tuple[int, ...] | None = knob(None, "classes", "Only these classes (empty: all)", optional=True)
+    find: str = knob("", "text", "Find by name",
+                     help="Things to find, comma-separated (\"the wooden door, logo\"): the open-vocabulary "
+                          "segmenter (YOLOE) looks for them instead of the detector's classes, and each becomes an "
+                          "object to pick, prompt and repaint. Empty: the detector's classes.")
     objects: tuple[int, ...] | None = knob(None, "ids", "Objects, by id (empty: every object of the chosen "
                                            "classes)", optional=True)
     object_prompts: ObjectPrompts | None = knob(None, "prompts", "Prompt per object", optional=True,
@@ -155,6 +159,9 @@ class GenerationRequest:
         if self.detail_output and self.regenerate != "all":
             raise InvalidRequestError("detail_output details the generated picture, so it goes with regenerate='all'; "
                                       "regenerate='detail' details the photo's own objects")
+        if len(self.find_names) > MAX_NAMES:
+            raise InvalidRequestError(f"find names {len(self.find_names)} things; at most {MAX_NAMES} can be found "
+                                      f"in one run")
         if self.control_start > self.control_end:
             raise InvalidRequestError("control_start must not be after control_end")
         if (self.width is None) != (self.height is None):
@@ -166,6 +173,11 @@ class GenerationRequest:
     @property
     def full_prompt(self) -> str:
         return ", ".join(p for p in (self.prompt.strip(), self.added_prompt.strip()) if p)
+
+    @property
+    def find_names(self) -> tuple[str, ...]:
+        """What the open-vocabulary segmenter looks for; () leaves detection to the detector's classes."""
+        return names_to_find(self.find)
 
     def prompts_for(self, object_id: int) -> tuple[str | None, str | None]:
         """The object's own prompt and negative prompt (None: the request's)."""

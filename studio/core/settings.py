@@ -123,6 +123,8 @@ class Settings:
     sd15_model: str = setting("SD15_MODEL", "stable-diffusion-v1-5/stable-diffusion-v1-5")
     controlnet_model: str = setting("CONTROLNET_MODEL", "lllyasviel/control_v11p_sd15_canny")
     yolo_model: str = setting("YOLO_MODEL", "yolo26n-seg.pt")  # segments: detections come with masks
+    # find by name: YOLOE's small segmenter, loaded at the first request that names things
+    open_vocab_model: str = setting("OPEN_VOCAB_MODEL", "yoloe-26s-seg.pt")
     variant: str = setting("MODEL_VARIANT", "fp16")
     # an inpainting checkpoint (its unet/ is loaded); None: the base UNet inpaints. With MODELS=tiny, any value
     # loads the tiny set's 9-channel UNet.

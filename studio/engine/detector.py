@@ -40,7 +40,8 @@ class Detector:
         height, width = result.orig_shape
         log.info("detector ran on %s (%dx%d): %d objects", self.device, width, height, len(result.boxes))
         outlines = result.masks.xy if result.masks is not None else [None] * len(result.boxes)
-        found = [Detection(self.names[int(cls)], int(cls), float(score), tuple(float(v) for v in box),
+        names = result.names  # a YOLOE's classes change with the names asked for (engine/name_finder.py)
+        found = [Detection(str(names[int(cls)]), int(cls), float(score), tuple(float(v) for v in box),
                            polygon(outline))
                  for box, score, cls, outline in zip(result.boxes.xyxy.tolist(), result.boxes.conf.tolist(),
                                                      result.boxes.cls.tolist(), outlines)]

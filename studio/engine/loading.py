@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from studio.core.catalog import LORA_FILE, MODELS, model, sources
+from studio.core.catalog import LORA_FILE, MODELS, ULTRALYTICS, model, sources
 from studio.core.errors import ModelLoadError, short_error
 from studio.core.settings import Settings
 from studio.engine import tiny_models
@@ -45,6 +45,8 @@ def tiny_sources(settings: Settings) -> dict[str, str]:
     """The offline smoke set, built on the fly, under the same keys as the real one."""
     paths = tiny_models.ensure_tiny_models(settings.cache_dir)
     found = {"sd15": paths.sd15, "controlnet": paths.controlnet, "yolo": paths.yolo, "taesd": paths.taesd,
+             # a local OPEN_VOCAB_MODEL file, or the shapes segmenter finding its classes by name (name_finder.py)
+             "open_vocab": settings.open_vocab_model if Path(settings.open_vocab_model).is_file() else paths.yolo,
              "inpaint": paths.inpaint if settings.sd15_inpaint_model else None,
              **{m.key: paths.distill_lora for m in MODELS if m.key.startswith("lora_")}}
     return {key: str(path) for key, path in found.items() if path is not None}
@@ -95,7 +97,7 @@ class ModelLoader:
         source = self.sources[key]
         if Path(source).expanduser().exists():
             return True
-        if key == "yolo":
+        if key in ULTRALYTICS:
             from ultralytics import settings as yolo_settings
 
             return (Path(yolo_settings["weights_dir"]) / source).is_file()
@@ -158,6 +160,20 @@ class ModelLoader:
             raise ModelLoadError(
                 f"Could not load the detector '{source}': {short_error(exc)}. Ways out: set YOLO_MODEL to a local "
                 f".pt file, give this machine internet access, or start with MODELS=tiny.") from exc
+
+    def open_vocab(self) -> Any:
+        """The segmenter that finds things by name (YOLOE; a closed-vocabulary YOLO finds its own classes by
+        name). Loaded at the first request that names things, not at start."""
+        from ultralytics import YOLO
+
+        source = self.sources["open_vocab"]
+        try:
+            return YOLO(source)  # a YOLOE checkpoint comes back as Ultralytics' YOLOE
+        except Exception as exc:
+            raise ModelLoadError(
+                f"Could not load the open-vocabulary segmenter '{source}' that finds things by name: "
+                f"{short_error(exc)}. Ways out: set OPEN_VOCAB_MODEL to a local YOLOE .pt file, run the prefetch "
+                f"with internet access, or leave 'Find by name' empty to use the detector's classes.") from exc
 
     def taesd(self) -> Any | None:
         """TAESD for live previews and the fast decode, or None (not configured, or it fails to load: then

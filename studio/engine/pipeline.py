@@ -36,6 +36,7 @@ from studio.engine import devices, fast_path
 from studio.engine.card import regenerate_card, run_card
 from studio.engine.denoise import Denoised, Denoiser, Run
 from studio.engine.detector import Detector
+from studio.engine.name_finder import NameFinder
 from studio.engine.loading import ModelLoader
 from studio.engine.lora_fusion import FusedLoras, LoraLoadFailed
 from studio.engine.loras import resolve as resolve_lora
@@ -58,8 +59,10 @@ class InferencePipeline:
         self.device = "cuda:0" if device == "cuda" else device  # an explicit index: one pipeline per GPU
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         self._lock = threading.Lock()
-        loader = ModelLoader(self.settings, self.device, self.dtype)
+        loader = self._loader = ModelLoader(self.settings, self.device, self.dtype)
         self.model_ids = {"set": self.settings.models, **loader.sources}
+        self._finder: NameFinder | None = None  # loaded at the first request that finds things by name
+        self._finder_loading = threading.Lock()
         with self.on_device():
             loaded = loader.load()
             self.pipe, self.taesd, self.inpaint_unet = loaded.pipe, loaded.taesd, loaded.inpaint_unet
@@ -98,16 +101,37 @@ class InferencePipeline:
         return devices.on_device(self.device)
 
     def detect(self, image: Any, conf: float = 0.25, iou: float = 0.45,
-               classes: tuple[int, ...] | list[int] | None = None) -> list[Detection]:
-        """Objects in `image`, most confident first, boxes in the image's pixels."""
+               classes: tuple[int, ...] | list[int] | None = None, names: tuple[str, ...] = ()) -> list[Detection]:
+        """Objects in `image`, most confident first, boxes in the image's pixels: of the detector's `classes`,
+        or, when `names` are given, the things so named (the open-vocabulary segmenter)."""
+        if names:
+            return self.finder()(image, names, conf, iou)
         return self.detector(image, conf, iou, classes)
+
+    def detect_for(self, image: Any, request: GenerationRequest) -> list[Detection]:
+        """What `request`'s detection settings find in `image`."""
+        return self.detect(image, request.detect_conf, request.detect_iou, request.detect_classes,
+                           request.find_names)
+
+    def finder(self) -> NameFinder:
+        """The open-vocabulary segmenter, loaded once. On a GPU its first prediction (Ultralytics' warm-up draws
+        CUDA random numbers) runs under the GPU lock, never while a generation captures a CUDA graph; so a
+        generation loads it before taking that lock."""
+        with self._finder_loading:
+            if self._finder is None:
+                with self.on_device():
+                    finder = NameFinder(self._loader.open_vocab(), self.device, self.on_device)
+                    if self.device.startswith("cuda"):
+                        with self._lock:
+                            finder.detector(np.zeros((64, 64, 3), np.uint8))
+                self._finder = finder
+            return self._finder
 
     def preview(self, image: Any, request: GenerationRequest | None = None) -> ControlPreview:
         """Detect and build the control image exactly as `generate` would, without denoising."""
         request = request or GenerationRequest()
         image = load_image(image, self.settings.max_pixels, self.settings.max_aspect)
-        return self.preview_from(image, self.detect(image, request.detect_conf, request.detect_iou,
-                                                    request.detect_classes), request)
+        return self.preview_from(image, self.detect_for(image, request), request)
 
     def preview_from(self, image: Any, detections: list[Detection], request: GenerationRequest) -> ControlPreview:
         """The control image and repaint mask from detections already made (pure image work: milliseconds)."""
@@ -184,12 +208,14 @@ class InferencePipeline:
         seed = request.seed if request.seed is not None else random.randint(0, SEED_MAX - request.num_images)
         seeds = [(seed + i) % (SEED_MAX + 1) for i in range(request.num_images)]
         loras = self.loras_for(request)
+        if request.find_names and preview is None and detections is None:
+            self.finder()  # loaded before the GPU lock (see finder)
         with self._lock, self.on_device():
             self._use_loras(loras)
             t0 = time.perf_counter()
             if preview is None and detections is None:  # the stage is named only when it runs
                 stage("detect")
-                detections = self.detect(image, request.detect_conf, request.detect_iou, request.detect_classes)
+                detections = self.detect_for(image, request)
             t1 = time.perf_counter()
             stage("control")
             prepared = preview or self.preview_from(image, detections or [], request)
@@ -225,7 +251,7 @@ class InferencePipeline:
 
     def _output_detector(self, request: GenerationRequest) -> Callable[[Any], list[Detection]]:
         """What the detail pass of `detail_output` detects with: the request's detection settings."""
-        return lambda picture: self.detect(picture, request.detect_conf, request.detect_iou, request.detect_classes)
+        return lambda picture: self.detect_for(picture, request)
 
     def engine_card(self, request: GenerationRequest) -> dict[str, Any]:
         """What the run card says of this pipeline: models, scheduler, decoder, device, attention, fast path."""

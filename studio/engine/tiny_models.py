@@ -230,3 +230,26 @@ def build_yolo(path: Path) -> None:
     model = YOLO("yolov8n.yaml")
     model.model.names = YAML.load(check_yaml("coco.yaml"))["names"]
     model.save(path)
+
+
+def build_yoloe(path: Path, names: tuple[str, ...]) -> None:
+    """A random-weight YOLOE nano segmenter that carries text embeddings for `names` (random ones: no text
+    encoder is needed offline), saved as an Ultralytics checkpoint. Its heads are set so that, untrained, it
+    still finds things with masks for the find-by-name flow to work on."""
+    import torch
+    from ultralytics import YOLOE
+
+    torch.manual_seed(0)
+    model = YOLOE("yoloe-26n-seg.yaml")
+    embeddings = torch.nn.functional.normalize(torch.randn(1, len(names), 512), dim=-1)
+    model.set_classes(list(names), embeddings)
+    segment = model.model.model[-1]
+    for head in (*segment.cv4, *getattr(segment, "one2one_cv4", ())):  # one-to-one: the end-to-end head
+        head.bias.data.fill_(1000.0)  # every place scores 1, so the untrained model finds boxes
+    # and every box gets a mask: positive prototypes (SiLU of 1) times positive coefficients
+    segment.proto.cv3.bn.weight.data.zero_()
+    segment.proto.cv3.bn.bias.data.fill_(1.0)
+    for coefficients in (*segment.cv5, *getattr(segment, "one2one_cv5", ())):
+        coefficients[-1].weight.data.zero_()
+        coefficients[-1].bias.data.fill_(1.0)
+    model.save(path)

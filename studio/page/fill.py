@@ -7,6 +7,8 @@ from typing import Any
 
 import streamlit as st
 
+from studio.core.detections import names_to_find
+
 # Widgets are keyed by GenerationRequest's field names; these fields have widgets of the page's own (a random-seed
 # toggle, a width/height switch, one start/end slider, class names instead of ids, one checkbox and prompt per
 # detected object).
@@ -32,9 +34,10 @@ def fill(values: dict[str, Any], names: dict[int, str], lora: str | None) -> Non
             state.width, state.height = values["width"], values["height"]
     if "control_source" in values:
         state.own_control = values["control_source"] == "edge_map"
-    for key in ("detect_classes", "control_classes"):
-        if key in values:
-            state[key] = [names[i] for i in values[key] or () if i in names]
+    found_by_name = dict(enumerate(names_to_find(values.get("find") or "")))
+    for key, classes in (("detect_classes", names), ("control_classes", found_by_name or names)):
+        if key in values:  # with "Find by name", chosen classes are its names
+            state[key] = [classes[i] for i in values[key] or () if i in classes]
     state.lora = lora or ""
     if "objects" in values:  # object ids name the detections of the photo on the page, as they did of its photo
         picked = set(values["objects"] or ())

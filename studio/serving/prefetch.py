@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from studio.core.catalog import LORA_FILE, MODELS, sources
+from studio.core.catalog import LORA_FILE, MODELS, ULTRALYTICS, sources
 from studio.core.settings import Settings
 
 NO_INTERNET = ("The Hugging Face Hub cannot be reached from here, so no weights can be fetched. On Kaggle, turn on "
@@ -40,11 +40,11 @@ class Wanted:
 
 def wanted(settings: Settings) -> list[Wanted]:
     """The Hub repositories the real model set loads (the catalog's models, the listed style LoRAs); local paths
-    and the detector (Ultralytics fetches its own) are not listed."""
+    and the Ultralytics models (it fetches its own) are not listed."""
     found = sources(settings)
     items = []
     for item in MODELS:
-        if item.key in found and item.key != "yolo":
+        if item.key in found and item.key not in ULTRALYTICS:
             folders = item.folders + (("safety_checker",) if item.key == "sd15" and settings.safety_checker else ())
             items.append(Wanted(item.what, found[item.key], folders, item.weight_name))
     items += [Wanted(f"style LoRA {hub_id}", hub_id, weight_name=LORA_FILE) for hub_id in settings.lora_hub_ids]
@@ -113,20 +113,42 @@ def _fetch(settings: Settings, say: Callable[[str], None]) -> dict[str, int]:
             bar.set_postfix_str(f"{item.what}: {name}")
             hf_hub_download(item.repo, name)
             bar.update(size)
-    say(_fetch_detector(settings.yolo_model))
+    say(_fetch_ultralytics("Detector", settings.yolo_model)[0])
+    for line in _fetch_open_vocab(settings.open_vocab_model):
+        say(line)
     return {"files": len(plan), "bytes": total, "fetched": to_fetch}
 
 
-def _fetch_detector(name: str) -> str:
-    """Ultralytics' own download (from its GitHub releases) into its weights folder, unless it is there."""
+def _fetch_ultralytics(what: str, name: str) -> tuple[str, Path]:
+    """Ultralytics' own download (from its GitHub releases) into its weights folder, unless it is there: what
+    happened, and where the file is."""
     if Path(name).expanduser().is_file():
-        return f"Detector: {name} is a local file."
+        return f"{what}: {name} is a local file.", Path(name).expanduser()
     from ultralytics import settings as yolo_settings
     from ultralytics.utils.downloads import attempt_download_asset
 
     target = Path(yolo_settings["weights_dir"]) / name
     if target.is_file():
-        return f"Detector: {name} already fetched."
+        return f"{what}: {name} already fetched.", target
     target.parent.mkdir(parents=True, exist_ok=True)
     attempt_download_asset(str(target))
-    return f"Detector: {name} fetched ({target.stat().st_size / 2**20:.1f} MB)."
+    return f"{what}: {name} fetched ({target.stat().st_size / 2**20:.1f} MB).", target
+
+
+def _fetch_open_vocab(name: str) -> list[str]:
+    """The find-by-name segmenter and, for a YOLOE, its text encoder; says so when the encoder's tokenizer
+    package is missing (installing packages is left to the person)."""
+    import importlib.util
+
+    from ultralytics import YOLO
+
+    from studio.engine.name_finder import TEXT_ENCODER_FILES, TOKENIZER_PACKAGE
+
+    said, path = _fetch_ultralytics("Open-vocabulary segmenter", name)
+    variant = getattr(YOLO(path).model, "text_model", None)
+    if variant is None:  # a closed-vocabulary model finds its own classes by name: no text encoder
+        return [said]
+    lines = [said, _fetch_ultralytics("Its text encoder", TEXT_ENCODER_FILES[variant])[0]]
+    if importlib.util.find_spec("clip") is None:
+        lines.append(f"Its tokenizer is not installed; finding things by name needs: pip install {TOKENIZER_PACKAGE}")
+    return lines

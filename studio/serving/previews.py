@@ -83,9 +83,10 @@ class Previews:
     def detections(self, image: Any, key: str, request: GenerationRequest) -> list[Detection]:
         """The detector's answer for this image and the request's detection settings, computed once."""
         classes = tuple(sorted(request.detect_classes)) if request.detect_classes else None
+        names = request.find_names
         return self._detections.get_or_make(
-            (key, request.detect_conf, request.detect_iou, classes),
-            lambda: self.pipeline.detect(image, request.detect_conf, request.detect_iou, classes))
+            (key, request.detect_conf, request.detect_iou, None if names else classes, names),
+            lambda: self.pipeline.detect(image, request.detect_conf, request.detect_iou, classes, names))
 
     def preview(self, image: Any, key: str, request: GenerationRequest) -> ControlPreview:
         """Detections (cached) and the control image this request would use, with the repaint mask when it

@@ -1,0 +1,1 @@
+placed here: already fetched
