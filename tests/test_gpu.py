@@ -95,6 +95,23 @@ def test_regional_prompts_in_one_pass_on_the_fast_path_equal_eager(fast, eager, 
     assert [(e["id"], e["one_pass"]) for e in card["objects"]] == [(0, True), (1, True), (3, True)]
 
 
+def test_find_by_name_loads_yoloe_on_the_gpu_once_and_repaints_a_named_object(model_cache, scene):
+    """The segmenter's first prediction (Ultralytics' warm-up) runs under the GPU lock, in fp16, beside the
+    CUDA graphs of the same pipeline."""
+    from studio.engine.tiny_models import build_yoloe
+
+    path = model_cache / "tiny-yoloe-seg-gpu.pt"
+    if not path.exists():
+        build_yoloe(path, ("wooden door", "logo"))
+    pipe = InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cuda:0",
+                                               open_vocab_model=str(path)))
+    found = pipe.detect(scene, names=("logo",))
+    assert found and all(d.label == "logo" and d.polygon for d in found)
+    result = pipe.generate(scene, replace(BASE, find="logo", regenerate="objects", objects=(0,)))
+    assert result.detections[0].label == "logo" and result.images and pipe.finder() is pipe.finder()
+    assert pipe.denoiser.graph_stats.failures == {} and pipe.denoiser.graph_stats.replays >= BASE.steps
+
+
 def test_an_inpainting_checkpoints_9_channel_unet_replays_graphs_too(model_cache, scene):
     checkpoint = [InferencePipeline(settings=Settings(models="tiny", cache_dir=model_cache, device="cuda:0",
                                                       cuda_graphs=graphs, sd15_inpaint_model="tiny"))
