@@ -375,6 +375,10 @@ def detection_panel(class_names: list[str]) -> None:
         slider(left, "detect_conf")
         slider(right, "detect_iou")
         st.multiselect(request_field("detect_classes").metadata["label"], class_names, key="detect_classes")
+        find = request_field("find").metadata
+        st.text_input(find["label"], key="find", help=find["help"], max_chars=MAX_PROMPT_CHARS,
+                      placeholder="e.g. the wooden door, logo (empty: the detector's classes)",
+                      on_change=guarded(forget_objects))
 
 
 def classes_in_use(names: dict[int, str]) -> dict[int, str]:
@@ -431,10 +435,6 @@ def control_panel(previews: Previews, image: Any, key: str | None, names: dict[i
     left, right = st.columns(2)
     choice(left, "control_mode")
     choice(right, "regenerate", on_change=guarded(use_mode_defaults))
-    find = request_field("find").metadata
-    st.text_input(find["label"], key="find", help=find["help"], max_chars=MAX_PROMPT_CHARS,
-                  placeholder="e.g. the wooden door, logo (empty: the detector's classes)",
-                  on_change=guarded(forget_objects))
     try:
         request, problem = request_from_state(names), None
     except InvalidRequestError as exc:
