@@ -104,11 +104,12 @@ def test_a_segmenter_that_cannot_be_loaded_says_what_to_do(model_cache, tmp_path
         loader.open_vocab()
 
 
-def test_the_prefetch_fetches_a_yoloes_text_encoder_and_names_its_tokenizer(yoloe, model_cache, monkeypatch):
+def test_the_prefetch_fetches_a_yoloes_text_encoder_and_names_its_tokenizer(yoloe, model_cache, monkeypatch,
+                                                                           tmp_path):
     from ultralytics import settings as yolo_settings
 
-    encoder = Path(yolo_settings["weights_dir"]) / TEXT_ENCODER_FILES["mobileclip2:b"]
-    encoder.parent.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setitem(yolo_settings, "weights_dir", str(tmp_path))  # never the working folder's weights/
+    encoder = tmp_path / TEXT_ENCODER_FILES["mobileclip2:b"]
     encoder.write_bytes(b"placed here: already fetched")
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     lines = prefetch._fetch_open_vocab(str(model_cache / "tiny-yoloe-seg.pt"))

@@ -208,8 +208,8 @@ class InferencePipeline:
         seed = request.seed if request.seed is not None else random.randint(0, SEED_MAX - request.num_images)
         seeds = [(seed + i) % (SEED_MAX + 1) for i in range(request.num_images)]
         loras = self.loras_for(request)
-        if request.find_names and preview is None and detections is None:
-            self.finder()  # loaded before the GPU lock (see finder)
+        if request.find_names:
+            self.finder()  # loaded before the GPU lock (see finder): the detail pass of the outputs uses it too
         with self._lock, self.on_device():
             self._use_loras(loras)
             t0 = time.perf_counter()

@@ -1,1 +1,0 @@
-placed here: already fetched
