@@ -11,7 +11,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from inference_pipeline import GenerationRequest
 from studio.core.png_info import from_parameters
 from studio.core.run_card import a1111_parameters
-from studio.engine.regional_attention import RegionalAttention, region_weights
+from studio.engine.regional_attention import RegionalAttention, attention_layers, region_weights, regional
 
 from helpers import pixels
 
@@ -52,6 +52,21 @@ def test_a_pixel_gets_exactly_the_attention_of_its_regions_prompt():
         alone = [base(layer, pixels_in, prompt) for prompt in (main, other)]
     assert torch.allclose(mixed[:, :12], alone[0][:, :12], atol=1e-6)
     assert torch.allclose(mixed[:, 12:], alone[1][:, 12:], atol=1e-6)
+
+
+def test_regional_swaps_the_layers_diffusers_lists_and_gives_their_processors_back(tiny_pipeline):
+    """Tripwire: `attention_layers` copies diffusers' rule for what has a processor (`attn_processors`)."""
+    unet = tiny_pipeline.pipe.unet
+    before = unet.attn_processors
+    assert [layer.processor for layer in attention_layers(unet)] == list(before.values())
+    with regional(unet):
+        inside = unet.attn_processors
+    assert all(isinstance(p, RegionalAttention) for p in inside.values()) and inside.keys() == before.keys()
+    assert [p.processor for p in inside.values()] == list(before.values())
+    assert all(unet.attn_processors[name] is processor for name, processor in before.items())
+    with pytest.raises(RuntimeError), regional(unet):
+        raise RuntimeError("a failed denoise")
+    assert all(unet.attn_processors[name] is processor for name, processor in before.items())
 
 
 def test_a_pass_of_three_objects_measures_its_seam_once(tiny_pipeline, scene, found, monkeypatch):

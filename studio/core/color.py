@@ -62,9 +62,9 @@ def seam_score(result: Image.Image, original: Image.Image, mask: Image.Image, ba
     inside = np.asarray(mask.convert("L")) >= 128
     if inside.all() or not inside.any():
         return 0.0
-    rows, cols = np.nonzero(inside)  # only the mask's surroundings are read: a small object costs little
-    top, left = max(0, rows.min() - band - 1), max(0, cols.min() - band - 1)
-    bottom, right = rows.max() + band + 2, cols.max() + band + 2
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))  # only the mask's
+    top, left = max(0, rows[0] - band - 1), max(0, cols[0] - band - 1)  # surroundings are read
+    bottom, right = rows[-1] + band + 2, cols[-1] + band + 2
     inside = inside[top:bottom, left:right]
     inner = inside & (cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5) <= band)
     outer = ~inside & (cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, 5) <= band)
@@ -72,7 +72,7 @@ def seam_score(result: Image.Image, original: Image.Image, mask: Image.Image, ba
         return 0.0
     box = (int(left), int(top), int(left + inside.shape[1]), int(top + inside.shape[0]))
     band = inner | outer  # only the bands' pixels are converted to Lab: the whole box cost 30 ms a picture
-    made, photo = (_band_lab(np.asarray(image.convert("RGB").crop(box))[band]) for image in (result, original))
+    made, photo = (_band_lab(np.asarray(image.crop(box).convert("RGB"))[band]) for image in (result, original))
     inner, outer = inner[band], outer[band]
     kept_step = photo[inner].mean(axis=0) + (made[outer].mean(axis=0) - photo[outer].mean(axis=0))
     return round(float(ciede2000(made[inner].mean(axis=0), kept_step)), 3)

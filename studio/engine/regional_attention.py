@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -102,12 +103,24 @@ def region_weights(masks: torch.Tensor, positions: int) -> torch.Tensor:
 @contextlib.contextmanager
 def regional(*modules: Any) -> Iterator[None]:
     """Every attention layer of `modules` (UNets, ControlNets) regional for the duration; the processors they had
-    come back afterwards."""
-    kept = [(module, module.attn_processors) for module in modules]
+    come back afterwards. The layers are swapped one by one: diffusers' `attn_processors` and `set_attn_processor`
+    walk the UNet's whole module tree, twice a call (14 ms of a 0.24 s Fast repaint on an H200)."""
+    kept = [(layer, layer.processor) for module in modules for layer in attention_layers(module)]
     try:
-        for module, processors in kept:
-            module.set_attn_processor({name: RegionalAttention(p) for name, p in processors.items()})
+        for layer, processor in kept:
+            layer.set_processor(RegionalAttention(processor))
         yield
     finally:
-        for module, processors in kept:
-            module.set_attn_processor(processors)
+        for layer, processor in kept:
+            layer.set_processor(processor)
+
+
+_LAYERS: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+
+
+def attention_layers(module: Any) -> list[Any]:
+    """The attention layers of `module`, as diffusers' `attn_processors` finds them (those with a processor),
+    found once per module."""
+    if module not in _LAYERS:
+        _LAYERS[module] = [layer for layer in module.modules() if hasattr(layer, "get_processor")]
+    return _LAYERS[module]
