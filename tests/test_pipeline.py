@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
+import torch
 
 from inference_pipeline import GenerationRequest, InferencePipeline, InvalidRequestError, ModelLoadError
 from studio.core.run_card import png_with_run_card, read_run_card
@@ -174,3 +174,19 @@ def test_the_detect_stage_is_named_only_when_the_detector_runs(tiny_pipeline, ph
     stages.clear()
     tiny_pipeline.generate(photo, request, on_stage=stages.append, detections=[])  # the page's, handed over
     assert stages == ["control", "generate"]
+
+
+def test_the_pipelines_run_on_the_device_they_were_given_without_diffusers_walk(tiny_pipeline, monkeypatch):
+    """diffusers' `_execution_device` walks every module of every component at each call; the project's pipelines
+    answer it with the device they were loaded on, which is what diffusers finds."""
+    from diffusers import DiffusionPipeline
+    from diffusers.hooks import group_offloading
+
+    pipes = (tiny_pipeline.pipe, tiny_pipeline.denoiser.inpaint_pipeline())
+    walked: list[str] = []
+    walk = group_offloading._get_top_level_group_offload_hook
+    monkeypatch.setattr(group_offloading, "_get_top_level_group_offload_hook",
+                        lambda module: walked.append(type(module).__name__) or walk(module))
+    assert [pipe._execution_device for pipe in pipes] == [torch.device("cpu")] * 2 and walked == []
+    assert [DiffusionPipeline._execution_device.fget(pipe) for pipe in pipes] == [torch.device("cpu")] * 2
+    assert "UNet2DConditionModel" in walked  # diffusers' own answer walks the components

@@ -26,11 +26,14 @@ TRIPWIRES = {
         ("df0b4dc6670c0f08", "the LCM/TCD steps draw every step's noise ahead as randn_tensor would"),
     "diffusers.pipelines.controlnet.pipeline_controlnet_inpaint:StableDiffusionControlNetInpaintPipeline."
     "prepare_mask_latents":
-        ("71a7905d3b1855f3", "studio/engine/repaint_pipeline.py overrides it to skip an unused VAE encode"),
+        ("71a7905d3b1855f3", "studio/engine/pipelines.py overrides it to skip an unused VAE encode"),
     "diffusers.pipelines.controlnet.pipeline_controlnet_inpaint:StableDiffusionControlNetInpaintPipeline."
     "__call__":
         ("f539b03ba67837ab", "studio/engine/soft_edit.py rewrites the loop's `mask` (a callback tensor input) in place "
                              "after each step, for the 4-channel blend of the next"),
+    "diffusers.pipelines.pipeline_utils:DiffusionPipeline._execution_device.fget":
+        ("d22c75a36f6cce47", "studio/engine/pipelines.py answers it with the device the project set (no offloading "
+                             "hooks to look for)"),
     "diffusers.models.attention_processor:AttnProcessor2_0.__call__":
         ("b0b61b163eca9d2f", "attention_backend.FlashAttnProcessor follows its steps with flash-attn's kernel, and "
                              "regional_attention.shared_query with a batch of regions"),

@@ -113,7 +113,7 @@ class Denoiser:
         """diffusers' ControlNet inpainting pipeline over the loaded components (no second copy of the weights),
         with the inpainting checkpoint's UNet when one is loaded."""
         if self._inpaint is None:
-            from studio.engine.repaint_pipeline import RepaintPipeline
+            from studio.engine.pipelines import RepaintPipeline
 
             extra = {"unet": self.inpaint_unet} if self.inpaint_unet is not None else {}
             # from_pipe casts every shared module to `dtype`, float32 unless told: that would turn the loaded
@@ -122,6 +122,7 @@ class Denoiser:
             self._inpaint = RepaintPipeline.from_pipe(self.pipe, controlnet=self.pipe.controlnet,
                                                       dtype=self.pipe.unet.dtype, **extra)
             self._inpaint.set_progress_bar_config(disable=True)
+            self._inpaint.runs_on = self.pipe.runs_on
             if self.inpaint_unet is not None:
                 attention_backend.apply(self._inpaint, self.attention_in_use)
         return self._inpaint

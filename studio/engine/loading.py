@@ -139,15 +139,17 @@ class ModelLoader:
                 f"MODELS=tiny to use the offline smoke models.") from exc
 
     def diffusion(self) -> Any:
-        from diffusers import StableDiffusionControlNetPipeline
+        import torch
 
         from studio.engine.control_gate import GatedControlNet
+        from studio.engine.pipelines import ControlNetPipeline
 
         controlnet = self.from_pretrained(GatedControlNet, "controlnet")  # skips its calls at scale 0
         checker = {} if self.settings.safety_checker else {"safety_checker": None}
-        pipe = self.from_pretrained(StableDiffusionControlNetPipeline, "sd15", controlnet=controlnet,
+        pipe = self.from_pretrained(ControlNetPipeline, "sd15", controlnet=controlnet,
                                     requires_safety_checker=False, **checker)
         pipe.set_progress_bar_config(disable=True)
+        pipe.runs_on = torch.device(self.device)
         return pipe.to(self.device)
 
     def detector(self) -> Any:
