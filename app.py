@@ -27,7 +27,7 @@ from studio.core.detections import Detection, draw_detections, names_to_find
 from studio.core.downloads import detections_csv, file_name, result_files, zip_of
 from studio.core.errors import EXPECTED_ERRORS, InvalidImageError, InvalidRequestError, JobsBackendError, ModelLoadError
 from studio.core.preparation import ControlPreview
-from studio.core.presets import CUSTOM, PRESETS, distilled_by
+from studio.core.presets import CUSTOM, PRESETS, distilled_by, start_preset
 from studio.core.request import DETAIL_STRENGTH, MAX_PROMPT_CHARS, SEED_MAX, GenerationRequest, request_field
 from studio.core.run_card import a1111_parameters, public_source
 from studio.core.settings import Settings
@@ -98,8 +98,16 @@ st.set_page_config(page_title="YOLO ControlNet Studio", page_icon="🎨", layout
 
 
 def widget_defaults() -> dict[str, Any]:
-    request = GenerationRequest()
+    request = GenerationRequest(preset=opening_preset())
     return {**{item.name: getattr(request, item.name) for item in fields(request)}, **PAGE_DEFAULTS}
+
+
+def opening_preset() -> str:
+    """The preset the page opens on (START_PRESET; "auto": Fast on a server without a GPU)."""
+    jobs = state.loaded()
+    if jobs is None:
+        return GenerationRequest.preset
+    return start_preset(jobs.pipelines[0].settings.start_preset, gpu=jobs.on_gpu())
 
 
 # -- the server: one model set, one job queue, shared by every browser session -----------------------------
@@ -312,6 +320,10 @@ def generation_panel(settings: Settings, jobs: JobQueue, size: tuple[int, int] |
              help=" ".join(f"**{p.label}**: {p.help}" for p in PRESETS.values()) +
              f" The seconds per image{at} are measured on this server.")
     note = st.container()  # always there: a panel below keeps its place, so it stays open or folded as it was
+    if st.session_state.preset == opening_preset() != GenerationRequest.preset:
+        note.caption(f"This server opened on {PRESETS[opening_preset()].label}" + (
+            ": it has no GPU, and a Quality picture takes minutes on a CPU." if settings.start_preset == "auto"
+            else " (START_PRESET)."))
     if st.session_state.preset == CUSTOM:
         distilled = distilled_by(CUSTOM, st.session_state.scheduler)
         note.caption("Custom: your own scheduler, steps and CFG" + (
@@ -736,9 +748,6 @@ def side_by_side_panel() -> None:
 
 
 def main() -> None:
-    for key, value in widget_defaults().items():
-        st.session_state.setdefault(key, value)
-    st.session_state.setdefault("filled_from", settings_snapshot())
     st.title("YOLO ControlNet Studio")
     st.caption("Detect objects in a photo, keep the structure you choose as a Canny control image, and paint "
                "something new on it with Stable Diffusion 1.5 + ControlNet.")
@@ -747,6 +756,9 @@ def main() -> None:
     jobs = load_jobs()
     if jobs is None:
         return
+    for key, value in widget_defaults().items():  # after the models: the opening preset depends on the device
+        st.session_state.setdefault(key, value)
+    st.session_state.setdefault("filled_from", settings_snapshot())
     previews = state.previews()
     collect_finished_job()
     if "attached" not in st.session_state:  # a reload or a new tab: this visitor's run on its way, if any

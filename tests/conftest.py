@@ -85,6 +85,7 @@ def app_env(model_cache, monkeypatch) -> None:
     monkeypatch.setenv("MODELS", "tiny")
     monkeypatch.setenv("DEVICE", "cpu")
     monkeypatch.setenv("APP_CACHE_DIR", str(model_cache))
+    monkeypatch.setenv("START_PRESET", "quality")  # the tests were written against Quality's defaults
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +94,7 @@ def servers(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     from servers import Servers
 
     pool = Servers(tmp_path_factory.mktemp("servers"), {**os.environ, "APP_CACHE_DIR": str(model_cache),
-                                                        "DEVICE": "cpu"})
+                                                        "DEVICE": "cpu", "START_PRESET": "quality"})
     yield pool
     pool.stop_all()
 

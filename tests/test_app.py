@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import re
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from inference_pipeline import GenerationRequest
 from studio.page.history_panel import OPEN_KEY
-from studio.serving import access, history
+from studio.serving import access, history, state
 
 from helpers import OUTPUTS, app_page
 
@@ -321,6 +322,21 @@ def test_a_preset_sets_scheduler_steps_and_cfg_runs_with_its_lora_and_shows_its_
     assert captions[0] == captions[2] == "not run here yet"
     app.slider(key="resolution").set_value(320).run()
     assert list(app.radio(key="preset").proto.captions)[1] == "not run here yet", "seconds are per size"
+
+
+def test_a_server_without_a_gpu_opens_on_fast_and_says_why(app, monkeypatch):
+    jobs = state.loaded()
+    monkeypatch.setattr(jobs.pipelines[0], "settings", replace(jobs.pipelines[0].settings, start_preset="auto"))
+    opened = app_page().run()  # a new visitor of this CPU server
+    assert (opened.radio(key="preset").value, opened.selectbox(key="scheduler").value,
+            opened.slider(key="steps").value, opened.slider(key="guidance_scale").value) == ("fast", "tcd", 4, 1.0)
+    assert any(c.value == "This server opened on Fast: it has no GPU, and a Quality picture takes minutes on a CPU."
+               for c in opened.caption)
+    opened.radio(key="preset").set_value("quality").run()
+    assert not any("opened on" in c.value for c in opened.caption)
+    monkeypatch.setattr(jobs, "on_gpu", lambda: True)
+    assert app_page().run().radio(key="preset").value == "quality"  # with a GPU: Quality, and nothing to say
+    assert app.radio(key="preset").value == "quality"  # START_PRESET=quality, as every other page test
 
 
 def test_a_preset_changed_by_hand_says_custom_and_its_scheduler_brings_its_lora(app):

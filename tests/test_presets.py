@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from inference_pipeline import InferencePipeline, LoraError
-from studio.core.presets import PRESETS
+from studio.core.presets import PRESETS, start_preset
 from studio.core.request import GenerationRequest, InvalidRequestError
 from studio.core.settings import Settings
 from studio.engine.live_preview import PREVIEW_EVERY, decode_preview, preview_steps
@@ -55,6 +55,16 @@ def test_a_preset_fills_only_what_the_request_leaves_open():
     assert (mine.scheduler, mine.steps, mine.guidance_scale) == ("tcd", 8, 1.5)
     with pytest.raises(InvalidRequestError, match="preset must be one of quality, fast, turbo"):
         GenerationRequest(preset="ludicrous")
+
+
+def test_the_page_opens_on_the_preset_set_or_by_the_device(monkeypatch):
+    assert [start_preset("auto", gpu) for gpu in (True, False)] == ["quality", "fast"]
+    assert [start_preset("turbo", gpu) for gpu in (True, False)] == ["turbo", "turbo"]
+    monkeypatch.setenv("START_PRESET", "Fast")
+    assert Settings.from_env().start_preset == "fast"
+    monkeypatch.setenv("START_PRESET", "custom")
+    with pytest.raises(ValueError, match="START_PRESET must be one of auto, quality, fast, turbo, not 'custom'"):
+        Settings.from_env()
 
 
 def test_the_distillation_lora_changes_the_picture(tiny_pipeline, photo):

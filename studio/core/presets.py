@@ -43,6 +43,16 @@ PRESETS: dict[str, Preset] = {
                           "or with the LCM or TCD scheduler that scheduler's distillation LoRA."),
 }
 CUSTOM = "custom"
+# START_PRESET's choices: the preset the page opens on; "auto" picks by the server's device (start_preset)
+START_CHOICES = ("auto", "quality", "fast", "turbo")
+
+
+def start_preset(chosen: str, gpu: bool) -> str:
+    """The preset the page opens on: START_PRESET's, or for "auto" Quality on a GPU and Fast without one (on a
+    CPU a Quality picture takes minutes; Fast runs a fifth of its steps, each once: no CFG)."""
+    if chosen != "auto":
+        return chosen
+    return "quality" if gpu else "fast"
 
 
 def distilled_by(preset: str, scheduler: str | None) -> str | None:

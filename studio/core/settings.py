@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from studio.core.presets import PRESETS
+from studio.core.presets import PRESETS, START_CHOICES
 
 MODEL_SETS = ("tiny", "sd15")
 ATTENTION_CHOICES = ("auto", "flash-attn", "xformers", "sdpa", "sliced")
@@ -132,6 +132,7 @@ class Settings:
     taesd_model: str | None = setting("TAESD_MODEL", "madebyollin/taesd", text_or_none)
     preset_lora_fast: str = setting("PRESET_LORA_FAST", PRESETS["fast"].lora)
     preset_lora_turbo: str = setting("PRESET_LORA_TURBO", PRESETS["turbo"].lora)
+    start_preset: str = setting("START_PRESET", "auto", one_of(*START_CHOICES))  # "auto": Fast without a GPU
     attention: str = setting("ATTENTION", "auto", one_of(*ATTENTION_CHOICES))
     device: str | None = setting("DEVICE", None)
     gpus: tuple[int, ...] | None = setting("GPUS", None, parse_gpus)

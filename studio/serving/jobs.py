@@ -364,6 +364,10 @@ class JobQueue:
         """One line per worker: its device and, on a GPU, its name and the memory in use (the page's sidebar)."""
         return [describe(worker.name, memory=True) for worker in self.workers]
 
+    def on_gpu(self) -> bool:
+        """Whether the jobs run on a GPU (the page opens on a faster preset without one)."""
+        return any(worker.name.startswith("cuda") for worker in self.workers)
+
     @property
     def waiting(self) -> int:
         with self._cond:

@@ -206,8 +206,8 @@ class RayJobQueue(JobQueue):
     previews (detections, control image) and the system panel; the replicas do the generating."""
 
     def __init__(self, front: InferencePipeline, handle: Any, board: Any, slots: int, *, started: bool,
-                 deployed: bool) -> None:
-        self.handle, self.board, self.slots = handle, board, slots
+                 deployed: bool, gpus: bool = False) -> None:
+        self.handle, self.board, self.slots, self.gpus = handle, board, slots, gpus
         self.started, self.deployed = started, deployed
         super().__init__([front])
 
@@ -225,7 +225,8 @@ class RayJobQueue(JobQueue):
         board = ray.remote(Board).options(name=BOARD, get_if_exists=True, num_cpus=0).remote()
         handle, slots, deployed = deploy(settings)
         front = InferencePipeline(settings=replace(settings, device="cpu", cuda_graphs=False))
-        return cls(front, handle, board, slots, started=started, deployed=deployed)
+        return cls(front, handle, board, slots, started=started, deployed=deployed,
+                   gpus=ray.cluster_resources().get("GPU", 0) > 0)
 
     def cancel(self, job: Job) -> None:
         """As the local queue's, and a job on a replica hears it at its next step (not at the next poll)."""
@@ -236,6 +237,9 @@ class RayJobQueue(JobQueue):
     def devices(self) -> list[str]:
         return [f"Ray Serve, {len(self.workers)} replica slot{'s' if len(self.workers) > 1 else ''} "
                 f"(RAY_ADDRESS={self.pipelines[0].settings.ray_address})"]
+
+    def on_gpu(self) -> bool:
+        return self.gpus  # the replicas take a GPU each where the cluster has them
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         super().shutdown(timeout_s)
