@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from inference_pipeline import GenerationRequest, InferencePipeline, InvalidRequestError
 from studio.core.settings import Settings
@@ -105,12 +106,25 @@ def test_the_mask_is_handed_out_with_the_run_only_when_part_of_the_picture_was_r
     assert not any(name.startswith("mask-") for name in result_files(tiny_pipeline.generate(scene, BASE)))
 
 
-def test_the_base_unet_repaints_with_one_vae_encode(tiny_pipeline, scene):
-    """The picture's latents, and not the masked picture's, which only 9-channel inpainting UNets read."""
+def test_the_base_unet_repaints_with_one_vae_encode_and_the_same_photo_again_with_none(tiny_pipeline, scene,
+                                                                                       monkeypatch):
+    """The picture's latents, and not the masked picture's (only 9-channel inpainting UNets read those). The
+    photo's latent distribution is kept: the same photo repainted again (another seed) is not encoded again and
+    gives the pixels of diffusers' own encode."""
+    from diffusers import StableDiffusionControlNetInpaintPipeline
+    photo = ImageOps.mirror(scene)  # a photo no other test repainted
     calls = []
     hook = tiny_pipeline.pipe.vae.encoder.register_forward_hook(lambda *args: calls.append(1))
     try:
-        tiny_pipeline.generate(scene, replace(BASE, regenerate="objects"))
+        first = tiny_pipeline.generate(photo, replace(BASE, regenerate="objects"))
+        again = tiny_pipeline.generate(photo, replace(BASE, regenerate="objects", seed=6))
+        encodes = len(calls)
+        inpaint = tiny_pipeline.denoiser.inpaint_pipeline()
+        monkeypatch.setattr(inpaint, "_encode_vae_image", partial(
+            StableDiffusionControlNetInpaintPipeline._encode_vae_image, inpaint))
+        fresh = tiny_pipeline.generate(photo, replace(BASE, regenerate="objects", seed=6))
     finally:
         hook.remove()
-    assert len(calls) == 1
+    assert encodes == 1 and len(calls) == 2
+    assert np.array_equal(np.asarray(again.images[0]), np.asarray(fresh.images[0]))
+    assert not np.array_equal(np.asarray(first.images[0]), np.asarray(again.images[0]))

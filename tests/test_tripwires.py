@@ -28,6 +28,10 @@ TRIPWIRES = {
     "prepare_mask_latents":
         ("71a7905d3b1855f3", "studio/engine/pipelines.py overrides it to skip an unused VAE encode"),
     "diffusers.pipelines.controlnet.pipeline_controlnet_inpaint:StableDiffusionControlNetInpaintPipeline."
+    "_encode_vae_image":
+        ("02a6fb7ec5178f92", "studio/engine/pipelines.py keeps its latent distribution per photo and samples it with "
+                             "each image's generator, as diffusers does"),
+    "diffusers.pipelines.controlnet.pipeline_controlnet_inpaint:StableDiffusionControlNetInpaintPipeline."
     "__call__":
         ("f539b03ba67837ab", "studio/engine/soft_edit.py rewrites the loop's `mask` (a callback tensor input) in place "
                              "after each step, for the 4-channel blend of the next"),
