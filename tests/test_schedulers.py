@@ -94,3 +94,21 @@ def test_every_scheduler_the_request_accepts_is_built():
     assert set(schedulers._BUILDERS) == set(SCHEDULERS)
     with pytest.raises(ValueError, match="unknown scheduler"):
         make_scheduler("lms", config)
+
+
+@pytest.mark.parametrize("name", ["lcm", "tcd"])
+def test_lcm_and_tcd_are_asked_for_at_most_the_steps_diffusers_takes(name):
+    """A request past the catalog's limit is refused up front, naming the scheduler; diffusers' own limit (its
+    distillation's 50 steps) is the catalog's, so a run past it would have failed in the middle of a job."""
+    from studio.core.request import GenerationRequest, InvalidRequestError
+
+    most = SCHEDULERS[name].most_steps
+    scheduler = make_scheduler(name, UniPCMultistepScheduler(**CONFIG).config)
+    scheduler.set_timesteps(most, device="cpu")
+    with pytest.raises(ValueError, match="is smaller than `num_inference_steps`"):
+        scheduler.set_timesteps(most + 1, device="cpu")
+    assert GenerationRequest(scheduler=name, steps=most).steps == most
+    with pytest.raises(InvalidRequestError, match=f"the {re.escape(SCHEDULERS[name].label)} scheduler samples at "
+                                                  f"most {most} steps, got {most + 1}"):
+        GenerationRequest(scheduler=name, steps=most + 1)
+    assert [n for n, s in SCHEDULERS.items() if s.most_steps] == ["lcm", "tcd"]

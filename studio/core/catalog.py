@@ -16,6 +16,7 @@ from studio.core.settings import Settings
 class Scheduler:
     label: str  # what the page shows
     a1111: str  # what A1111's infotext calls it
+    most_steps: int | None = None  # LCM and TCD pick their steps from their distillation's 50 (diffusers refuses more)
 
 
 # LCM and TCD sample well only with their distillation LoRA (presets.py): choosing one brings it along.
@@ -24,8 +25,8 @@ SCHEDULERS: dict[str, Scheduler] = {
     "dpmpp_2m_karras": Scheduler("DPM++ 2M Karras", "DPM++ 2M Karras"),
     "euler_a": Scheduler("Euler ancestral", "Euler a"),
     "ddim": Scheduler("DDIM", "DDIM"),
-    "lcm": Scheduler("LCM (with the LCM-LoRA)", "LCM"),
-    "tcd": Scheduler("TCD (with the TCD-LoRA)", "TCD"),
+    "lcm": Scheduler("LCM (with the LCM-LoRA)", "LCM", most_steps=50),
+    "tcd": Scheduler("TCD (with the TCD-LoRA)", "TCD", most_steps=50),
 }
 
 

@@ -162,6 +162,10 @@ class GenerationRequest:
         if len(self.find_names) > MAX_NAMES:
             raise InvalidRequestError(f"find names {len(self.find_names)} things; at most {MAX_NAMES} can be found "
                                       f"in one run")
+        most = SCHEDULERS[self.scheduler].most_steps
+        if most is not None and self.steps > most:
+            raise InvalidRequestError(f"the {SCHEDULERS[self.scheduler].label} scheduler samples at most {most} steps, "
+                                      f"got {self.steps}: fewer steps, or another scheduler")
         if self.control_start > self.control_end:
             raise InvalidRequestError("control_start must not be after control_end")
         if (self.width is None) != (self.height is None):
