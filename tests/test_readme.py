@@ -46,3 +46,24 @@ def test_the_readme_keeps_every_section_a_user_looks_for():
     assert [heading for heading in wanted if heading not in headings] == []
     links = re.findall(r"\]\((benchmarks/results/[^)]+|deploy/[^)]+)\)", (ROOT / "README.md").read_text())
     assert links and [link for link in links if not (ROOT / link).is_file()] == []
+
+
+def test_readme_one_photo_three_ways_runs_and_each_way_repaints_what_it_says(tmp_path, model_cache):
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("**One photo, three ways**"):]
+    block = block[block.index("```python\n") + len("```python\n"):]
+    block = block[:block.index("```")]
+    (tmp_path / "assets").symlink_to(ROOT / "assets")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "APP_CACHE_DIR": str(model_cache), "DEVICE": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines()[-3:])
+    assert lines == {"found": "[(1, 'square', 'a red wooden box', False)]",
+                     "regional": "[(1, 'square', 'a red wooden box', True), (2, 'triangle', 'a glass pyramid', True)]",
+                     "soft": "[(1, 'square', 'a watercolor', False)]"}
+    from PIL import Image
+
+    for name in lines:
+        with Image.open(tmp_path / f"{name}.png") as out:
+            assert out.size == (344, 256)
