@@ -112,8 +112,8 @@ class ObjectOutcome:
 
 def blend(base: Image.Image, generated: Image.Image, mask: Image.Image) -> Image.Image:
     """`generated` inside the mask, `base` outside it, pixel for pixel, mixed in between: rounded
-    (base * (255 - m) + generated * m) / 255 in 16-bit integers (at most 65025 + 127; 255 is odd, so no value
-    lies halfway, so this is the float mix rounded, with a quarter less time)."""
+    (base * (255 - m) + generated * m) / 255 in 16-bit integers (at most 65025 + 127). No quotient by the odd 255
+    lies halfway between two integers: this is the float mix, rounded, in a quarter less time."""
     weight = np.asarray(mask, np.uint16)[..., None]
     mixed = np.asarray(base, np.uint16) * (255 - weight) + np.asarray(generated, np.uint16) * weight
     return Image.fromarray(((mixed + 127) // 255).astype(np.uint8))

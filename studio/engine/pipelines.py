@@ -39,8 +39,8 @@ KEPT_ENCODES = 8  # photos whose latent distribution a repaint pipeline keeps (a
 
 
 class RepaintPipeline(RunsOn, StableDiffusionControlNetInpaintPipeline):
-    # What the photos of the next call are, one key per image, set by repainting.py around the call: the photo's
-    # content and what of it is sampled (box and size). None: encode, keep nothing.
+    # What the pictures of the next call are, one key per image, set by repainting.py around the call: a digest of
+    # the crop's pixels, its size and mode (repainting.photo_key). None: encode, keep nothing.
     photo_keys: list[tuple] | None = None
 
     def _encode_vae_image(self, image: torch.Tensor, generator: Any) -> torch.Tensor:
