@@ -62,8 +62,9 @@ def seam_score(result: Image.Image, original: Image.Image, mask: Image.Image, ba
     inside = np.asarray(mask.convert("L")) >= 128
     if inside.all() or not inside.any():
         return 0.0
-    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))  # only the mask's
-    top, left = max(0, rows[0] - band - 1), max(0, cols[0] - band - 1)  # surroundings are read
+    # only the mask's surroundings are read: a small object costs little
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    top, left = max(0, rows[0] - band - 1), max(0, cols[0] - band - 1)
     bottom, right = rows[-1] + band + 2, cols[-1] + band + 2
     inside = inside[top:bottom, left:right]
     inner = inside & (cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5) <= band)

@@ -36,10 +36,10 @@ from studio.engine import devices, fast_path
 from studio.engine.card import regenerate_card, run_card
 from studio.engine.denoise import Denoised, Denoiser, Run
 from studio.engine.detector import Detector
-from studio.engine.name_finder import NameFinder
 from studio.engine.loading import ModelLoader
 from studio.engine.lora_fusion import FusedLoras, LoraLoadFailed
 from studio.engine.loras import resolve as resolve_lora
+from studio.engine.name_finder import NameFinder
 
 Lora = dict[str, tuple[str, float]]  # adapter ("distill", "style") -> (local file, weight)
 

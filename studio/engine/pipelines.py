@@ -6,17 +6,21 @@
   With a 4-channel (base) UNet it keeps the picture outside the mask by blending latents every step; the masked
   picture's latents, which it also computes (a VAE encode of the whole picture), are the extra input of 9-channel
   inpainting UNets only and are never read. Here they are not computed. The photo's own encode (its latent
-  distribution) is kept per photo: repainting the same photo again, with another prompt, seed, strength or object,
-  samples from it instead of encoding again (the encoder costs about what a Fast step does).
+  distribution) is kept per photo (`keeping_encodes`): repainting the same photo again, with another prompt, seed,
+  strength or object, samples from it instead of encoding again (the encoder costs about what a Fast step does).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from diffusers import StableDiffusionControlNetInpaintPipeline, StableDiffusionControlNetPipeline
+from PIL import Image
 
 
 class RunsOn:
@@ -39,9 +43,19 @@ KEPT_ENCODES = 8  # photos whose latent distribution a repaint pipeline keeps (a
 
 
 class RepaintPipeline(RunsOn, StableDiffusionControlNetInpaintPipeline):
-    # What the pictures of the next call are, one key per image, set by repainting.py around the call: a digest of
-    # the crop's pixels, its size and mode (repainting.photo_key). None: encode, keep nothing.
-    photo_keys: list[tuple] | None = None
+    photo_keys: list[tuple] | None = None  # the pictures of the call inside `keeping_encodes`, one key each
+
+    @contextlib.contextmanager
+    def keeping_encodes(self, pictures: list[Image.Image]) -> Iterator[None]:
+        """The call inside encodes `pictures` once and keeps the encodes. A picture is known by its pixels' digest
+        (a cryptographic one: one visitor's photo never stands for another's), size and mode; a call outside
+        encodes and keeps nothing."""
+        self.photo_keys = [(hashlib.blake2b(picture.tobytes(), digest_size=16).digest(), picture.size, picture.mode)
+                           for picture in pictures]
+        try:
+            yield
+        finally:
+            self.photo_keys = None
 
     def _encode_vae_image(self, image: torch.Tensor, generator: Any) -> torch.Tensor:
         """diffusers' encode (a latent distribution per image, sampled with that image's generator), the

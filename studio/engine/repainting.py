@@ -12,8 +12,7 @@ pixel.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -111,8 +110,7 @@ def repaint(denoiser: Any, request: GenerationRequest, scheduler: Any, pictures:
         prompt_embeds, negative_embeds, attention = embeddings(denoiser, request, plan)
         mask = plan.working_mask()
         soft = SoftMask(mask, run_steps) if soft_edges else None
-        inpaint.photo_keys = [photo_key(crop) for crop in crops]
-        with regional(inpaint.unet) if attention else contextlib.nullcontext(), forgetting_keys(inpaint):
+        with regional(inpaint.unet) if attention else contextlib.nullcontext(), inpaint.keeping_encodes(crops):
             output = inpaint(image=crops if len(crops) > 1 else crops[0],
                              mask_image=soft.released(1) if soft else mask, control_image=plan.control,
                              strength=strength, num_inference_steps=length, prompt_embeds=prompt_embeds,
@@ -136,21 +134,6 @@ def repaint(denoiser: Any, request: GenerationRequest, scheduler: Any, pictures:
         done.objects += [outcome(first_image + i, det, plan, request, sampled[i], mask, seams[i])
                          for i in range(len(crops)) for det in plan.objects]
     return done
-
-
-def photo_key(crop: Image.Image) -> tuple:
-    """What a crop is, for the repaint pipeline's kept encodes: its pixels' digest (a cryptographic one: one
-    visitor's photo never stands for another's), size and mode."""
-    return hashlib.blake2b(crop.tobytes(), digest_size=16).digest(), crop.size, crop.mode
-
-
-@contextlib.contextmanager
-def forgetting_keys(inpaint: Any) -> Iterator[None]:
-    """The photo keys hold for one call: a call without them encodes and keeps nothing."""
-    try:
-        yield
-    finally:
-        inpaint.photo_keys = None
 
 
 def embeddings(denoiser: Any, request: GenerationRequest, plan: RepaintPass
