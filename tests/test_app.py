@@ -31,7 +31,7 @@ def app(app_env) -> AppTest:
 
 
 def wait_for_the_job(app: AppTest) -> AppTest:
-    job = app.session_state["job"]
+    job = app.session_state["page"].job
     deadline = time.monotonic() + 180
     while job is not None and job.active:
         assert time.monotonic() < deadline, "the job did not end"
@@ -63,18 +63,18 @@ def test_page_renders_with_the_system_panel_and_a_preview(app):
     assert "Device:** cpu, float32" in sidebar and "Queue:** 0 running, 0 waiting, 1 worker" in sidebar
     assert any("Offline smoke models" in w.value for w in app.sidebar.warning)
     assert app.selectbox(key="control_mode").options[0] == "Whole image"
-    assert app.session_state["detected_labels"] == ["circle", "square", "triangle"]
+    assert app.session_state["page"].detected_labels == ["circle", "square", "triangle"]
 
 
 def test_generate_from_the_sample_keeps_results_and_history_across_reruns(app):
     generate(app)
     assert not app.exception
-    result = app.session_state["result"]
+    result = app.session_state["page"].result
     assert len(result.images) == 1 and result.images[0].size == (344, 256)  # 512x384 sample, short side 256
     assert result.run_card["seed"] == result.seed and result.run_card["request"]["steps"] == 2
     assert any(s.value == f"Results (seed {result.seed})" for s in app.subheader)
     app.text_area(key="prompt").set_value("another prompt").run()
-    assert app.session_state["result"] is result and not app.exception
+    assert app.session_state["page"].result is result and not app.exception
     newest = history.runs(OUTPUTS, None)[0]
     app.session_state[OPEN_KEY] = True  # the history panel opened
     app.run()
@@ -83,7 +83,7 @@ def test_generate_from_the_sample_keeps_results_and_history_across_reruns(app):
 
 def test_reuse_puts_a_runs_settings_back_from_the_saved_picture(app):
     generate(app)
-    seed = app.session_state["result"].seed
+    seed = app.session_state["page"].result.seed
     app.slider(key="steps").set_value(30)
     app.session_state[OPEN_KEY] = True  # the history panel opened
     app.run()
@@ -113,7 +113,7 @@ def test_guided_control_mode_with_chosen_objects_generates_without_warnings(app)
     app.multiselect(key="control_classes").set_value(["circle"]).run()
     generate(app)
     assert not app.exception
-    result = app.session_state["result"]
+    result = app.session_state["page"].result
     assert result.warnings == [] and result.run_card["request"]["control_mode"] == "objects"
     assert list(result.run_card["request"]["control_classes"]) == [0]
 
@@ -146,10 +146,12 @@ def test_loras_are_chosen_from_the_offered_list_and_one_that_does_not_fit_is_exp
         assert not any(str(tmp_path) in e for e in errors), "no server path in the message"
         app.selectbox(key="lora").set_value("styles/ink.safetensors").run()
         generate(app)
-        assert app.session_state["result"].run_card["request"]["lora"] == "styles/ink.safetensors"  # the offered name
+        card = app.session_state["page"].result.run_card
+        assert card["request"]["lora"] == "styles/ink.safetensors"  # the offered name
         app.selectbox(key="lora").set_value("").run()
         generate(app)
-        assert app.session_state["result"].images and app.session_state["result"].run_card["request"]["lora"] is None
+        result = app.session_state["page"].result
+        assert result.images and result.run_card["request"]["lora"] is None
     finally:
         state.reset()
 
@@ -228,10 +230,10 @@ def test_the_seed_buttons_and_the_seed_field_show_the_seeds_used(app):
     chosen = app.number_input(key="seed").value
     assert app.toggle(key="randomize_seed").value is False and 0 <= chosen < 2**32
     generate(app)
-    assert app.session_state["result"].seed == chosen
+    assert app.session_state["page"].result.seed == chosen
     app.toggle(key="randomize_seed").set_value(True).run()
     generate(app)
-    used = app.session_state["result"].seed
+    used = app.session_state["page"].result.seed
     assert app.number_input(key="seed").value == used, "the field shows the random seed the run used"
     app.button(key="new_seed").click().run()
     assert app.number_input(key="seed").value != used
@@ -241,7 +243,7 @@ def test_the_seed_buttons_and_the_seed_field_show_the_seeds_used(app):
 
 @pytest.mark.parametrize("example", ["Toy bus", "Oil portrait", "Snowy street"])
 def test_an_example_fills_the_prompt_the_settings_and_the_picture(app, example):
-    from app import EXAMPLES
+    from studio.page.examples_panel import EXAMPLES
 
     app.text_area(key="prompt").set_value("something else").run()
     next(b for b in app.button if b.label == example).click().run()
@@ -255,14 +257,14 @@ def test_an_example_fills_the_prompt_the_settings_and_the_picture(app, example):
     assert app.selectbox(key="control_mode").value == wanted["control_mode"]
     assert app.selectbox(key="regenerate").value == wanted.get("regenerate", "all")
     generate(app)
-    assert app.session_state["result"].run_card["regenerate"]["mode"] == wanted.get("regenerate", "all")
-    width, height = app.session_state["input_image"].size  # the job keeps it at most twice the output's size
+    assert app.session_state["page"].result.run_card["regenerate"]["mode"] == wanted.get("regenerate", "all")
+    width, height = app.session_state["page"].input_image.size  # the job keeps it at most twice the output's size
     photo = (810, 1080) if "Bus" in wanted["sample"] else (1280, 720)  # Ultralytics' photos
     assert abs(width / height - photo[0] / photo[1]) < 0.01 and width <= 2 * max(result_size(app))
 
 
 def test_an_example_asks_first_and_can_keep_the_settings_or_everything(app):
-    from app import EXAMPLES
+    from studio.page.examples_panel import EXAMPLES
 
     next(b for b in app.button if b.label == "Toy bus").click().run()  # nothing changed yet: no question
     assert app.text_area(key="prompt").value == EXAMPLES["Toy bus"]["prompt"]
@@ -281,7 +283,7 @@ def test_an_example_asks_first_and_can_keep_the_settings_or_everything(app):
 
 
 def result_size(app: AppTest) -> tuple[int, int]:
-    return app.session_state["result"].images[0].size
+    return app.session_state["page"].result.images[0].size
 
 
 def test_download_all_zip_holds_every_file_of_the_run(app, served_files):
@@ -291,7 +293,7 @@ def test_download_all_zip_holds_every_file_of_the_run(app, served_files):
     from studio.core.run_card import read_run_card
 
     generate(app)
-    result = app.session_state["result"]
+    result = app.session_state["page"].result
     archives = [name for name in served_files if name.endswith(".zip")]
     assert len(archives) == 1 and archives[0].startswith(f"yolo-controlnet-{result.seed}-")
     with zipfile.ZipFile(io.BytesIO(served_files[archives[0]])) as archive:
@@ -311,13 +313,13 @@ def test_a_preset_sets_scheduler_steps_and_cfg_runs_with_its_lora_and_shows_its_
     app.slider(key="resolution").set_value(256)
     next(b for b in app.button if b.label == "Generate").click().run()
     wait_for_the_job(app)
-    card = app.session_state["result"].run_card
+    card = app.session_state["page"].result.run_card
     assert card["preset"] == "fast" and card["request"]["steps"] == 4 and card["scheduler"] == "AsyncTCDScheduler"
     assert [lora["role"] for lora in card["loras"]] == ["distillation"]
     radio = app.radio(key="preset")
     assert radio.options == ["Quality", "Fast", "Turbo", "Custom"]
     captions = list(radio.proto.captions)
-    per_step = app.session_state["result"].timings["total_s"] / 4
+    per_step = app.session_state["page"].result.timings["total_s"] / 4
     assert captions[1] == f"{per_step * 4:.1f} s/image here"  # measured by the run above, at this size
     assert captions[0] == captions[2] == "not run here yet"
     app.slider(key="resolution").set_value(320).run()
@@ -347,7 +349,7 @@ def test_a_preset_changed_by_hand_says_custom_and_its_scheduler_brings_its_lora(
     app.slider(key="resolution").set_value(256)
     next(b for b in app.button if b.label == "Generate").click().run()
     wait_for_the_job(app)
-    card = app.session_state["result"].run_card
+    card = app.session_state["page"].result.run_card
     assert card["preset"] == "custom" and card["request"]["steps"] == 6 and card["scheduler"] == "AsyncTCDScheduler"
     assert [lora["role"] for lora in card["loras"]] == ["distillation"], "TCD runs with its LoRA"
     app.selectbox(key="scheduler").set_value("unipc").run()
@@ -362,7 +364,7 @@ def test_the_running_job_shows_live_previews(app):
     app.slider(key="steps").set_value(150)
     app.slider(key="resolution").set_value(256)
     next(b for b in app.button if b.label == "Generate").click().run()
-    job = app.session_state["job"]
+    job = app.session_state["page"].job
     deadline = time.monotonic() + 120
     while job.preview_step < 6:
         assert time.monotonic() < deadline and job.active, "no live preview arrived"
@@ -387,7 +389,7 @@ def preview_size(app: AppTest) -> tuple[int, int]:
     ("Two people (photo)", 512, (256, 320, "resize"))],
     ids=["4:3", "3:4", "16:9", "crop", "fill", "resize"])
 def test_the_page_and_the_python_api_give_the_same_output_size(app, tiny_pipeline, sample, resolution, size):
-    from app import SAMPLES
+    from studio.page.examples_panel import SAMPLES
     from inference_pipeline import load_image
 
     app.selectbox(key="sample").set_value(sample)
@@ -445,7 +447,7 @@ def test_objects_are_listed_one_by_one_and_a_picked_one_with_its_prompt_is_the_o
     crops = [caption for caption in image_captions(app.main) if caption.startswith("#")]
     assert crops == ["#3 square · 512x512"], "the one detail crop, at the size it will be sampled"
     generate(app)
-    card = app.session_state["result"].run_card
+    card = app.session_state["page"].result.run_card
     assert [(e["id"], e["prompt"]) for e in card["objects"]] == [(3, "a red box")]
     assert list(card["request"]["objects"]) == [3] and card["regenerate"]["objects"] == [3]
     table = app.dataframe[0].value
@@ -461,7 +463,7 @@ def test_two_objects_with_their_prompts_in_one_pass_with_soft_edges_reach_the_ru
     app.checkbox(key="soft_mask").check().run()
     app.slider(key="steps").set_value(2).run()
     generate(app)
-    card = app.session_state["result"].run_card
+    card = app.session_state["page"].result.run_card
     assert [(e["id"], e["prompt"], e["one_pass"]) for e in card["objects"]] == [(1, "a red box", True),
                                                                                (3, "a blue box", True)]
     assert card["request"]["soft_mask"] is True and card["steps_done"] == 2  # one pass, not one per object
@@ -502,11 +504,11 @@ def test_the_canny_thresholds_are_off_while_the_upload_is_an_edge_map(app):
 
 
 def test_a_results_files_are_encoded_once_not_at_every_rerun(app, monkeypatch):
-    from studio.core import downloads
+    from studio.page import results_panel
 
     calls = []
-    original = downloads.result_files
-    monkeypatch.setattr(downloads, "result_files", lambda result: calls.append(1) or original(result))
+    original = results_panel.result_files
+    monkeypatch.setattr(results_panel, "result_files", lambda result: calls.append(1) or original(result))
     generate(app)
     for _ in range(3):
         app.slider(key="canny_low").set_value(90 + _).run()  # widget changes rerun the page
@@ -520,16 +522,16 @@ def test_a_reload_finds_the_visitors_running_job_and_another_visitor_does_not(ap
     app.slider(key="steps").set_value(150)
     app.slider(key="resolution").set_value(256)
     next(b for b in app.button if b.label == "Generate").click().run()
-    job = app.session_state["job"]
+    job = app.session_state["page"].job
     assert job is not None and job.active
     reloaded = app_page()
     reloaded.query_params["access"] = token  # a reload keeps the tab's address
     reloaded.run()
-    assert reloaded.session_state["job"] is job, "re-attached"
+    assert reloaded.session_state["page"].job is job, "re-attached"
     assert reloaded.button(key="cancel") is not None
     stranger = app_page()
     stranger.run()
-    assert stranger.session_state["job"] is None
+    assert stranger.session_state["page"].job is None
     reloaded.button(key="cancel").click().run()
     wait_for_the_job(reloaded)
     assert job.state == "cancelled" and any("Cancelled after step" in w.value for w in reloaded.warning)
@@ -546,6 +548,39 @@ def test_things_found_by_name_are_listed_picked_and_repainted_and_a_new_name_unp
     app.checkbox(key="pick-1").check().run()
     app.slider(key="steps").set_value(2).run()
     generate(app)
-    card = app.session_state["result"].run_card
+    card = app.session_state["page"].result.run_card
     assert card["request"]["find"] == "the square" and card["request"]["objects"] == (1,)
     assert [e["id"] for e in card["objects"]] == [1]
+
+
+def test_a_reload_restores_the_visitors_prompt_preset_sliders_and_picks(app):
+    token = app.query_params["access"]
+    token = token[0] if isinstance(token, list) else token
+    app.text_area(key="prompt").input("a red barn at dusk").run()
+    app.radio(key="preset").set_value("turbo").run()
+    app.slider(key="canny_low").set_value(77).run()
+    app.slider(key="resolution").set_value(320).run()
+    app.selectbox(key="regenerate").set_value("objects").run()
+    app.checkbox(key="pick-1").check().run()
+    app.text_input(key="object-prompt-1").input("a blue door").run()
+    reloaded = app_page()
+    reloaded.query_params["access"] = token  # a reload keeps the tab's address
+    reloaded.run()
+    assert not reloaded.exception
+    assert reloaded.text_area(key="prompt").value == "a red barn at dusk"
+    assert reloaded.radio(key="preset").value == "turbo" and reloaded.slider(key="steps").value == 2
+    assert (reloaded.slider(key="canny_low").value, reloaded.slider(key="resolution").value) == (77, 320)
+    assert reloaded.selectbox(key="regenerate").value == "objects"
+    assert reloaded.checkbox(key="pick-1").value and reloaded.text_input(key="object-prompt-1").value == "a blue door"
+    assert not reloaded.checkbox(key="pick-0").value
+    stranger = app_page()
+    stranger.run()
+    assert stranger.text_area(key="prompt").value == "a cozy cottage in a watercolor painting"
+    assert stranger.slider(key="canny_low").value == 100 and not stranger.checkbox(key="pick-1").value
+    reloaded.selectbox(key="sample").set_value("Bus (photo)").run()
+    again = app_page()
+    again.query_params["access"] = token
+    again.run()
+    assert again.selectbox(key="sample").value == "Bus (photo)"
+    assert not any(box.value for box in again.checkbox if box.key and box.key.startswith("pick-")), \
+        "picks belong to the photo they were made on"

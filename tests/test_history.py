@@ -64,7 +64,7 @@ def test_with_a_password_each_visitor_sees_only_their_own_history_and_a_reload_k
         reloaded.query_params["access"] = first.query_params["access"]  # a reload keeps the tab's address
         reloaded.session_state[OPEN_KEY] = True
         reloaded.run()
-        assert reloaded.session_state.get("result") is None, "the reload starts with an empty results panel"
+        assert reloaded.session_state["page"].result is None, "the reload starts with an empty results panel"
         assert reloaded.button(key=f"history-{mine[1].job}")
     finally:
         state.reset()
@@ -75,7 +75,7 @@ def test_with_the_outputs_folder_off_the_page_says_there_is_no_history(app_env, 
     state.reset()
     try:
         app = generate(app_page().run())
-        assert app.session_state["result"].images
+        assert app.session_state["page"].result.images
         assert any("No history: the outputs folder is turned off" in c.value for c in app.caption)
     finally:
         state.reset()

@@ -27,7 +27,7 @@ def test_a_picture_made_on_the_page_lands_in_the_outputs_folder_with_both_text_c
     state.reset()  # a server started with this OUTPUTS_DIR (conftest: a temporary folder)
     try:
         app = generate(app_page().run())
-        result = app.session_state["result"]
+        result = app.session_state["page"].result
         made = sorted(p.name for p in today(OUTPUTS).glob("*-result-*.png"))
         mine = [name for name in made if f"-result-{result.seed}-" in name]
         assert len(mine) == 1, made
@@ -52,7 +52,7 @@ def test_an_outputs_folder_that_cannot_be_written_gives_a_message_and_the_page_k
     state.reset()
     try:
         app = generate(app_page().run())
-        assert app.session_state["result"].images and not app.exception
+        assert app.session_state["page"].result.images and not app.exception
         assert any("could not be saved in the outputs folder" in w.value for w in app.warning)
         assert any(b.label == "Download PNG" for b in app.get("download_button"))
     finally:

@@ -132,7 +132,7 @@ def test_this_apps_png_round_trips_every_setting_into_the_page(app_env):
     app.slider(key="detect_conf").set_value(0.3).run()
     app.slider(key="steps").set_value(2).run()
     next(b for b in app.button if b.label == "Generate").click().run()
-    first = wait_for_the_job(app).session_state["result"].run_card
+    first = wait_for_the_job(app).session_state["page"].result.run_card
     saved = history.runs(OUTPUTS, None)[0].pictures[0]
 
     fresh = app_page().run()  # another tab: every widget at its default
@@ -142,7 +142,7 @@ def test_this_apps_png_round_trips_every_setting_into_the_page(app_env):
     fresh.button(key="png-info-use").click().run()
     assert not fresh.exception
     next(b for b in fresh.button if b.label == "Generate").click().run()
-    second = wait_for_the_job(fresh).session_state["result"].run_card
+    second = wait_for_the_job(fresh).session_state["page"].result.run_card
     assert second["request"] == first["request"] and second["seeds"] == first["seeds"]
 
 
@@ -163,7 +163,7 @@ def test_an_a1111_png_fills_the_page_and_lists_what_it_does_not_use(app_env):
     assert app.radio(key="preset").value == "custom"
     app.slider(key="steps").set_value(2).run()
     next(b for b in app.button if b.label == "Generate").click().run()
-    card = wait_for_the_job(app).session_state["result"].run_card  # the filled page runs
+    card = wait_for_the_job(app).session_state["page"].result.run_card  # the filled page runs
     assert (card["request"]["canny_high"], card["size"], card["seed"]) == (160, [512, 768], 3094711532)
 
 

@@ -269,17 +269,17 @@ def test_16_a_second_visitor_sees_a_live_preview_and_a_queue_place_not_a_busy_no
     first = app_page().run()
     first.slider(key="steps").set_value(150)
     next(b for b in first.button if b.label == "Generate").click().run()
-    running = first.session_state["job"]
+    running = first.session_state["page"].job
     second = app_page().run()
     try:
         assert running.active, "the first visitor's run is still going"
         shown = " ".join(str(getattr(e, "value", "")) for e in [*second.main, *second.sidebar])
         assert "Another" not in shown and "preview appears when" not in shown
-        assert second.session_state["detected_labels"], "the preview's detections are there during the run"
+        assert second.session_state["page"].detected_labels, "the preview's detections are there during the run"
         next(b for b in second.button if b.label == "Generate").click().run()
         assert any("your run is number 1 in the queue" in i.value for i in second.info)
     finally:
-        jobs = [running, second.session_state["job"]]
+        jobs = [running, second.session_state["page"].job]
         for job in jobs:
             if job is not None:
                 job.cancel()

@@ -175,6 +175,12 @@ class GenerationRequest:
                 raise InvalidRequestError(f"{name} must be a multiple of 8, got {getattr(self, name)}")
 
     @property
+    def guided(self) -> bool:
+        """Classifier-free guidance is on: only then do the negative prompt and guess mode act (diffusers skips the
+        unconditional pass at a CFG of 1 or less)."""
+        return guides(self.guidance_scale)
+
+    @property
     def full_prompt(self) -> str:
         return ", ".join(p for p in (self.prompt.strip(), self.added_prompt.strip()) if p)
 
@@ -224,6 +230,11 @@ def request_from(values: Any) -> GenerationRequest:
     converted = {name: tuple(value) if known[name].metadata["kind"] in ("classes", "ids") and isinstance(value, list)
                  else value for name, value in values.items()}
     return GenerationRequest(**converted)
+
+
+def guides(guidance_scale: float) -> bool:
+    """Whether a run at this CFG is guided (GenerationRequest.guided; the page asks before it has a request)."""
+    return guidance_scale > 1
 
 
 def request_field(name: str) -> Field:

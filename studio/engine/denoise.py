@@ -233,7 +233,7 @@ class Denoiser:
 
     def prompt_embeddings(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
         """CLIP's embeddings of the prompt (and of the negative prompt when CFG is on), computed once per text."""
-        guided = request.guidance_scale > 1
+        guided = request.guided
         key = (request.full_prompt, request.negative_prompt, guided)
         if key not in self._prompts:
             with torch.no_grad():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from studio.core.request import GenerationRequest
+from studio.page.page_state import page
 from studio.page.session import guarded, signed_in, visitor
 from studio.page.widgets import later
 from studio.serving import state
@@ -16,14 +17,14 @@ POLL_S = 1.0
 
 
 def start(jobs: JobQueue, request: GenerationRequest, max_upload_mb: int) -> None:
-    uploads = st.session_state.get(f"batch-{st.session_state.batch_key}") or []
+    uploads = st.session_state.get(f"batch-{page().batch_key}") or []
     try:
         photos = photos_of([(upload.name, upload.getvalue()) for upload in uploads], max_upload_mb * 2**20)
     except BatchError as exc:
-        st.session_state.batch_problem = str(exc)
+        page().batch_problem = str(exc)
         return
-    st.session_state.pop("batch_problem", None)
-    st.session_state.batch_key += 1  # the photos are the batch's now: an empty uploader for the next one
+    page().batch_problem = None
+    page().batch_key += 1  # the photos are the batch's now: an empty uploader for the next one
     state.start_batch(BatchRun(jobs, photos, request, visitor()))
 
 
@@ -54,10 +55,9 @@ def finished(run: BatchRun) -> None:
 
 
 def batch_panel(jobs: JobQueue, request: GenerationRequest | None, problem: str | None, max_upload_mb: int) -> None:
-    st.session_state.setdefault("batch_key", 0)
     with st.expander("Many photos at once (batch)"):
         uploads = st.file_uploader("Photos, or a zip of photos: each gets the prompt and settings above",
-                                   accept_multiple_files=True, key=f"batch-{st.session_state.batch_key}")
+                                   accept_multiple_files=True, key=f"batch-{page().batch_key}")
         run = state.batch(visitor())
         if run is not None and run.active:
             batch_progress()
@@ -65,8 +65,8 @@ def batch_panel(jobs: JobQueue, request: GenerationRequest | None, problem: str 
         if run is not None:
             run.touch()  # its zip is kept while its page shows it
             finished(run)
-        if st.session_state.get("batch_problem"):
-            st.error(st.session_state.batch_problem)
+        if page().batch_problem:
+            st.error(page().batch_problem)
         st.button("Start the batch", key="batch-start", disabled=not uploads or request is None, help=problem,
                   on_click=guarded(start), args=(jobs, request, max_upload_mb))
         st.caption("The photos' runs wait their turn in the queue, one at a time; each is also saved in the "

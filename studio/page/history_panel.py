@@ -13,6 +13,7 @@ from studio.core.errors import InvalidImageError
 from studio.core.png_info import read_png_info, style_lora
 from studio.core.run_card import PARAMETERS_KEY
 from studio.page.fill import fill
+from studio.page.page_state import page
 from studio.page.session import guarded, history_owner, signed_in
 from studio.page.widgets import later
 from studio.serving import history
@@ -26,7 +27,7 @@ def reuse(picture: Path, names: dict[int, str], offered: list[str], any_lora: bo
     try:
         found = read_png_info(picture.read_bytes())
     except (OSError, InvalidImageError):
-        st.session_state.notice = ("error", "That picture is no longer in the outputs folder.")
+        page().notice = ("error", "That picture is no longer in the outputs folder.")
         return
     lora, weight, _ = style_lora(found, offered, any_lora)
     fill({**found.values, **({"lora_weight": weight} if weight is not None else {})}, names, lora)

@@ -21,6 +21,7 @@ from studio.serving.batch_jobs import BatchRun
 from studio.serving.jobs import JobQueue
 from studio.serving.prefetch import NO_INTERNET
 from studio.serving.previews import Previews
+from studio.serving.saved_settings import SavedSettings
 
 log = logging.getLogger(__name__)
 READY = "ready"
@@ -31,6 +32,7 @@ _queues: dict[str, JobQueue] = {}
 _previews: dict[str, Previews] = {}
 _progress: dict[str, str] = {}
 _batches: dict[str, BatchRun] = {}  # visitor -> their latest batch, so a reload finds it
+_saved = SavedSettings()
 
 
 def models() -> str:
@@ -152,12 +154,18 @@ def start_batch(run: BatchRun) -> BatchRun:
     return run
 
 
+def saved_settings() -> SavedSettings:
+    """The visitors' page settings (saved_settings.py), one store per server process."""
+    return _saved
+
+
 def reset() -> None:
     """Forget everything (tests: a fresh server with other settings); running workers are stopped."""
     with _lock:
         for run in _batches.values():
             run.cancel()
         _batches.clear()
+        _saved.clear()
         for queue in _queues.values():
             queue.shutdown()
         _queues.clear()

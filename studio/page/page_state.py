@@ -1,0 +1,35 @@
+"""The page's own bookkeeping, typed and under one session key: what it keeps between runs besides the widgets'
+values (those are keyed by FORM, form.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import streamlit as st
+
+PAGE_KEY = "page"
+
+
+@dataclass
+class PageState:
+    job: Any = None  # this visitor's run (jobs.Job), while the page has not collected it
+    attached: bool = False  # looked for this visitor's run on its way (a reload, a new tab) and restored settings
+    result: Any = None  # the last run's GenerationResult
+    input_image: Any = None  # the photo it ran on
+    result_time: str = ""
+    scroll_to_result: bool = False  # once per new result (a phone stacks the columns)
+    notice: tuple[str, str] | None = None  # ("warning" or "error", text), shown once
+    downloads: tuple[Any, dict[str, bytes], bytes] | None = None  # (result, its files, their zip)
+    pictures: tuple[Any, list[bytes]] | None = None  # (result, its images as the page shows them)
+    pending_example: str | None = None  # an example that waits for "replace my settings?"
+    filled_from: dict[str, Any] | None = None  # the settings as the page opened or an example filled them
+    upload_key: int = 0  # a new key: a new, empty uploader
+    objects_of: str | None = None  # the photo whose objects the picks and object prompts name
+    detected_labels: list[str] = field(default_factory=list)
+    batch_key: int = 0
+    batch_problem: str | None = None
+
+
+def page() -> PageState:
+    return st.session_state.setdefault(PAGE_KEY, PageState())
