@@ -149,8 +149,10 @@ class Settings:
     max_queue: int = setting("MAX_QUEUE", 20, whole("jobs", minimum=1))
     max_queued_per_visitor: int = setting("MAX_QUEUED_PER_VISITOR", 2, whole("jobs", minimum=0))
     abandon_s: float = setting("ABANDON_S", 60.0, number("seconds", 1.0))
-    # the sidebar's queue line: each poll costs about 600 bytes of a metered tunnel
+    # the sidebar's queue line: each poll sends the page's widget states up and the line down (a few KB of a
+    # metered tunnel), so it polls often only while the server has work
     queue_poll_s: float = setting("QUEUE_POLL_S", 10.0, number("seconds", 1.0))
+    queue_idle_poll_s: float = setting("QUEUE_IDLE_POLL_S", 300.0, number("seconds", 1.0))
     trusted_proxy_hops: int = setting("TRUSTED_PROXY_HOPS", 0, whole("proxies", minimum=0))
     outputs_dir: Path | None = setting("OUTPUTS_DIR", _default_outputs_dir, folder)  # OUTPUTS_DIR= (empty): off
     api_result_ttl_s: int = setting("API_RESULT_TTL_S", 3600, whole("seconds"))

@@ -61,13 +61,13 @@ def control_preview(preview: ControlPreview, image: Any, detections: list[Detect
     tinted), the detections, and the detail crops."""
     control_tab, detections_tab = st.tabs(["Control image", f"Detections ({len(detections)})"])
     width, height = preview.size
-    photo_column, control_column = control_tab.columns(2)
-    photo_column.image(display.photo(preview.picture), width="stretch", caption="Your photo, as it is placed")
+    row = control_tab.container(horizontal=True, wrap=False)  # side by side on a phone too: half the height
+    row.image(display.photo(preview.picture), width="stretch", caption="Your photo, as it is placed")
     if preview.mask is not None:
-        control_column.image(display.photo(overlay_mask(preview.control_image, preview.mask)), width="stretch",
+        row.image(display.photo(overlay_mask(preview.control_image, preview.mask)), width="stretch",
                              caption=f"Control image preview, {width}x{height}; tinted red: what will be repainted")
     else:
-        control_column.image(display.edges(preview.control_image), width="stretch", output_format="PNG",
+        row.image(display.edges(preview.control_image), width="stretch", output_format="PNG",
                              caption=f"Control image preview, {width}x{height}")
     detections_tab.image(display.photo(draw_detections(image, detections, picked)),
                          caption=f"{len(detections)} detections", width="stretch")

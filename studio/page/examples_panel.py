@@ -74,8 +74,9 @@ def keep_mine() -> None:
 
 def examples_panel() -> None:
     available = [name for name, example in EXAMPLES.items() if example["sample"] in SAMPLES]
-    for column, name in zip(st.columns(len(available)), available):
-        column.button(name, key=f"example-{name}", on_click=guarded(ask_example), args=(name,), width="stretch")
+    row = st.container(horizontal=True)  # a row that wraps: two rows of two on a phone, not four of one
+    for name in available:
+        row.button(name, key=f"example-{name}", on_click=guarded(ask_example), args=(name,))
     pending = page().pending_example
     if pending is not None:
         st.warning(f"The example *{pending}* replaces your photo and settings.")

@@ -27,8 +27,9 @@ class PageState:
     upload_key: int = 0  # a new key: a new, empty uploader
     objects_of: str | None = None  # the photo whose objects the picks and object prompts name
     detected_labels: list[str] = field(default_factory=list)
-    batch_key: int = 0
+    batch_key: int = 0  # as upload_key, for the batch's uploader
     batch_problem: str | None = None
+    png_info: tuple[str, Any] | None = None  # (the PNG Info upload's id, what it says): read once per upload
 
 
 def page() -> PageState:

@@ -10,10 +10,10 @@ from studio.core.errors import InvalidImageError
 from studio.core.png_info import PngSettings, read_png_info, style_lora
 from studio.core.request import request_field
 from studio.page.fill import fill
+from studio.page.page_state import page
 from studio.page.session import guarded
 from studio.page.widgets import plain
 
-PARSED_KEY = "png-info-parsed"
 
 
 def shown(values: dict[str, Any], lora: str | None, weight: float | None) -> list[dict[str, str]]:
@@ -27,13 +27,13 @@ def shown(values: dict[str, Any], lora: str | None, weight: float | None) -> lis
 
 def parsed(upload: Any) -> PngSettings | InvalidImageError:
     """The upload's settings, read once per upload (the panel reruns with every widget the visitor moves)."""
-    kept = st.session_state.get(PARSED_KEY)
+    kept = page().png_info
     if kept is None or kept[0] != upload.file_id:
         try:
             found: PngSettings | InvalidImageError = read_png_info(upload.getvalue())
         except InvalidImageError as exc:
             found = exc
-        kept = st.session_state[PARSED_KEY] = (upload.file_id, found)
+        kept = page().png_info = (upload.file_id, found)
     return kept[1]
 
 

@@ -9,7 +9,6 @@ import streamlit as st
 from studio.core.presets import CUSTOM, PRESETS, distilled_by
 from studio.core.request import GenerationRequest, request_field
 from studio.core.settings import Settings
-from studio.page.form import guided
 from studio.page.opening import opening_preset
 from studio.page.widgets import draw
 from studio.serving.jobs import JobQueue
@@ -17,9 +16,6 @@ from studio.serving.jobs import JobQueue
 
 def prompt_panel() -> None:
     draw(st, "prompt")
-    if not guided(st.session_state):
-        st.caption("At a CFG of 1 or less (this preset's) the negative prompt and guess mode have nothing to act on: "
-                   "there is no unconditional pass for them to steer.")
 
 
 def preset_speed(jobs: JobQueue, name: str, size: tuple[int, int] | None) -> str:

@@ -10,6 +10,7 @@ import streamlit as st
 from studio.core.request import MAX_PROMPT_CHARS, request_field
 from studio.core.settings import Settings
 from studio.engine.loras import offered as offered_loras
+from studio.page.form import guided
 from studio.page.page_state import page
 from studio.page.rules import last_seed, new_seed
 from studio.page.session import guarded
@@ -43,6 +44,9 @@ def generation_panel(settings: Settings) -> None:
     with st.expander("Generation settings"):
         draw(st, "generation", {"seed_toggle": seed_toggle, "seed_row": seed_row, "size_toggle": size_toggle,
                                 "control_range": control_range})
+        if not guided(st.session_state):
+            st.caption("At a CFG of 1 or less (this preset's) the negative prompt and guess mode have nothing to act "
+                       "on: there is no unconditional pass for them to steer.")
     with st.expander("Style LoRA"):
         draw(st, "lora", {"lora": lambda where, key, **options: lora_choice(where, key, settings)})
 

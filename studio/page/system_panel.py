@@ -10,12 +10,26 @@ from studio.serving import state
 from studio.serving.jobs import JobQueue
 
 
-@st.fragment(run_every=state.setting("queue_poll_s"))
+def busy(jobs: JobQueue) -> bool:
+    return jobs.running + jobs.waiting > 0
+
+
 def queue_line(jobs: JobQueue) -> None:
-    """The queue as it is now: a fragment of its own, so the line follows the jobs without rerunning the page."""
-    if signed_in():
-        st.markdown(f"**Queue:** {jobs.running} running, {jobs.waiting} waiting, {len(jobs.workers)} "
-                    f"worker{'s' if len(jobs.workers) > 1 else ''}")
+    """The queue as it is now: a fragment of its own, so the line follows the jobs without rerunning the page.
+    It polls every QUEUE_POLL_S while the server has work and every QUEUE_IDLE_POLL_S while it has none (each poll
+    sends every widget's state up the tunnel: an idle tab would otherwise cost a megabyte an hour)."""
+    now_busy = busy(jobs)
+    every = state.setting("queue_poll_s" if now_busy else "queue_idle_poll_s")
+    st.fragment(queue_line_now, run_every=every)(jobs, now_busy)
+
+
+def queue_line_now(jobs: JobQueue, was_busy: bool) -> None:
+    if not signed_in():
+        return
+    if busy(jobs) != was_busy:
+        st.rerun()  # the page once more, which sets the line's pace for the queue as it is now
+    st.markdown(f"**Queue:** {jobs.running} running, {jobs.waiting} waiting, {len(jobs.workers)} "
+                f"worker{'s' if len(jobs.workers) > 1 else ''}")
 
 
 def system_panel(jobs: JobQueue) -> None:

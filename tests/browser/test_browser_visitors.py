@@ -9,7 +9,7 @@ import time
 import pytest
 
 from helpers import sample_scene
-from pages import RUNNING, new_page, prepare_a_long_run, press, results_seed, wait_until_idle
+from pages import RUNNING, new_page, prepare_a_long_run, press, results_seed, slider, unfold, wait_until_idle
 
 QUEUE_LINE = re.compile(r"Queue: (\d+) running, (\d+) waiting")
 
@@ -30,8 +30,9 @@ def wait_for_an_empty_queue(page, timeout_s: float = 60.0) -> None:
 
 @pytest.fixture
 def abandoning(servers):
-    """A server that cancels a job nobody polled for 5 s, and whose queue line polls every second."""
-    return servers.get(ABANDON_S="5", QUEUE_POLL_S="1")
+    """A server that cancels a job nobody polled for 5 s, and whose queue line polls every second (every 2 s while
+    the queue is empty)."""
+    return servers.get(ABANDON_S="5", QUEUE_POLL_S="1", QUEUE_IDLE_POLL_S="2")
 
 
 @pytest.fixture
@@ -98,6 +99,31 @@ def test_a_visitor_past_its_share_is_refused_with_the_reason_and_another_visitor
         page.get_by_role("button", name="Cancel").click()
 
 
+def test_a_reload_restores_the_prompt_the_preset_the_sliders_and_the_picks(server, page):
+    page.goto(server)
+    page.get_by_text("Control image preview").wait_for(timeout=120_000)
+    prompt = page.get_by_label("Prompt", exact=True)
+    prompt.fill("a red barn at dusk")
+    prompt.press("Control+Enter")
+    wait_until_idle(page)
+    page.get_by_text("Turbo", exact=True).click()
+    wait_until_idle(page)
+    press(page, "Canny low", "ArrowLeft", "ArrowLeft")
+    pick = page.get_by_text(re.compile(r"^#1 square"))
+    unfold(page, pick)
+    pick.click()
+    wait_until_idle(page)
+    page.reload()
+    page.get_by_text("Control image preview").wait_for(timeout=120_000)
+    wait_until_idle(page)
+    assert page.get_by_label("Prompt", exact=True).input_value() == "a red barn at dusk"
+    assert page.get_by_role("radio", name="Turbo").is_checked()
+    unfold(page, slider(page, "Canny low"))
+    assert slider(page, "Canny low").input_value() == "98"
+    unfold(page, page.get_by_role("checkbox", name=re.compile(r"^#1 square")))
+    assert page.get_by_role("checkbox", name=re.compile(r"^#1 square")).is_checked()
+
+
 def test_a_refused_upload_says_why_in_sight_and_generate_waits_for_a_usable_one(server, page, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("these are my notes, not a picture")
@@ -122,7 +148,13 @@ def test_on_a_phone_the_page_is_short_and_the_result_comes_into_sight_when_the_r
     page.get_by_text("Control image preview").wait_for(timeout=120_000)
     wait_until_idle(page)
     height = page.evaluate("document.querySelector(\"[data-testid='stMain']\").scrollHeight")  # the sidebar apart
-    assert height <= 3.1 * 844, f"{height} px: {height / 844:.1f} screens before any result"
+    assert height <= 3 * 844, f"{height} px: {height / 844:.2f} screens before any result"
+    preset = page.get_by_role("radiogroup").filter(has_text="Turbo").bounding_box()
+    generate = page.get_by_role("button", name="Generate").bounding_box()
+    distance = abs(generate["y"] + generate["height"] - preset["y"])
+    print(f"phone 390x844: {height} px before a result ({height / 844:.2f} screens); the preset's top to "
+          f"Generate's bottom {distance:.0f} px")
+    assert distance <= 844, f"the preset and Generate are {distance:.0f} px apart, more than a screen"
     press(page, "Steps", "Home", "ArrowRight")
     press(page, "Resolution", "Home")
     page.get_by_role("button", name="Generate").click()
@@ -190,3 +222,27 @@ def test_a_visit_costs_at_most_600_kb_and_each_further_image_at_most_150_kb(serv
     assert visit["media"] + visit["other"] + visit["websocket"] <= 600_000, costs
     assert sent["media"] + sent["other"] + sent["websocket"] <= 150_000, costs
     assert visit["static"] <= 3_000_000, "Streamlit's own scripts travel compressed (6.7 MB as they are)"
+
+
+def test_an_idle_tab_sends_at_most_100_kb_an_hour_upstream(abandoning, page):
+    """An open tab with nothing running polls only the queue line, at QUEUE_IDLE_POLL_S (this server: 2 s; by
+    default 300 s). Each poll sends the page's widget states up and gets the line back: counted here per poll and
+    scaled to an hour at the default pace."""
+    from studio.core.settings import Settings
+
+    sent, received = [], []
+    page.on("websocket", lambda ws: (ws.on("framesent", lambda payload: sent.append(len(payload))),
+                                     ws.on("framereceived", lambda payload: received.append(len(payload)))))
+    page.goto(abandoning.url)
+    page.get_by_text("Control image preview").wait_for(timeout=120_000)
+    wait_until_idle(page, quiet_s=3.0)
+    first_up, first_down, polls_from = sum(sent), sum(received), len(sent)
+    page.wait_for_timeout(20_000)
+    polls = len(sent) - polls_from
+    up, down = sum(sent) - first_up, sum(received) - first_down
+    assert 6 <= polls <= 12, f"{polls} messages up in 20 s: the line polls every 2 s while the queue is empty"
+    per_hour = 3600 / Settings.queue_idle_poll_s
+    costs = f"{polls} polls: {up / polls:.0f} B up and {down / polls:.0f} B down each"
+    print(costs, f"; an hour idle at the default pace: {up / polls * per_hour / 1000:.0f} KB up, "
+                 f"{down / polls * per_hour / 1000:.0f} KB down")
+    assert up / polls * per_hour <= 100_000, costs
