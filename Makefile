@@ -41,7 +41,7 @@ $(KAGGLE_WHEELS)/.filled: $(VENV)/.test-installed requirements_kaggle.txt tests/
 
 # The upload limit comes from the app's own settings parser (a bad MAX_UPLOAD_MB stops here, named).
 run: $(VENV)/.app-installed
-	size=$$($(PY) -m studio.core.settings MAX_UPLOAD_MB) && $(PY) -m streamlit run studio/serving/server.py --server.maxUploadSize $$size
+	size=$$($(PY) -m studio.core.settings STREAMLIT_UPLOAD_MB) && $(PY) -m streamlit run studio/serving/server.py --server.maxUploadSize $$size
 
 test: $(VENV)/.test-installed $(KAGGLE_WHEELS)/.filled lint
 	$(PY) -m pytest

@@ -125,13 +125,13 @@ def stop(state_dir: Path = STATE_DIR) -> bool:
     return stopped
 
 
-def max_upload_mb() -> int:
-    """MAX_UPLOAD_MB, read by the app's own settings parser: Streamlit's upload limit (which refuses bigger
-    uploads before the app sees them) follows it."""
+def streamlit_upload_mb() -> int:
+    """Streamlit's upload limit, made from MAX_UPLOAD_MB by the app's own settings parser (Settings.
+    streamlit_upload_mb: a file over MAX_UPLOAD_MB still reaches the page, which refuses it by name)."""
     from studio.core.settings import Settings
 
     try:
-        return Settings.from_env().max_upload_mb
+        return Settings.from_env().streamlit_upload_mb
     except ValueError as exc:
         raise LaunchError(str(exc)) from None
 
@@ -327,7 +327,7 @@ def start(port: int = 8501, tunnel: str = "none", models: str | None = None, aut
     log = state_dir / "streamlit.log"
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
                "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-               "--browser.gatherUsageStats", "false", "--server.maxUploadSize", str(max_upload_mb())]
+               "--browser.gatherUsageStats", "false", "--server.maxUploadSize", str(streamlit_upload_mb())]
     with open(log, "w") as log_file:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)

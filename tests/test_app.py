@@ -584,3 +584,20 @@ def test_a_reload_restores_the_visitors_prompt_preset_sliders_and_picks(app):
     assert again.selectbox(key="sample").value == "Bus (photo)"
     assert not any(box.value for box in again.checkbox if box.key and box.key.startswith("pick-")), \
         "picks belong to the photo they were made on"
+
+
+def test_the_previews_mask_is_the_mask_the_run_repaints_and_another_photo_starts_clean(app):
+    from studio.core.request import request_from
+    from studio.page.examples_panel import SAMPLES
+
+    app.selectbox(key="regenerate").set_value("objects").run()
+    app.checkbox(key="pick-3").check().run()
+    result = generate(app).session_state["page"].result
+    previews = state.previews()
+    image, key = previews.image(SAMPLES["Shapes scene"])
+    preview = previews.preview(image, key, request_from(result.run_card["request"]))
+    shown = np.asarray(preview.mask) > 0
+    assert np.array_equal(shown, np.asarray(result.mask) > 0)
+    assert 0 < shown.mean() < 0.2, "one square, not every object"
+    app.selectbox(key="sample").set_value("Bus (photo)").run()
+    assert not any(box.value for box in app.checkbox if box.key and box.key.startswith("pick-"))

@@ -391,14 +391,14 @@ def test_02_streamlits_upload_limit_follows_max_upload_mb(tmp_path, monkeypatch,
     started = launch.start(port, "none", "tiny", state_dir=tmp_path, quiet=True)
     try:
         command = Path(f"/proc/{started.pid}/cmdline").read_bytes().split(b"\0")
-        assert command[command.index(b"--server.maxUploadSize") + 1] == b"3"
+        assert command[command.index(b"--server.maxUploadSize") + 1] == b"6", "twice: the page refuses by name"
     finally:
         launch.stop(tmp_path)
     monkeypatch.setenv("MAX_UPLOAD_MB", "lots")
     with pytest.raises(launch.LaunchError, match="MAX_UPLOAD_MB must be a whole number"):
         launch.start(port, "none", "tiny", state_dir=tmp_path, quiet=True)
     makefile = (ROOT / "Makefile").read_text()
-    assert ("-m studio.core.settings MAX_UPLOAD_MB) && $(PY) -m streamlit run studio/serving/server.py "
+    assert ("-m studio.core.settings STREAMLIT_UPLOAD_MB) && $(PY) -m streamlit run studio/serving/server.py "
             "--server.maxUploadSize $$size" in makefile)
 
 

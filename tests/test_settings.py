@@ -136,12 +136,12 @@ def test_the_launcher_and_make_run_read_the_upload_limit_with_the_apps_parser(mo
 
     monkeypatch.setenv("MAX_UPLOAD_MB", "0")
     with pytest.raises(launch.LaunchError, match="MAX_UPLOAD_MB must be a whole number of megabytes"):
-        launch.max_upload_mb()
-    refused = subprocess.run([sys.executable, "-m", "studio.core.settings", "MAX_UPLOAD_MB"], cwd=ROOT,
+        launch.streamlit_upload_mb()
+    refused = subprocess.run([sys.executable, "-m", "studio.core.settings", "STREAMLIT_UPLOAD_MB"], cwd=ROOT,
                              capture_output=True, text=True)
     assert refused.returncode == 1 and "MAX_UPLOAD_MB must be" in refused.stderr
     monkeypatch.setenv("MAX_UPLOAD_MB", "7")
-    read = subprocess.run([sys.executable, "-m", "studio.core.settings", "MAX_UPLOAD_MB"], cwd=ROOT,
+    read = subprocess.run([sys.executable, "-m", "studio.core.settings", "STREAMLIT_UPLOAD_MB"], cwd=ROOT,
                           capture_output=True, text=True)
-    assert (read.returncode, read.stdout.strip(), launch.max_upload_mb()) == (0, "7", 7)
-    assert "-m studio.core.settings MAX_UPLOAD_MB" in (ROOT / "Makefile").read_text()
+    assert (read.returncode, read.stdout.strip(), launch.streamlit_upload_mb()) == (0, "14", 14)
+    assert "-m studio.core.settings STREAMLIT_UPLOAD_MB" in (ROOT / "Makefile").read_text()

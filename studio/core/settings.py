@@ -187,9 +187,20 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
+    @property
+    def streamlit_upload_mb(self) -> int:
+        """Streamlit's own upload limit (server.maxUploadSize): above MAX_UPLOAD_MB, so that a file over the limit
+        reaches the page and is refused there by its name and size. Streamlit refuses a larger one in the browser
+        with only a red mark whose reason is hover text."""
+        return UPLOAD_HEADROOM * self.max_upload_mb
+
     def preset_lora(self, preset: str) -> str | None:
         """The distillation LoRA a preset loads: its PRESET_LORA_<NAME> setting, or None for a preset without."""
         return {"fast": self.preset_lora_fast, "turbo": self.preset_lora_turbo}.get(preset)
+
+
+UPLOAD_HEADROOM = 2  # Streamlit takes uploads up to twice MAX_UPLOAD_MB: see Settings.streamlit_upload_mb
+DERIVED = {"STREAMLIT_UPLOAD_MB": "streamlit_upload_mb"}  # values made from the settings, printed as they are
 
 
 def variables() -> dict[str, str]:
@@ -199,7 +210,7 @@ def variables() -> dict[str, str]:
 
 def main(argv: list[str]) -> int:
     """Print one setting's value as the app reads it, or say what is wrong with it (exit 1)."""
-    names = variables()
+    names = {**variables(), **DERIVED}
     if len(argv) != 1 or argv[0] not in names:
         print(f"usage: python -m studio.core.settings VARIABLE  (one of {', '.join(names)})", file=sys.stderr)
         return 2

@@ -23,6 +23,9 @@ def photo_panel(previews: Previews, max_upload_mb: int) -> tuple[Any, str] | tup
     st.toggle("Use the camera", key="use_camera")
     photo = st.camera_input("Take a photo") if st.session_state.use_camera else None
     try:
+        if upload is not None and upload.size > max_upload_mb * 2**20:
+            raise InvalidImageError(f"It is {upload.size / 2**20:.1f} MB, and this server takes photos up to "
+                                    f"{max_upload_mb} MB (MAX_UPLOAD_MB).")
         if upload is not None:
             return previews.image(upload.getvalue(), visitor())
         if photo is not None:

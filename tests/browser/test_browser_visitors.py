@@ -125,10 +125,19 @@ def test_a_reload_restores_the_prompt_the_preset_the_sliders_and_the_picks(serve
 
 
 def test_a_refused_upload_says_why_in_sight_and_generate_waits_for_a_usable_one(server, page, tmp_path):
-    notes = tmp_path / "notes.txt"
-    notes.write_text("these are my notes, not a picture")
+    big = tmp_path / "holiday.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(25 * 2**20))  # 25 MB, over MAX_UPLOAD_MB's 20
     page.goto(server)
     page.get_by_text("Control image preview").wait_for(timeout=120_000)
+    page.locator("input[type='file']").first.set_input_files(str(big))
+    too_big = page.get_by_text("'holiday.png' cannot be used: It is 25.0 MB, and this server takes photos up to 20 MB")
+    too_big.wait_for(timeout=60_000)
+    wait_until_idle(page)
+    assert too_big.is_visible() and page.get_by_role("button", name="Generate").is_disabled(), \
+        "no run paints the sample instead"
+    assert page.get_by_text("…or a sample image").count() == 0
+    notes = tmp_path / "notes.txt"
+    notes.write_text("these are my notes, not a picture")
     page.locator("input[type='file']").first.set_input_files(str(notes))
     reason = page.get_by_text("'notes.txt' cannot be used: This file is not an image that can be read")
     reason.wait_for(timeout=60_000)
