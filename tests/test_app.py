@@ -601,3 +601,8 @@ def test_the_previews_mask_is_the_mask_the_run_repaints_and_another_photo_starts
     assert 0 < shown.mean() < 0.2, "one square, not every object"
     app.selectbox(key="sample").set_value("Bus (photo)").run()
     assert not any(box.value for box in app.checkbox if box.key and box.key.startswith("pick-"))
+
+
+def test_the_tiny_decoder_switch_beside_the_preset_reaches_the_run(app):
+    app.checkbox(key="fast_decode").check().run()
+    assert generate(app).session_state["page"].result.run_card["request"]["fast_decode"] is True

@@ -73,7 +73,7 @@ FORM: tuple[Widget, ...] = (
     Widget("added_prompt", "prompt"),
     Widget("negative_prompt", "prompt", enabled=guided),
     Widget("preset", "preset", on_change="use_preset", draw="preset"),
-    Widget("fast_decode", "generation"),
+    Widget("fast_decode", "preset"),
     Widget("steps", "generation", on_change="leave_preset"),
     Widget("guidance_scale", "generation", beside=True, on_change="leave_preset"),
     Widget("num_images", "generation"),
