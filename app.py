@@ -25,7 +25,7 @@ from studio.page.photo_panel import photo_panel
 from studio.page.png_info_panel import png_info_panel
 from studio.page.prompt_panel import preset_panel, prompt_panel
 from studio.page.results_panel import results_panel, side_by_side_panel
-from studio.page.rules import forget_objects_of_another_photo
+from studio.page.rules import show_photo
 from studio.page.settings_panel import detection_panel, generation_panel
 from studio.page.system_panel import system_panel
 from studio.serving import state
@@ -58,7 +58,7 @@ def main() -> None:
     input_column, output_column = st.columns([1, 1.2], gap="medium")
     with input_column:
         image, key = photo_panel(previews, settings.max_upload_mb)
-        forget_objects_of_another_photo(key)
+        show_photo(key, names)
         prompt_panel()
         request, preview, problem = page_request(previews, image, key, names)
         preset_panel(settings, jobs, preview.size if preview is not None else None)

@@ -49,6 +49,17 @@ def image_captions(node) -> list[str]:
     return found
 
 
+def pick(app: AppTest, object_id: int):
+    """The objects list's checkbox of one object (its key carries the photo's objects tag, form.objects_tag)."""
+    return next(box for box in app.checkbox if box.key and box.key.startswith("pick-")
+                and box.key.endswith(f"-{object_id}"))
+
+
+def object_prompt(app: AppTest, object_id: int):
+    return next(field for field in app.text_input if field.key and field.key.startswith("object-prompt-")
+                and field.key.endswith(f"-{object_id}"))
+
+
 def generate(app: AppTest) -> AppTest:
     app.slider(key="steps").set_value(2)
     app.slider(key="resolution").set_value(256)
@@ -442,8 +453,8 @@ def test_objects_are_listed_one_by_one_and_a_picked_one_with_its_prompt_is_the_o
     assert picks == ["#0 circle 0.96", "#1 square 0.96", "#2 triangle 0.95", "#3 square 0.91"]
     app.selectbox(key="regenerate").set_value("detail").run()
     assert (app.slider(key="strength").value, app.checkbox(key="color_match").value) == (0.4, True)
-    app.checkbox(key="pick-3").check().run()
-    app.text_input(key="object-prompt-3").input("a red box").run()
+    pick(app, 3).check().run()
+    object_prompt(app, 3).input("a red box").run()
     crops = [caption for caption in image_captions(app.main) if caption.startswith("#")]
     assert crops == ["#3 square · 512x512"], "the one detail crop, at the size it will be sampled"
     generate(app)
@@ -457,8 +468,8 @@ def test_objects_are_listed_one_by_one_and_a_picked_one_with_its_prompt_is_the_o
 def test_two_objects_with_their_prompts_in_one_pass_with_soft_edges_reach_the_run(app):
     app.selectbox(key="regenerate").set_value("objects").run()
     for object_id, prompt in ((1, "a red box"), (3, "a blue box")):
-        app.checkbox(key=f"pick-{object_id}").check().run()
-        app.text_input(key=f"object-prompt-{object_id}").input(prompt).run()
+        pick(app, object_id).check().run()
+        object_prompt(app, object_id).input(prompt).run()
     app.selectbox(key="object_prompt_mode").set_value("one_pass").run()
     app.checkbox(key="soft_mask").check().run()
     app.slider(key="steps").set_value(2).run()
@@ -481,8 +492,8 @@ def test_a_repaint_at_strength_0_says_nothing_was_repainted_and_shows_no_repaint
 
 
 def test_another_picture_starts_with_no_object_picked(app):
-    app.checkbox(key="pick-1").check().run()
-    app.text_input(key="object-prompt-1").input("a cat").run()
+    pick(app, 1).check().run()
+    object_prompt(app, 1).input("a cat").run()
     app.selectbox(key="sample").set_value("Bus (photo)").run()
     assert not app.exception
     picks = [box for box in app.checkbox if box.key and box.key.startswith("pick-")]
@@ -538,14 +549,14 @@ def test_a_reload_finds_the_visitors_running_job_and_another_visitor_does_not(ap
 
 
 def test_things_found_by_name_are_listed_picked_and_repainted_and_a_new_name_unpicks(app):
-    app.checkbox(key="pick-1").check().run()
+    pick(app, 1).check().run()
     app.text_input(key="find").input("the square").run()
     labels = [box.label for box in app.checkbox if box.key and box.key.startswith("pick-")]
     assert labels == ["#0 the square 0.96", "#1 the square 0.91"]
     assert not any(box.value for box in app.checkbox if box.key and box.key.startswith("pick-")), \
         "ids name other objects now"
     app.selectbox(key="regenerate").set_value("objects").run()
-    app.checkbox(key="pick-1").check().run()
+    pick(app, 1).check().run()
     app.slider(key="steps").set_value(2).run()
     generate(app)
     card = app.session_state["page"].result.run_card
@@ -561,8 +572,8 @@ def test_a_reload_restores_the_visitors_prompt_preset_sliders_and_picks(app):
     app.slider(key="canny_low").set_value(77).run()
     app.slider(key="resolution").set_value(320).run()
     app.selectbox(key="regenerate").set_value("objects").run()
-    app.checkbox(key="pick-1").check().run()
-    app.text_input(key="object-prompt-1").input("a blue door").run()
+    pick(app, 1).check().run()
+    object_prompt(app, 1).input("a blue door").run()
     reloaded = app_page()
     reloaded.query_params["access"] = token  # a reload keeps the tab's address
     reloaded.run()
@@ -571,12 +582,12 @@ def test_a_reload_restores_the_visitors_prompt_preset_sliders_and_picks(app):
     assert reloaded.radio(key="preset").value == "turbo" and reloaded.slider(key="steps").value == 2
     assert (reloaded.slider(key="canny_low").value, reloaded.slider(key="resolution").value) == (77, 320)
     assert reloaded.selectbox(key="regenerate").value == "objects"
-    assert reloaded.checkbox(key="pick-1").value and reloaded.text_input(key="object-prompt-1").value == "a blue door"
-    assert not reloaded.checkbox(key="pick-0").value
+    assert pick(reloaded, 1).value and object_prompt(reloaded, 1).value == "a blue door"
+    assert not pick(reloaded, 0).value
     stranger = app_page()
     stranger.run()
     assert stranger.text_area(key="prompt").value == "a cozy cottage in a watercolor painting"
-    assert stranger.slider(key="canny_low").value == 100 and not stranger.checkbox(key="pick-1").value
+    assert stranger.slider(key="canny_low").value == 100 and not pick(stranger, 1).value
     reloaded.selectbox(key="sample").set_value("Bus (photo)").run()
     again = app_page()
     again.query_params["access"] = token
@@ -591,7 +602,7 @@ def test_the_previews_mask_is_the_mask_the_run_repaints_and_another_photo_starts
     from studio.page.examples_panel import SAMPLES
 
     app.selectbox(key="regenerate").set_value("objects").run()
-    app.checkbox(key="pick-3").check().run()
+    pick(app, 3).check().run()
     result = generate(app).session_state["page"].result
     previews = state.previews()
     image, key = previews.image(SAMPLES["Shapes scene"])

@@ -10,7 +10,7 @@ from studio.core.request import GenerationRequest
 from studio.page import form
 from studio.serving.saved_settings import MAX_BYTES, SavedSettings
 
-CLASSES = form.Classes({0: "circle", 1: "square", 2: "triangle"})
+CONTEXT = form.Context({0: "circle", 1: "square", 2: "triangle"}, "path:/photos/scene.png")
 
 
 def test_every_request_field_has_a_widget_row_or_a_conversion():
@@ -21,6 +21,16 @@ def test_every_request_field_has_a_widget_row_or_a_conversion():
     assert missing == []
     converted_keys = {key for item in form.CONVERTED for key in item.defaults}
     assert not (rows - {item.name for item in fields(GenerationRequest)} - converted_keys), "rows name widgets"
+
+
+def test_each_rows_callback_is_a_rule_and_each_enabled_test_reads_the_widgets():
+    from studio.page import rules
+
+    page = form.defaults(GenerationRequest.preset)
+    for widget in form.FORM:
+        assert widget.on_change is None or callable(getattr(rules, widget.on_change)), widget.key
+        assert widget.enabled is None or isinstance(widget.enabled(page), bool), widget.key
+    assert not form.guided({**page, "guidance_scale": 1.0}) and form.guided({**page, "guidance_scale": 1.5})
 
 
 @pytest.mark.parametrize("values", [
@@ -34,8 +44,8 @@ def test_every_request_field_has_a_widget_row_or_a_conversion():
 def test_a_request_shown_in_the_widgets_reads_back_as_the_same_request(values):
     wanted = GenerationRequest(**values)
     page = form.defaults(GenerationRequest.preset)
-    page.update(form.widget_values({f.name: getattr(wanted, f.name) for f in fields(wanted)}, page, CLASSES))
-    assert form.request_of(page, CLASSES) == wanted
+    page.update(form.widget_values({f.name: getattr(wanted, f.name) for f in fields(wanted)}, page, CONTEXT))
+    assert form.request_of(page, CONTEXT) == wanted
 
 
 def test_the_page_opens_on_the_requests_defaults_with_the_presets_fills():
@@ -43,7 +53,7 @@ def test_the_page_opens_on_the_requests_defaults_with_the_presets_fills():
     request = GenerationRequest(preset="fast")
     assert (opened["scheduler"], opened["steps"], opened["guidance_scale"]) == \
         (request.scheduler, request.steps, request.guidance_scale)
-    assert form.request_of(opened, CLASSES) == GenerationRequest(preset="fast", prompt=form.PAGE_ONLY["prompt"])
+    assert form.request_of(opened, CONTEXT) == GenerationRequest(preset="fast", prompt=form.PAGE_ONLY["prompt"])
 
 
 def test_saved_settings_are_kept_per_visitor_bounded_and_expiring():

@@ -13,7 +13,7 @@ from studio.core.detections import Detection, draw_detections
 from studio.core.errors import InvalidRequestError
 from studio.core.preparation import ControlPreview
 from studio.core.request import MAX_PROMPT_CHARS, request_field
-from studio.page.form import OBJECT_PROMPT, PICK, Classes, request_of
+from studio.page.form import OBJECT_PROMPT, PICK, Context, object_key, request_of
 from studio.page.opening import remember
 from studio.page.page_state import page
 from studio.page.session import signed_in
@@ -30,7 +30,7 @@ def control_panel(previews: Previews, image: Any, key: str | None, names: dict[i
     preview_slot = st.container()
     draw(st, "control")
     try:
-        request, problem = request_of(st.session_state, Classes(names)), None
+        request, problem = request_of(st.session_state, Context(names, key)), None
     except InvalidRequestError as exc:
         request, problem = None, str(exc)
     detections = previews.detections(image, key, request) if image is not None and request is not None else []
@@ -111,12 +111,13 @@ def objects_panel(image: Any, detections: list[Detection]) -> None:
         st.caption("None ticked: every object of the chosen classes. A ticked object is highlighted in the "
                    "detections.")
         draw(st, "objects")
+        tag = page().objects_of
         for det in detections:
             thumb, fields_column = st.columns([1, 4], vertical_alignment="center")
             crop = image.crop(tuple(int(round(v)) for v in det.box))
             crop.thumbnail((64, 64))
             thumb.image(display.photo(crop))
-            fields_column.checkbox(f"#{det.id} {det.label} {det.confidence:.2f}", key=PICK + str(det.id))
-            fields_column.text_input(f"Prompt of #{det.id}", key=OBJECT_PROMPT + str(det.id),
+            fields_column.checkbox(f"#{det.id} {det.label} {det.confidence:.2f}", key=object_key(PICK, tag, det.id))
+            fields_column.text_input(f"Prompt of #{det.id}", key=object_key(OBJECT_PROMPT, tag, det.id),
                                      max_chars=MAX_PROMPT_CHARS, placeholder="its own prompt (empty: the main prompt)",
                                      label_visibility="collapsed")

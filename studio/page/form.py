@@ -9,6 +9,7 @@ a prompt per detected object), each with its conversion both ways.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -17,7 +18,7 @@ from studio.core.detections import names_to_find
 from studio.core.request import GenerationRequest, guides
 
 State = Mapping[str, Any]
-PICK, OBJECT_PROMPT = "pick-", "object-prompt-"  # the objects list's widgets: a checkbox and a prompt per object id
+PICK, OBJECT_PROMPT = "pick-", "object-prompt-"  # the objects list's widgets: a checkbox and a prompt per object
 
 
 # -- when a widget acts (a widget that does not act is drawn disabled) -------------------------------------
@@ -93,7 +94,7 @@ FORM: tuple[Widget, ...] = (
     Widget("detect_conf", "detection"),
     Widget("detect_iou", "detection", beside=True),
     Widget("detect_classes", "detection", draw="detect_classes"),
-    Widget("find", "detection", on_change="forget_objects", draw="find"),
+    Widget("find", "detection", draw="find"),
     Widget("control_mode", "control"),
     Widget("regenerate", "control", beside=True, on_change="use_mode_defaults"),
     Widget("strength", "repaint", enabled=repainting),
@@ -121,15 +122,31 @@ NOT_ON_PAGE = ("object_negative_prompts",)  # only the HTTP API sets it
 
 
 @dataclass(frozen=True)
-class Classes:
-    """Class names by id: the detector's, and those detections come in (the things "Find by name" names, when
-    it names any)."""
+class Context:
+    """What the widgets' values refer to: the detector's class names by id, and the photo on the page (the key
+    that names it in the caches)."""
 
     detector: Mapping[int, str]
+    photo: str | None = None
 
     def in_use(self, find: str | None) -> Mapping[int, str]:
+        """The classes detections come in: the detector's, or the things "Find by name" names."""
         named = names_to_find(find or "")
         return dict(enumerate(named)) if named else self.detector
+
+    def objects(self, find: str | None) -> str:
+        return objects_tag(self.photo, find)
+
+
+def objects_tag(photo: str | None, find: str | None) -> str:
+    """What object ids name: the detections of one photo, found by one list of names. The objects list's widget
+    keys carry it, so another photo or other names get widgets of their own, unticked in the browser too (a
+    deleted key leaves the browser's checkbox ticked, and its next message ticks it again)."""
+    return hashlib.blake2b(f"{photo}|{find or ''}".encode(), digest_size=6).hexdigest()
+
+
+def object_key(prefix: str, tag: str, object_id: int) -> str:
+    return f"{prefix}{tag}-{object_id}"
 
 
 @dataclass(frozen=True)
@@ -138,8 +155,8 @@ class Converted:
 
     fields: tuple[str, ...]
     defaults: dict[str, Any] = field(default_factory=dict)
-    to_request: Callable[[State, Classes], dict[str, Any]] = lambda state, classes: {}
-    to_page: Callable[[State, State, Classes], dict[str, Any]] = lambda values, state, classes: {}
+    to_request: Callable[[State, Context], dict[str, Any]] = lambda state, context: {}
+    to_page: Callable[[State, State, Context], dict[str, Any]] = lambda values, state, context: {}
 
 
 def ids_of(names: list[str], classes: Mapping[int, str]) -> tuple[int, ...] | None:
@@ -151,18 +168,31 @@ def names_of(ids: Any, classes: Mapping[int, str]) -> list[str]:
     return [classes[i] for i in ids or () if i in classes]
 
 
-def object_widgets(state: State, prefix: str) -> list[tuple[int, str]]:
-    """(object id, state key) of the objects list's widgets of one kind."""
-    return [(int(key.removeprefix(prefix)), key) for key in list(state)
-            if isinstance(key, str) and key.startswith(prefix) and key.removeprefix(prefix).isdigit()]
+def object_widgets(state: State, prefix: str, tag: str | None = None) -> list[tuple[int, str]]:
+    """(object id, state key) of the objects list's widgets of one kind: those of `tag`, or of every tag."""
+    found = []
+    for key in list(state):
+        if isinstance(key, str) and key.startswith(prefix):
+            key_tag, _, object_id = key.removeprefix(prefix).rpartition("-")
+            if object_id.isdigit() and key_tag and tag in (None, key_tag):
+                found.append((int(object_id), key))
+    return found
 
 
-def picks_of(values: State, state: State) -> dict[str, Any]:
+def picks_of(values: State, state: State, context: Context) -> dict[str, Any]:
+    tag = context.objects(values.get("find", state.get("find")))
     picked = set(values.get("objects") or ())
-    ticks = {key: object_id in picked for object_id, key in object_widgets(state, PICK)}
-    ticks.update({f"{PICK}{object_id}": True for object_id in picked})
-    prompts = {f"{OBJECT_PROMPT}{object_id}": text for object_id, text in (values.get("object_prompts") or {}).items()}
+    ticks = {key: object_id in picked for object_id, key in object_widgets(state, PICK, tag)}
+    ticks.update({object_key(PICK, tag, object_id): True for object_id in picked})
+    prompts = {object_key(OBJECT_PROMPT, tag, object_id): text
+               for object_id, text in (values.get("object_prompts") or {}).items()}
     return {**ticks, **prompts}
+
+
+def objects_of(state: State, context: Context) -> dict[str, Any]:
+    tag = context.objects(state["find"])
+    return {"objects": tuple(sorted(i for i, key in object_widgets(state, PICK, tag) if state[key])) or None,
+            "object_prompts": {i: state[key] for i, key in object_widgets(state, OBJECT_PROMPT, tag)}}
 
 
 CONVERTED: tuple[Converted, ...] = (
@@ -190,10 +220,7 @@ CONVERTED: tuple[Converted, ...] = (
     Converted(("control_classes",), {"control_classes": []},  # with "Find by name", the classes are its names
               lambda s, c: {"control_classes": ids_of(s["control_classes"], c.in_use(s["find"]))},
               lambda v, s, c: {"control_classes": names_of(v["control_classes"], c.in_use(v.get("find")))}),
-    Converted(("objects", "object_prompts"), {},  # object ids name the detections of the photo on the page
-              lambda s, c: {"objects": tuple(sorted(i for i, key in object_widgets(s, PICK) if s[key])) or None,
-                            "object_prompts": {i: s[key] for i, key in object_widgets(s, OBJECT_PROMPT)}},
-              lambda v, s, c: picks_of(v, s)),
+    Converted(("objects", "object_prompts"), {}, objects_of, picks_of),  # ids name the photo's objects
     Converted(NOT_ON_PAGE),
 )
 CONVERTED_FIELDS = {name for item in CONVERTED for name in item.fields}
@@ -207,21 +234,21 @@ def defaults(preset: str) -> dict[str, Any]:
     return {**plain, **{k: v for item in CONVERTED for k, v in item.defaults.items()}, **PAGE_ONLY}
 
 
-def request_of(state: State, classes: Classes) -> GenerationRequest:
+def request_of(state: State, context: Context) -> GenerationRequest:
     """The request the widgets describe; raises InvalidRequestError with a message for the person."""
     values = {item.name: state[item.name] for item in fields(GenerationRequest)
               if item.name not in CONVERTED_FIELDS and item.name in state}
     for item in CONVERTED:
-        values.update(item.to_request(state, classes))
+        values.update(item.to_request(state, context))
     return GenerationRequest(**values)
 
 
-def widget_values(values: State, state: State, classes: Classes) -> dict[str, Any]:
+def widget_values(values: State, state: State, context: Context) -> dict[str, Any]:
     """The widget values that show request field `values` (fields left out leave their widgets as they are)."""
     shown = {key: value for key, value in values.items() if key not in CONVERTED_FIELDS and key in state}
     for item in CONVERTED:
         if any(name in values for name in item.fields):
-            shown.update(item.to_page(values, state, classes))
+            shown.update(item.to_page(values, state, context))
     return shown
 
 

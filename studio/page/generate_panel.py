@@ -12,7 +12,7 @@ from studio.core import display
 from studio.core.errors import EXPECTED_ERRORS, InvalidRequestError
 from studio.core.preparation import ControlPreview
 from studio.core.request import GenerationRequest
-from studio.page.form import Classes, request_of
+from studio.page.form import Context, request_of
 from studio.page.opening import remember
 from studio.page.page_state import page
 from studio.page.session import guarded, signed_in, visitor
@@ -29,7 +29,7 @@ def page_request(previews: Previews, image: Any, key: str | None, names: dict[in
     """The request the widgets describe, the preview Generate hands to its job, and why it cannot run (shown
     beside the button) when it cannot."""
     try:
-        request = request_of(st.session_state, Classes(names))
+        request = request_of(st.session_state, Context(names, key))
     except InvalidRequestError as exc:
         return None, None, str(exc)
     if image is None:

@@ -25,7 +25,8 @@ class PageState:
     pending_example: str | None = None  # an example that waits for "replace my settings?"
     filled_from: dict[str, Any] | None = None  # the settings as the page opened or an example filled them
     upload_key: int = 0  # a new key: a new, empty uploader
-    objects_of: str | None = None  # the photo whose objects the picks and object prompts name
+    photo: str | None = None  # the key of the photo on the page (previews.py)
+    objects_of: str | None = None  # whose objects the object widgets name now (form.objects_tag)
     detected_labels: list[str] = field(default_factory=list)
     batch_key: int = 0  # as upload_key, for the batch's uploader
     batch_problem: str | None = None

@@ -10,7 +10,7 @@ import streamlit as st
 from studio.core.errors import InvalidRequestError
 from studio.core.presets import CUSTOM, PRESETS
 from studio.core.request import SEED_MAX, GenerationRequest
-from studio.page.form import OBJECT_PROMPT, PICK, object_widgets
+from studio.page.form import OBJECT_PROMPT, PICK, Context, object_widgets
 from studio.page.page_state import page
 
 PRESET_FIELDS = ("scheduler", "steps", "guidance_scale")
@@ -49,17 +49,19 @@ def use_mode_defaults() -> None:
     state.strength, state.color_match = filled.strength, filled.color_match
 
 
-def forget_objects() -> None:
-    """Unpick every object and drop their prompts (their ids name other objects now)."""
-    for _, key in object_widgets(st.session_state, PICK) + object_widgets(st.session_state, OBJECT_PROMPT):
-        del st.session_state[key]
-
-
-def forget_objects_of_another_photo(key: str | None) -> None:
-    """Object ids name the objects of one photo: a new photo starts with none picked and no object prompts."""
-    if page().objects_of != key:
-        forget_objects()
-        page().objects_of = key
+def show_photo(key: str | None, names: dict[int, str]) -> None:
+    """The photo on the page now, and what the widgets refer to. Object ids name the objects of one photo found by
+    one list of names: another photo or other names start with none picked and no object prompts (the old ones'
+    widgets are dropped; the new ones have keys of their own, form.objects_tag)."""
+    page().photo = key
+    context = Context(names, key)
+    tag = context.objects(st.session_state["find"])
+    if page().objects_of != tag:
+        for prefix in (PICK, OBJECT_PROMPT):
+            for _, widget in object_widgets(st.session_state, prefix):
+                if not widget.startswith(f"{prefix}{tag}-"):
+                    del st.session_state[widget]
+        page().objects_of = tag
 
 
 def new_seed() -> None:

@@ -32,13 +32,13 @@ def draw(where: Any, panel: str, own: Mapping[str, Callable[..., Any]] | None = 
             rows[-1].append(widget)
         else:
             rows.append([widget])
+    drawers = {**BUILT_IN, **(own or {})}
     for row in rows:
         columns = where.columns(len(row)) if len(row) > 1 else [where]
         for column, widget in zip(columns, row):
             options = {"disabled": widget.enabled is not None and not widget.enabled(st.session_state)}
             if widget.on_change is not None:
                 options["on_change"] = guarded(getattr(rules, widget.on_change))
-            drawers = {**BUILT_IN, **(own or {})}
             (drawers[widget.draw] if widget.draw else field_widget)(column, widget.key, **options)
 
 

@@ -176,6 +176,33 @@ def test_on_a_phone_the_page_is_short_and_the_result_comes_into_sight_when_the_r
         time.sleep(0.1)
 
 
+def test_on_a_phone_a_new_photo_starts_with_no_picks_and_a_flat_32x32_photo_warns(server, browser, tmp_path):
+    from PIL import Image
+
+    page = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
+    page.goto(server)
+    page.get_by_text("Control image preview").wait_for(timeout=120_000)
+    pick = page.get_by_role("checkbox", name=re.compile(r"^#1 square"))
+    unfold(page, pick)
+    page.get_by_text(re.compile(r"^#1 square")).click()
+    wait_until_idle(page)
+    assert pick.is_checked()
+    photo = tmp_path / "scene.png"
+    sample_scene((256, 192)).save(photo)  # the same shapes, so the same object ids: they name new objects now
+    page.locator("input[type='file']").first.set_input_files(str(photo))
+    page.get_by_text(re.compile(r"Control image preview, \d+x\d+")).wait_for(timeout=60_000)
+    wait_until_idle(page)
+    unfold(page, pick)
+    assert not pick.is_checked() and page.get_by_text("Your photo, as it is placed").is_visible()
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(flat)
+    page.locator("input[type='file']").first.set_input_files(str(flat))
+    warning = page.get_by_text(re.compile("^The control image is nearly empty"))
+    warning.wait_for(timeout=60_000)
+    warning.scroll_into_view_if_needed()
+    assert warning.is_visible()
+
+
 def test_a_preset_changed_by_hand_says_custom(server, page):
     page.goto(server)
     page.get_by_text("Control image preview").wait_for(timeout=120_000)
