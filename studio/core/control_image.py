@@ -184,6 +184,12 @@ def build_control_image(image: Image.Image, detections: Sequence = (), *, mode: 
     return Image.fromarray(np.stack([gray] * 3, axis=-1))
 
 
+def mask_share(mask: Image.Image) -> float:
+    """How much of the picture a repaint mask repaints (a soft mask's border counts by its weight): the preview
+    and the run card say the same number."""
+    return round(float(np.asarray(mask, np.float32).mean() / 255.0), 4)
+
+
 def overlay_mask(image: Image.Image, mask: Image.Image, color: tuple[int, int, int] = (255, 64, 64),
                  opacity: float = 0.45) -> Image.Image:
     """`image` with the mask's area tinted (in proportion to the mask): what a regeneration will repaint."""

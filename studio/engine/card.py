@@ -7,8 +7,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
+from studio.core.control_image import mask_share
 from studio.core.preparation import ControlPreview
 from studio.core.request import GenerationRequest
 from studio.core.run_card import public_source
@@ -23,7 +22,7 @@ def regenerate_card(request: GenerationRequest, prepared: ControlPreview) -> dic
     sources = {"seg" if d.polygon else "box" for d in selected}
     return {"mode": request.regenerate, "mask_source": "+".join(sorted(sources)),
             "classes": sorted({d.label for d in selected}), "objects": [d.id for d in selected],
-            "repainted_share": round(float(np.asarray(prepared.mask, np.float32).mean() / 255.0), 4)}
+            "repainted_share": mask_share(prepared.mask)}
 
 
 def run_card(request: GenerationRequest, seeds: list[int], size: tuple[int, int], loras: dict[str, tuple[str, float]],

@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 
 from studio.core import display
-from studio.core.control_image import outline_mask, overlay_mask
+from studio.core.control_image import mask_share, outline_mask, overlay_mask
 from studio.core.detections import Detection, draw_detections
 from studio.core.errors import InvalidRequestError
 from studio.core.preparation import ControlPreview
@@ -65,7 +65,8 @@ def control_preview(preview: ControlPreview, image: Any, detections: list[Detect
     row.image(display.photo(preview.picture), width="stretch", caption="Your photo, as it is placed")
     if preview.mask is not None:
         row.image(display.photo(overlay_mask(preview.control_image, preview.mask)), width="stretch",
-                             caption=f"Control image preview, {width}x{height}; tinted red: what will be repainted")
+                             caption=f"Control image preview, {width}x{height}; tinted red: what will be repainted "
+                                     f"({mask_share(preview.mask):.0%} of the picture)")
     else:
         row.image(display.edges(preview.control_image), width="stretch", output_format="PNG",
                              caption=f"Control image preview, {width}x{height}")

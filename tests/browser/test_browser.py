@@ -139,10 +139,14 @@ def test_repainting_the_objects_shows_the_mask_over_the_preview_and_the_result(s
     page.get_by_role("option", name="Only the chosen objects").click()
     page.get_by_text("tinted red: what will be repainted").wait_for(timeout=60_000)
     wait_until_idle(page)
+    preview = re.search(r"what will be repainted \((\d+)% of the picture\)", page.get_by_text(
+        "tinted red: what will be repainted").inner_text()).group(1)
     page.get_by_role("button", name="Generate").click()
     page.get_by_text("Results (seed").wait_for(timeout=180_000)
-    page.get_by_text(re.compile(r"Repainted \(\d+% of the picture, tinted red, from (seg|box) masks\)")).wait_for(
-        timeout=30_000)
+    repainted = page.get_by_text(re.compile(r"Repainted \(\d+% of the picture, tinted red, from (seg|box) masks\)"))
+    repainted.wait_for(timeout=30_000)
+    run = re.search(r"Repainted \((\d+)%", repainted.inner_text()).group(1)
+    assert run == preview, "the preview's mask is the run's"
     assert page.get_by_text(re.compile(r"edge fidelity -?\d\.\d\d")).count() >= 1  # the output is there
     ARTIFACTS.mkdir(exist_ok=True)
     wait_until_idle(page)

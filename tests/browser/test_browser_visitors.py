@@ -216,17 +216,20 @@ def test_a_preset_changed_by_hand_says_custom(server, page):
 
 def visit_bytes(page) -> dict[str, int]:
     """Count what the server sends this page from now on: each HTTP answer (headers and body as they crossed the
-    wire) and each websocket frame; Streamlit's own static files (cached after the first visit) apart."""
-    requests, frames = [], []
+    wire) and each websocket frame; Streamlit's own static files (cached after the first visit) apart. And what
+    the page sends up (`up`: requests with their bodies, the upload too, and websocket frames)."""
+    requests, frames, sent = [], [], []
     page.on("requestfinished", lambda request: requests.append(request))
-    page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(len(payload))))
+    page.on("websocket", lambda ws: (ws.on("framereceived", lambda payload: frames.append(len(payload))),
+                                     ws.on("framesent", lambda payload: sent.append(len(payload)))))
 
     def count() -> dict[str, int]:
-        totals = {"static": 0, "media": 0, "other": 0, "websocket": sum(frames)}
+        totals = {"static": 0, "media": 0, "other": 0, "websocket": sum(frames), "up": sum(sent)}
         for request in requests:
             sizes = request.sizes()
             kind = "static" if "/static/" in request.url else "media" if "/media/" in request.url else "other"
             totals[kind] += sizes["responseBodySize"] + sizes["responseHeadersSize"]
+            totals["up"] += sizes["requestBodySize"] + sizes["requestHeadersSize"]
         return totals
 
     return count
