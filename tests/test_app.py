@@ -400,7 +400,7 @@ def preview_size(app: AppTest) -> tuple[int, int]:
     ("Two people (photo)", 512, (256, 320, "resize"))],
     ids=["4:3", "3:4", "16:9", "crop", "fill", "resize"])
 def test_the_page_and_the_python_api_give_the_same_output_size(app, tiny_pipeline, sample, resolution, size):
-    from studio.page.examples_panel import SAMPLES
+    from studio.page.samples import SAMPLES
     from inference_pipeline import load_image
 
     app.selectbox(key="sample").set_value(sample)
@@ -599,7 +599,7 @@ def test_a_reload_restores_the_visitors_prompt_preset_sliders_and_picks(app):
 
 def test_the_previews_mask_is_the_mask_the_run_repaints_and_another_photo_starts_clean(app):
     from studio.core.request import request_from
-    from studio.page.examples_panel import SAMPLES
+    from studio.page.samples import SAMPLES
 
     app.selectbox(key="regenerate").set_value("objects").run()
     pick(app, 3).check().run()
@@ -617,3 +617,23 @@ def test_the_previews_mask_is_the_mask_the_run_repaints_and_another_photo_starts
 def test_the_tiny_decoder_switch_beside_the_preset_reaches_the_run(app):
     app.checkbox(key="fast_decode").check().run()
     assert generate(app).session_state["page"].result.run_card["request"]["fast_decode"] is True
+
+
+def test_saved_settings_this_server_cannot_take_open_the_defaults_not_an_error(app):
+    token = app.query_params["access"]
+    token = token[0] if isinstance(token, list) else token
+    app.text_area(key="prompt").input("mine").run()
+    owner = access.owner_of(token, "")  # a valid token: the visitor is its token, wherever it comes from
+    kept = state.saved_settings().load(owner)
+    assert kept["prompt"] == "mine"
+    state.saved_settings().save(owner, {**kept, "detect_classes": ["giraffe"]})  # a detector without giraffes
+    reloaded = app_page()
+    reloaded.query_params["access"] = token
+    reloaded.run()
+    assert not reloaded.exception and not reloaded.error
+    assert reloaded.text_area(key="prompt").value == "a cozy cottage in a watercolor painting"
+    state.saved_settings().save(owner, {**kept, "steps": 500})  # past the request's limit
+    again = app_page()
+    again.query_params["access"] = token
+    again.run()
+    assert not again.exception and again.slider(key="steps").value == 20

@@ -1,34 +1,17 @@
-"""The samples, and the examples: one click fills the page with a picture, a prompt and the settings that suit it
+"""The examples: one click fills the page with a picture, a prompt and the settings that suit it
 (asking first when the visitor has work of their own on the page)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from studio.page.opening import KEPT_BY_EXAMPLES, page_defaults, snapshot
 from studio.page.page_state import page
+from studio.page.samples import SAMPLES
 from studio.page.session import guarded
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-
-
-def find_samples() -> dict[str, Path]:
-    """The bundled scene, and the two photos that ship inside the Ultralytics package."""
-    samples = {"Shapes scene": ASSETS / "sample_scene.png"}
-    spec = importlib.util.find_spec("ultralytics")
-    if spec is not None and spec.submodule_search_locations:
-        photos = Path(spec.submodule_search_locations[0]) / "assets"
-        samples.update({name: photos / file for name, file in (("Bus (photo)", "bus.jpg"),
-                                                                ("Two people (photo)", "zidane.jpg"))
-                        if (photos / file).exists()})
-    return samples
-
-
-SAMPLES = find_samples()
 EXAMPLES: dict[str, dict[str, Any]] = {
     "Watercolor cottage": {"sample": "Shapes scene", "prompt": "a cozy cottage in a watercolor painting",
                            "control_mode": "full"},

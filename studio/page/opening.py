@@ -7,10 +7,12 @@ from typing import Any
 
 import streamlit as st
 
+from studio.core.errors import InvalidRequestError
 from studio.core.presets import start_preset
 from studio.core.request import GenerationRequest
 from studio.page import form
 from studio.page.page_state import page
+from studio.page.samples import SAMPLES
 from studio.page.session import visitor
 from studio.serving import state
 from studio.serving.jobs import JobQueue
@@ -49,20 +51,27 @@ def open_page(jobs: JobQueue) -> None:
     if not page().attached:
         page().attached = True
         page().job = jobs.active_job(visitor())
-        restore(defaults)
+        restore(defaults, jobs.pipelines[0].detector.names)
 
 
-def restore(defaults: dict[str, Any]) -> None:
+def restore(defaults: dict[str, Any], names: dict[int, str]) -> None:
+    """The settings this visitor left the page with, when they still make a request this server takes (a server
+    restarted with other models or samples may not): a reload must never open on an error."""
     saved = state.saved_settings().load(visitor())
     if saved is None:
         return
-    page().objects_of = saved.pop(PHOTO, None)
+    photo = saved.pop(PHOTO, None)
     picks = [key for prefix in (form.PICK, form.OBJECT_PROMPT) for _, key in form.object_widgets(saved, prefix)]
-    for key, value in saved.items():
-        if key in defaults:
-            st.session_state[key] = tuple(value) if isinstance(defaults[key], tuple) else value
-        elif key in picks:
-            st.session_state[key] = value
+    values = {key: tuple(value) if isinstance(defaults[key], tuple) else value
+              for key, value in saved.items() if key in defaults}
+    try:
+        form.request_of({**defaults, **values}, form.Context(names))
+    except InvalidRequestError:
+        return
+    if not set(values.get("detect_classes", ())) <= set(names.values()) or values.get("sample") not in SAMPLES:
+        return
+    st.session_state.update({**values, **{key: saved[key] for key in picks}})
+    page().objects_of = photo
 
 
 def remember() -> None:

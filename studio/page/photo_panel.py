@@ -7,8 +7,8 @@ from typing import Any
 import streamlit as st
 
 from studio.core.errors import InvalidImageError
-from studio.page.examples_panel import SAMPLES
 from studio.page.page_state import page
+from studio.page.samples import SAMPLES
 from studio.page.session import visitor
 from studio.page.widgets import plain
 from studio.serving.previews import Previews
