@@ -26,6 +26,8 @@ def test_upload_prompt_generate_download_and_a_friendly_error(server, page, tmp_
     page.get_by_text("YOLO ControlNet Studio").first.wait_for(timeout=120_000)
     page.get_by_text("Attention:").wait_for(timeout=120_000)
     assert "sdpa" in page.locator("section[data-testid='stSidebar']").inner_text()
+    page.get_by_text("Control image preview").wait_for(timeout=120_000)
+    wait_until_idle(page)  # the page drawn, as a person sees it before choosing a photo
 
     page.locator("input[type='file']").first.set_input_files(str(photo))
     page.get_by_role("tab", name="Detections (2)").wait_for(timeout=60_000)

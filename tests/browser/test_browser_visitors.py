@@ -129,6 +129,7 @@ def test_a_refused_upload_says_why_in_sight_and_generate_waits_for_a_usable_one(
     big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(25 * 2**20))  # 25 MB, over MAX_UPLOAD_MB's 20
     page.goto(server)
     page.get_by_text("Control image preview").wait_for(timeout=120_000)
+    wait_until_idle(page)
     page.locator("input[type='file']").first.set_input_files(str(big))
     too_big = page.get_by_text("'holiday.png' cannot be used: It is 25.0 MB, and this server takes photos up to 20 MB")
     too_big.wait_for(timeout=60_000)
