@@ -20,7 +20,7 @@ from studio.page.examples_panel import examples_panel
 from studio.page.gate import load_jobs, password_gate
 from studio.page.generate_panel import collect_finished_job, generate_panel, page_request
 from studio.page.history_panel import history_panel
-from studio.page.opening import open_page, remember
+from studio.page.opening import open_page
 from studio.page.photo_panel import photo_panel
 from studio.page.png_info_panel import png_info_panel
 from studio.page.prompt_panel import preset_panel, prompt_panel
@@ -75,7 +75,6 @@ def main() -> None:
         detection_panel(list(names.values()))
         png_info_panel(names, offered, settings.allow_any_lora)
     side_by_side_panel()
-    remember()
 
 
 try:

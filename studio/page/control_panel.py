@@ -41,7 +41,7 @@ def control_panel(previews: Previews, image: Any, key: str | None, names: dict[i
     with st.expander("Repaint and detail pass (ADetailer)"):
         draw(st, "repaint")
     control_settings()
-    remember()
+    remember()  # every page run runs this panel too: the one place a run saves the settings
     with preview_slot:
         if image is None:
             st.info("Upload a photo (or pick a sample) to see its control image here.")

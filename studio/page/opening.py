@@ -18,6 +18,7 @@ from studio.serving import state
 from studio.serving.jobs import JobQueue
 
 PHOTO = "objects_of"  # the photo whose objects the saved picks name
+KEPT_BY_EXAMPLES = ("seed", "randomize_seed", "use_camera")  # an example leaves them as they are
 
 
 def opening_preset() -> str:
@@ -35,9 +36,6 @@ def page_defaults() -> dict[str, Any]:
 def snapshot() -> dict[str, Any]:
     """The page's settings as they are now, to tell whether the visitor changed any since the last example."""
     return {key: st.session_state.get(key) for key in page_defaults() if key not in KEPT_BY_EXAMPLES}
-
-
-KEPT_BY_EXAMPLES = ("seed", "randomize_seed", "use_camera")
 
 
 def open_page(jobs: JobQueue) -> None:
