@@ -54,9 +54,14 @@ def test_a_wider_feather_lowers_the_seam_and_the_photo_stays_exact_where_the_mas
         assert outside.mean() > 0.25
         assert np.array_equal(pixels(result)[0][outside], np.asarray(picture, np.int16)[outside])
     assert seams[0] > seams[24] > seams[48] and seams[48] < 0.75 * seams[0], seams
-    hard = tiny_pipeline.generate(scene, GenerationRequest(**{**SMALL, "resolution": 256}, control_feather=48),
-                                  detections=found)
-    assert hard.run_card["objects"][0]["seam"] > seams[48], "the border sampled over fewer steps keeps more photo"
+    # Sampled or not, the feathered border ends blended into the photo, so the two seams differ by a few percent, as
+    # the random weights fall: compared over three seeds, not on one.
+    feathered = {**SMALL, "resolution": 256, "control_feather": 48}
+    soft, hard = ([tiny_pipeline.generate(scene, GenerationRequest(**{**feathered, "seed": seed}, soft_mask=soft),
+                                          detections=found).run_card["objects"][0]["seam"] for seed in (5, 6, 7)]
+                  for soft in (True, False))
+    assert soft[0] == seams[48]
+    assert sum(hard) > sum(soft), f"the border sampled over fewer steps keeps more photo: {hard} against {soft}"
 
 
 def test_the_a1111_text_says_soft_inpainting_and_its_mask_blur_and_reads_back(tiny_pipeline, scene, found):

@@ -85,8 +85,8 @@ def _tokenizer():
 TINY = {
     "unet": dict(sample_size=64, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=(2, 4),
                  cross_attention_dim=32, norm_num_groups=8,
-                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
     "controlnet": dict(conditioning_embedding_out_channels=(8, 8, 16, 16)),
     "vae": dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, sample_size=64),
     "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),

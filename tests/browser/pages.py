@@ -51,8 +51,9 @@ def unfold(page, element) -> None:
     for _ in range(20):
         if not folded.count():
             break
-        folded.first.click()
-        page.wait_for_timeout(100)
+        # the click event alone: Playwright's click first waits for the page to stop moving (the panel above is
+        # still unfolding), a second a panel
+        folded.first.dispatch_event("click")
     element.first.wait_for(state="visible", timeout=30_000)
 
 

@@ -102,7 +102,9 @@ def test_two_visitors_generate_at_once_and_the_second_sees_its_place(server, bro
     for page in (first, second):
         page.goto(server)
     prepare_a_long_run(first)
-    press(first, "Steps", *["ArrowLeft"] * 110)  # 40 steps: long enough for the second to queue behind it
+    # 40 steps, long enough for the second to queue behind it: a page key moves the 1-150 slider by 15 steps
+    press(first, "Steps", *["PageDown"] * 7, *["ArrowLeft"] * 5)
+    assert slider(first, "Steps").input_value() == "40"
     second.get_by_text("Control image preview").wait_for(timeout=120_000)
     press(second, "Resolution", "ArrowLeft", "ArrowLeft", "ArrowLeft", "ArrowLeft")
     first.get_by_role("button", name="Generate").click()
