@@ -6,6 +6,8 @@ import re
 import time
 from pathlib import Path
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
 from studio.core.run_card import read_run_card
 
 from helpers import ROOT
@@ -27,16 +29,52 @@ def new_page(browser):
 
 
 def wait_until_idle(page, quiet_s: float = 1.0, timeout_s: float = 120.0) -> None:
-    """Streamlit shows its running indicator while a script runs, and stale elements linger until it ends; a
-    rerun a click caused may start a moment later. Idle: the indicator hidden for `quiet_s` in a row."""
+    """Streamlit shows its running indicator while a script runs (one longer than about half a second), and stale
+    elements linger until it ends; a rerun a click caused may start a moment later. Idle: the indicator hidden for
+    `quiet_s` in a row, and no run going on (the page's root element says so: `data-test-script-state`)."""
     status = page.locator("[data-testid='stStatusWidget']")
+    running = page.locator("[data-testid='stApp']:not([data-test-script-state='notRunning'])")
     deadline = quiet_from = time.monotonic()
     deadline += timeout_s
-    while time.monotonic() - quiet_from < quiet_s:
+    while time.monotonic() - quiet_from < quiet_s or running.count():
         assert time.monotonic() < deadline, "the page kept running"
         if status.is_visible():
             quiet_from = time.monotonic()
         page.wait_for_timeout(100)
+
+
+# Counts the runs the page starts (its root element's script state turning to "running"), however short.
+COUNT_RUNS = """() => {
+    if (window.runsStarted !== undefined) return window.runsStarted;
+    window.runsStarted = 0;
+    new MutationObserver(changes => changes.forEach(change => {
+        if (change.target.getAttribute("data-test-script-state") === "running") window.runsStarted += 1;
+    })).observe(document.querySelector("[data-testid='stApp']"),
+                {attributes: true, attributeFilter: ["data-test-script-state"]});
+    return 0;
+}"""
+
+
+def rerun_done(page, runs_before: int, quiet_s: float = 0.3) -> None:
+    """After a change that reruns the page: its rerun started (counted, so a quick one is not missed; a change
+    that moved nothing starts none, hence a second's wait at most) and every run ended `quiet_s` ago."""
+    try:
+        page.wait_for_function("n => window.runsStarted > n", arg=runs_before, timeout=1_000, polling=20)
+    except PlaywrightTimeout:
+        pass
+    wait_quiet(page, quiet_s)
+
+
+def wait_quiet(page, quiet_s: float, timeout_s: float = 120.0) -> None:
+    """No run (script or fragment) for `quiet_s` in a row."""
+    running = page.locator("[data-testid='stApp']:not([data-test-script-state='notRunning'])")
+    deadline = quiet_from = time.monotonic()
+    deadline += timeout_s
+    while time.monotonic() - quiet_from < quiet_s:
+        assert time.monotonic() < deadline, "the page kept running"
+        if running.count():
+            quiet_from = time.monotonic()
+        page.wait_for_timeout(50)
 
 
 def slider(page, label: str):
@@ -61,9 +99,10 @@ def press(page, label: str, *keys: str) -> None:
     handle = slider(page, label)
     unfold(page, handle)
     handle.focus()
+    runs = page.evaluate(COUNT_RUNS)
     for key in keys:
         handle.press(key)
-    wait_until_idle(page)
+    rerun_done(page, runs)
 
 
 def prepare_a_long_run(page) -> None:
