@@ -66,7 +66,8 @@ def rerun_done(page, runs_before: int, quiet_s: float = 0.3) -> None:
 
 
 def wait_quiet(page, quiet_s: float, timeout_s: float = 120.0) -> None:
-    """No run (script or fragment) for `quiet_s` in a row."""
+    """No run (script or fragment) for `quiet_s` in a row. Short spans only: while a job runs, its view reruns
+    twice a second, which `wait_until_idle`'s indicator ignores."""
     running = page.locator("[data-testid='stApp']:not([data-test-script-state='notRunning'])")
     deadline = quiet_from = time.monotonic()
     deadline += timeout_s
