@@ -69,16 +69,6 @@ def _started_at(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-def _alive(pid: int) -> bool:
-    """The process still runs: a zombie has ended, and only its parent can reap it (`launch.py --stop` from another
-    shell is not that parent, and waited the whole grace period for a process long gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _runs(pid: int, started: int | None) -> bool:
     """The pid still is the process this launcher started: same pid and same start time (pids get reused,
     and a process that merely mentions ngrok or app.py is none of ours)."""
@@ -93,14 +83,12 @@ def _terminate(pid: int, group: bool = True, timeout_s: float = 10.0) -> None:
     except (ProcessLookupError, PermissionError):
         return
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
         try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:  # this launcher's own child: reaped here
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 return
         except ChildProcessError:
             pass
-        if not _alive(pid):
-            return
         time.sleep(0.1)
     try:
         kill(pid, signal.SIGKILL)

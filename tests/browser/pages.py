@@ -23,6 +23,10 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-backgrounding-occluded-windows"]
 
 
+# The page's root element while a script or fragment runs (its script state is "notRunning" between runs).
+A_RUN_GOING_ON = "[data-testid='stApp']:not([data-test-script-state='notRunning'])"
+
+
 def new_page(browser):
     """A new visitor: a browser context of its own (its own tab address, so its own identity on the server)."""
     return browser.new_context(viewport={"width": 1400, "height": 1800}, accept_downloads=True).new_page()
@@ -33,7 +37,7 @@ def wait_until_idle(page, quiet_s: float = 1.0, timeout_s: float = 120.0) -> Non
     elements linger until it ends; a rerun a click caused may start a moment later. Idle: the indicator hidden for
     `quiet_s` in a row, and no run going on (the page's root element says so: `data-test-script-state`)."""
     status = page.locator("[data-testid='stStatusWidget']")
-    running = page.locator("[data-testid='stApp']:not([data-test-script-state='notRunning'])")
+    running = page.locator(A_RUN_GOING_ON)
     deadline = quiet_from = time.monotonic()
     deadline += timeout_s
     while time.monotonic() - quiet_from < quiet_s or running.count():
@@ -68,7 +72,7 @@ def rerun_done(page, runs_before: int, quiet_s: float = 0.3) -> None:
 def wait_quiet(page, quiet_s: float, timeout_s: float = 120.0) -> None:
     """No run (script or fragment) for `quiet_s` in a row. Short spans only: while a job runs, its view reruns
     twice a second, which `wait_until_idle`'s indicator ignores."""
-    running = page.locator("[data-testid='stApp']:not([data-test-script-state='notRunning'])")
+    running = page.locator(A_RUN_GOING_ON)
     deadline = quiet_from = time.monotonic()
     deadline += timeout_s
     while time.monotonic() - quiet_from < quiet_s:
