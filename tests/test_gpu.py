@@ -196,6 +196,15 @@ def test_a_size_change_and_back_reuses_the_first_graphs(fast, eager, scene):
     assert fast.denoiser.graph_stats.captures == captures, "the first size's graphs are kept"
 
 
+def test_a_second_photo_on_the_captured_graphs_gets_its_own_control_embedding(fast, eager, scene):
+    """The graphs hold the embedding's computation, never an embedding kept for the first photo
+    (studio/engine/control_embedding.py computes it as diffusers does inside a capture)."""
+    assert_same(fast, eager, scene, BASE)
+    captures = fast.denoiser.graph_stats.captures
+    assert_same(fast, eager, scene.transpose(Image.Transpose.ROTATE_90), BASE)
+    assert fast.denoiser.graph_stats.captures == captures, "the same size replays the same graphs"
+
+
 def test_lora_load_reweight_and_unload_recapture_the_graphs(fast, eager, scene, tmp_path):
     from helpers import make_lora
 

@@ -44,6 +44,12 @@ TRIPWIRES = {
     "diffusers.models.attention_processor:Attention.forward":
         ("256763aa8fcb3fc3", "region_masks reach RegionalAttention as a cross_attention_kwargs entry its __call__ "
                              "names (forward drops the ones it does not)"),
+    "diffusers.models.controlnets.controlnet:ControlNetConditioningEmbedding.forward":
+        ("6be94a2e0eab94e3", "control_embedding.EmbeddingPerImage reuses its output for the same input: it must stay a "
+                             "function of the control image and the weights alone"),
+    "diffusers.models.controlnets.controlnet:ControlNetModel.forward":
+        ("c094ad4e4b61f73b", "control_embedding.EmbeddingPerImage expects one embedding call per ControlNet call, on "
+                             "the `controlnet_cond` the pipeline passes unchanged at every step"),
     "diffusers.utils.import_utils:is_xformers_available":
         ("6dd8fbb71141ff9f", "attention_backend.quarantine sets diffusers' private _xformers_available flag"),
     "ultralytics.utils.events:Events.__init__":

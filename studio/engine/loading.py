@@ -141,10 +141,12 @@ class ModelLoader:
     def diffusion(self) -> Any:
         import torch
 
+        from studio.engine.control_embedding import embed_once_per_image
         from studio.engine.control_gate import GatedControlNet
         from studio.engine.pipelines import ControlNetPipeline
 
         controlnet = self.from_pretrained(GatedControlNet, "controlnet")  # skips its calls at scale 0
+        embed_once_per_image(controlnet)
         checker = {} if self.settings.safety_checker else {"safety_checker": None}
         pipe = self.from_pretrained(ControlNetPipeline, "sd15", controlnet=controlnet,
                                     requires_safety_checker=False, **checker)
