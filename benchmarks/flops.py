@@ -5,8 +5,10 @@ Models are built from their configs on the meta device (no memory, no weights) a
 `torch.utils.flop_counter.FlopCounterMode`, which counts matrix products, convolutions and attention. A run's
 FLOPs are those counts times the evaluations that really ran: forward hooks on the UNet and the ControlNet (a
 ControlNet call skipped outside its window runs no hook), and the VAE's and TAESD's decode and encode calls, each
-with its batch and size, CFG included. The T4 estimate divides by the rate a T4 reaches on large fp16 matrix
-products and adds the share of the time that is not such work, as measured on the card that ran the benchmark.
+with its batch and size, CFG included. A ControlNet call that reused its conditioning embedding (computed once per
+control image where it runs eagerly, studio/engine/control_embedding.py) is that embedding's count cheaper. The
+T4 estimate divides by the rate a T4 reaches on large fp16 matrix products and adds the share of the time that is
+not such work, as measured on the card that ran the benchmark.
 
     python benchmarks/flops.py
 """
@@ -51,13 +53,19 @@ class RunFlops:
     def __init__(self, pipe: Any, taesd: Any | None = None) -> None:
         self.pipe, self.taesd = pipe, taesd
         self.calls: Counter[tuple[str, tuple[int, ...]]] = Counter()  # (what, per-sample input shape) -> samples
+        self.reused: Counter[tuple[int, ...]] = Counter()  # control image shape -> samples whose embedding was kept
 
     @contextmanager
     def counting(self) -> Iterator[None]:
         self.calls.clear()
+        self.reused.clear()
         modules = {"unet": self.pipe.unet, "controlnet": self.pipe.controlnet}
         hooks = [module.register_forward_pre_hook(self._hook(name), with_kwargs=True)
                  for name, module in modules.items()]
+        # reused = the embedding's calls - its computations (its first convolution runs only when it computes)
+        embedding = self.pipe.controlnet.controlnet_cond_embedding
+        hooks += [embedding.register_forward_pre_hook(self._embedding(+1)),
+                  embedding.conv_in.register_forward_pre_hook(self._embedding(-1))]
         methods = [(self.pipe.vae, "decode", "vae-decode"), (self.pipe.vae, "encode", "vae-encode")]
         if self.taesd is not None:
             methods.append((self.taesd, "decode", "taesd-decode"))
@@ -81,6 +89,11 @@ class RunFlops:
             self.calls[(name, tuple(sample.shape[1:]))] += sample.shape[0]
         return record
 
+    def _embedding(self, sign: int) -> Callable[..., None]:
+        def record(module: Any, args: tuple) -> None:
+            self.reused[tuple(args[0].shape[1:])] += sign * args[0].shape[0]
+        return record
+
     def _counted(self, method: Callable[..., Any], name: str) -> Callable[..., Any]:
         def call(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             self.calls[(name, tuple(x.shape[1:]))] += x.shape[0]
@@ -88,7 +101,8 @@ class RunFlops:
         return call
 
     def tflops(self) -> float:
-        return sum(samples * self.per_sample(key) for key, samples in self.calls.items())
+        kept = sum(samples * self.per_sample(("control-embedding", shape)) for shape, samples in self.reused.items())
+        return sum(samples * self.per_sample(key) for key, samples in self.calls.items()) - kept
 
     def per_sample(self, key: tuple[str, tuple[int, ...]]) -> float:
         """One sample's TFLOP through `what` at that input shape, counted on a meta-device copy of the module
@@ -100,7 +114,8 @@ class RunFlops:
         return PER_SAMPLE[(what, shape, config)]
 
     def _source(self, what: str) -> Any:
-        return {"unet": self.pipe.unet, "controlnet": self.pipe.controlnet, "vae-decode": self.pipe.vae,
+        return {"unet": self.pipe.unet, "controlnet": self.pipe.controlnet, "control-embedding": self.pipe.controlnet,
+                "vae-decode": self.pipe.vae,
                 "vae-encode": self.pipe.vae, "taesd-decode": self.taesd}[what]
 
     def _meta_call(self, what: str, shape: tuple[int, ...]) -> Callable[[], Any]:
@@ -116,6 +131,8 @@ class RunFlops:
         if what == "controlnet":
             hint = torch.zeros(1, 3, shape[-2] * 8, shape[-1] * 8, device="meta")
             return lambda: model(x, t, text, controlnet_cond=hint, return_dict=False)
+        if what == "control-embedding":
+            return lambda: model.controlnet_cond_embedding(x)
         return lambda: getattr(model, what.split("-")[1])(x)
 
 

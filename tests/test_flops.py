@@ -26,6 +26,7 @@ def test_a_runs_flops_equal_pytorchs_count_of_the_same_run_and_skipped_controlne
     with counted.counting(), FlopCounterMode(display=False) as pytorch, sdpa_kernel(SDPBackend.MATH):
         tiny_pipeline.generate(scene, request, preview=preview)
     assert dict(counted.calls) == {("unet", (4, 8, 8)): 12, ("controlnet", (4, 8, 8)): 6, ("vae-decode", (4, 8, 8)): 1}
+    assert dict(counted.reused) == {(3, 64, 64): 4}, "the CFG batch's embedding computed at the first call only"
     assert abs(counted.tflops() - pytorch.get_total_flops() / 1e12) <= 1e-3 * counted.tflops()
     unet, controlnet = counted.per_sample(("unet", (4, 8, 8))), counted.per_sample(("controlnet", (4, 8, 8)))
     assert 0 < controlnet < unet
