@@ -3,7 +3,13 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# uv installs what pip would, from the same indexes, in a third of the time (it unpacks and compiles on every
+# core). It reads no pip configuration, so the extra indexes pip is given (a machine's wheels on disk, torch among
+# them) are handed on; and it takes each pin's best match across all indexes, as pip does, not the first index's.
+UV_VERSION := 0.13.9
+PIP_EXTRA_INDEXES = $(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null)
+PIP = $(VENV)/bin/uv pip install --quiet --python $(PY) --native-tls --compile-bytecode \
+	--index-strategy unsafe-best-match $(addprefix --extra-index-url ,$(PIP_EXTRA_INDEXES))
 # A real xformers wheel built for another torch: it imports, then fails at its first call.
 # The attention tests use it, from its own folder, never from .venv's site-packages.
 BROKEN_XFORMERS := xformers==0.0.35
@@ -20,6 +26,7 @@ KAGGLE_WHEELS := $(VENV)/kaggle-wheels
 
 $(VENV)/.app-installed: requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/uv || $(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(PIP) -r requirements.txt
 	$(PIP) --no-deps -r requirements-nodeps.txt
 	touch $@
