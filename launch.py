@@ -75,6 +75,23 @@ def _runs(pid: int, started: int | None) -> bool:
     return started is not None and _started_at(pid) == started
 
 
+def _ended(pid: int) -> bool:
+    """Gone, or a zombie: every thread has exited and only its parent's wait is left (a `--stop` from another
+    shell is not that parent). The main thread alone reads 'Z' also while other threads still run."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return True
+    for task in tasks:
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue  # that thread ended while we looked
+        if state not in ("Z", "X"):
+            return False
+    return True
+
+
 def _terminate(pid: int, group: bool = True, timeout_s: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after `timeout_s`; `group` for a process started in its own session."""
     kill = os.killpg if group else os.kill
@@ -83,12 +100,14 @@ def _terminate(pid: int, group: bool = True, timeout_s: float = 10.0) -> None:
     except (ProcessLookupError, PermissionError):
         return
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+    while time.monotonic() < deadline:
         try:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 return
         except ChildProcessError:
             pass
+        if _ended(pid):
+            break  # and whatever of its group is left gets the SIGKILL below
         time.sleep(0.1)
     try:
         kill(pid, signal.SIGKILL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import os
 import re
 import sys
 import threading
@@ -163,6 +164,33 @@ def test_cli_stop_ends_a_running_app_then_finds_nothing(state_dir):
     assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z", "ended (a zombie until this test reaps it)"
     again = subprocess.run(stop, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert (again.returncode, again.stdout.strip()) == (0, "Nothing to stop.")
+
+
+def test_a_process_has_ended_when_every_thread_has_not_when_its_main_thread_has():
+    """A `--stop` from another shell cannot reap the app: it waits until the app is a zombie, not for its 10 s
+    grace period; and a process whose main thread left while another runs is still running."""
+    import subprocess
+
+    def leader_state(pid: int) -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    main_left = subprocess.Popen([sys.executable, "-c", "import ctypes, threading, time; "
+                                  "threading.Thread(target=time.sleep, args=(30,)).start(); "
+                                  "ctypes.CDLL(None).pthread_exit(None)"])
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while {leader_state(main_left.pid), leader_state(finished.pid)} != {"Z"}:
+            assert time.monotonic() < deadline, "the two processes never reached their states"
+            time.sleep(0.05)
+        assert not launch._ended(main_left.pid), "its other thread still runs"
+        assert launch._ended(finished.pid), "a zombie: only the wait is left"
+        assert not launch._ended(os.getpid())
+        finished.wait()
+        assert launch._ended(finished.pid), "gone"
+    finally:
+        main_left.kill()
+        main_left.wait()
 
 
 def test_a_python_without_the_requirements_is_told_what_to_use(tmp_path):
