@@ -56,8 +56,8 @@ def model_environment(quick: bool, folder: Path) -> dict[str, str]:
     """The settings of the benchmark's models, as the environment (Ray's replicas read theirs from it)."""
     from studio.engine import tiny_models
 
-    if quick:
-        return {"MODELS": "tiny", "APP_CACHE_DIR": str(folder)}
+    if quick:  # the tiny models where APP_CACHE_DIR keeps them (built there once), else built in `folder`
+        return {"MODELS": "tiny", "APP_CACHE_DIR": os.environ.get("APP_CACHE_DIR") or str(folder)}
     built = tiny_models.build_diffusion_models(folder, "sd15", "cuda")
     tiny_models.build_yolo(folder / "yolo.pt")
     return {"MODELS": "sd15", "SD15_MODEL": str(built.sd15), "CONTROLNET_MODEL": str(built.controlnet),

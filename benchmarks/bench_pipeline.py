@@ -293,8 +293,8 @@ class Bench:
 def build_folders(folder: Path, quick: bool) -> dict[str, Path]:
     from studio.engine import tiny_models
 
-    if quick:
-        paths = tiny_models.ensure_tiny_models(folder)
+    if quick:  # where APP_CACHE_DIR keeps them (built there once), else built in `folder`
+        paths = tiny_models.ensure_tiny_models(Path(os.environ.get("APP_CACHE_DIR") or folder))
     else:
         paths = tiny_models.build_diffusion_models(folder, "sd15", "cuda")
         tiny_models.build_yolo(folder / "yolo.pt")

@@ -90,12 +90,16 @@ SURVIVE = """
 """
 
 
-def survive(model_cache: Path, *paths: Path) -> dict:
+def start_survivor(model_cache: Path, *paths: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, paths), str(ROOT)])}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(SURVIVE), str(model_cache)], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(SURVIVE), str(model_cache)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def outcome_of(survivor: subprocess.Popen) -> dict:
+    stdout, stderr = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, stderr[-3000:]
+    line = next(line for line in stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 
@@ -103,15 +107,27 @@ def candidate(outcome: dict, name: str) -> dict:
     return next(c for c in outcome["report"]["candidates"] if c["name"] == name)
 
 
+CASES = ("schema-xformers", "call-broken-xformers", "undefined-symbol-flash-attn", "schema-xformers+flash-attn",
+         "call-broken-xformers+flash-attn")
+
+
+@pytest.fixture(scope="module")
+def survivors(model_cache, schema_xformers, call_broken_xformers, broken_flash_attn):
+    """Every case's fresh Python, started together: each spends most of its time importing on one core."""
+    folders = {"schema-xformers": schema_xformers, "call-broken-xformers": call_broken_xformers,
+               "flash-attn": broken_flash_attn, "undefined-symbol-flash-attn": broken_flash_attn}
+    started = {case: start_survivor(model_cache, *(folders[part] for part in case.split("+"))) for case in CASES}
+    yield started
+    for survivor in started.values():
+        survivor.kill()
+        survivor.communicate()
+
+
 @pytest.mark.slow  # each case a fresh Python that imports diffusers and generates: about 10 s a case
-@pytest.mark.parametrize("case", ["schema-xformers", "call-broken-xformers", "undefined-symbol-flash-attn",
-                                  "schema-xformers+flash-attn", "call-broken-xformers+flash-attn"])
-def test_prepare_names_quarantines_and_the_pipeline_still_generates(case, request, model_cache):
-    fixtures = {"schema-xformers": "schema_xformers", "call-broken-xformers": "call_broken_xformers",
-                "flash-attn": "broken_flash_attn", "undefined-symbol-flash-attn": "broken_flash_attn"}
+@pytest.mark.parametrize("case", CASES)
+def test_prepare_names_quarantines_and_the_pipeline_still_generates(case, survivors):
     parts = case.split("+")
-    paths = [request.getfixturevalue(fixtures[part]) for part in parts]
-    outcome = survive(model_cache, *paths)
+    outcome = outcome_of(survivors[case])
     report = outcome["report"]
     expected_causes = {"schema-xformers": ("xformers", SCHEMA_ERROR),
                        "call-broken-xformers": ("xformers", "NotImplementedError: " + NO_OPERATOR),
@@ -163,13 +179,12 @@ def test_report_lists_every_candidate_with_versions():
 
 
 def test_cli_prints_a_table_and_json():
-    table = subprocess.run([sys.executable, "attention_backend.py"], capture_output=True, text=True, cwd=ROOT,
-                           timeout=120)
+    table, as_json = (subprocess.Popen([sys.executable, "attention_backend.py", *args], stdout=subprocess.PIPE,
+                                       text=True, cwd=ROOT) for args in ((), ("--json", "--request", "xformers")))
+    printed = table.communicate(timeout=120)[0]
     assert table.returncode == 0
-    assert "candidate" in table.stdout and "chosen: sdpa" in table.stdout and "why:" in table.stdout
-    as_json = subprocess.run([sys.executable, "attention_backend.py", "--json", "--request", "xformers"],
-                             capture_output=True, text=True, cwd=ROOT, timeout=120)
-    data = json.loads(as_json.stdout)
+    assert "candidate" in printed and "chosen: sdpa" in printed and "why:" in printed
+    data = json.loads(as_json.communicate(timeout=120)[0])
     assert data["requested"] == "xformers" and data["chosen"] == "sdpa"
     assert {c["name"] for c in data["candidates"]} == {"flash-attn", "xformers", "sdpa", "sliced"}
 

@@ -3,6 +3,7 @@ unwraps cleanly. What it does on a GPU (capture, replay, recapture) is tested in
 
 from __future__ import annotations
 
+import os
 import types
 
 import numpy as np
@@ -29,7 +30,7 @@ def test_on_the_cpu_the_wrapper_steps_aside_and_unwraps_cleanly(tiny_pipeline, p
 
 
 @pytest.mark.slow  # every row of the benchmark on the tiny models: about two minutes on two cores
-def test_pipeline_benchmark_script_writes_its_rows_and_table(tmp_path):
+def test_pipeline_benchmark_script_writes_its_rows_and_table(tmp_path, model_cache):
     """The benchmark's plumbing on the tiny models (every row eager on the CPU, so its numbers mean nothing
     here; the fast path against eager is checked in test_gpu.py)."""
     import json
@@ -40,7 +41,8 @@ def test_pipeline_benchmark_script_writes_its_rows_and_table(tmp_path):
 
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "benchmarks/bench_pipeline.py", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+                          capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "APP_CACHE_DIR": str(model_cache)})  # the session's tiny models
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["torch"] and result["diffusers"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -210,7 +211,7 @@ def test_a_queue_from_settings_serves_on_the_cpu(model_cache, photo):
 
 
 @pytest.mark.slow  # a benchmark script in a process of its own: make test runs it, make test-fast does not
-def test_jobs_benchmark_script_writes_both_rows(tmp_path):
+def test_jobs_benchmark_script_writes_both_rows(tmp_path, model_cache):
     import json
     import subprocess
     import sys
@@ -219,7 +220,8 @@ def test_jobs_benchmark_script_writes_both_rows(tmp_path):
 
     out = tmp_path / "jobs.json"
     proc = subprocess.run([sys.executable, "benchmarks/bench_jobs.py", "--quick", "--repeats", "1", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+                          capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "APP_CACHE_DIR": str(model_cache)})  # the session's tiny models
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     local = result["local"]

@@ -56,7 +56,7 @@ def test_a_cluster_that_cannot_be_reached_says_so_and_the_page_offers_the_local_
         state.reset()
 
 
-def test_the_jobs_benchmark_measures_the_ray_path_beside_the_local_one(tmp_path, ray_address):
+def test_the_jobs_benchmark_measures_the_ray_path_beside_the_local_one(tmp_path, ray_address, model_cache):
     import json
     import subprocess
     import sys
@@ -66,7 +66,7 @@ def test_the_jobs_benchmark_measures_the_ray_path_beside_the_local_one(tmp_path,
     out = tmp_path / "jobs.json"
     proc = subprocess.run([sys.executable, "benchmarks/bench_jobs.py", "--quick", "--backend", "both", "--repeats",
                            "1", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600,
-                          env={**os.environ, "RAY_ADDRESS": ray_address})
+                          env={**os.environ, "RAY_ADDRESS": ray_address, "APP_CACHE_DIR": str(model_cache)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["ray"]["workers"] == ["replica slot 1", "replica slot 2"]
