@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "yolo-controlnet-studio"
 BOARD = "progress-board"
 APP = "studio"
+SHUTDOWN_POLL_S = 0.2
 POLL_S = 0.1
 ROOT = Path(__file__).resolve().parents[2]
 STOPPED = "The worker that ran this job stopped (its process ended); try again."
@@ -303,7 +304,9 @@ def application(args: dict[str, str]) -> Any:
     # One job at a time on a replica (its CUDA graphs replay one run); each caller (a front server's handle) may
     # queue one job per replica there could be, which its workers never pass: beyond, Serve refuses at once.
     most = replicas or max(gpus, 1)
+    # A replica being stopped looks for running jobs every SHUTDOWN_POLL_S (Serve's default: 2 s, also when idle).
     deployment = serve.deployment(Replica, name="pipeline", max_ongoing_requests=1, max_queued_requests=most, **scaling,
+                                  graceful_shutdown_wait_loop_s=SHUTDOWN_POLL_S,
                                   ray_actor_options={"num_gpus": 1 if gpus else 0, "num_cpus": 0 if gpus else 0.5})
     return deployment.bind({**replica_environment(), **{name: str(value) for name, value in args.items()}})
 
