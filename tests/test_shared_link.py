@@ -188,7 +188,8 @@ def test_a_token_gets_its_share_of_the_queue_and_a_waiting_job_holds_its_output_
 
 def test_cancelled_failed_and_detect_calls_with_a_large_photo_leave_the_servers_memory_where_it_was(locked):
     """The review: 20 submit-and-cancel cycles +1.7 GB, 10 failing jobs +761 MB, 6 concurrent detect calls +2.8 GB
-    (3.6 GB held after). Every photo a call brings must be released when the call is over."""
+    (3.6 GB held after). Every photo a call brings must be released when the call is over. Half as many cycles here:
+    a leak of that size still goes past the 300 MB bound (10 cycles: +850 MB; 5 failing jobs: +380 MB)."""
     from concurrent.futures import ThreadPoolExecutor
 
     base, _, server = locked
@@ -198,11 +199,11 @@ def test_cancelled_failed_and_detect_calls_with_a_large_photo_leave_the_servers_
     requests.delete(f"{base}{API}/jobs/{submit_job(base, minted, big).json()['id']}", **as_client(minted))
     requests.post(f"{base}{API}/detect", **form, **as_client(minted))  # warm: the allocator's first arenas
     before = server.memory_info().rss
-    for _ in range(20):
+    for _ in range(10):
         job = submit_job(base, minted, big).json()["id"]
         assert requests.delete(f"{base}{API}/jobs/{job}", **as_client(minted)).status_code == 202
     failing = {**LONG, "steps": 2, "lora": "someone/missing"}  # offline, its download fails: the job fails
-    for _ in range(10):
+    for _ in range(5):
         answer = submit_job(base, minted, big, failing)
         assert answer.status_code == 202, answer.text
         job = requests.get(f"{base}{API}/jobs/{answer.json()['id']}", **as_client(minted)).json()
