@@ -169,7 +169,7 @@ def test_thirty_guesses_over_thirty_fresh_connections_meet_the_back_off(locked):
 def test_a_token_gets_its_share_of_the_queue_and_a_waiting_job_holds_its_output_not_the_upload(locked):
     base, _, server = locked
     big = scene_png((6000, 4000))  # 72 MB once decoded; a 256 px output needs well under 1 MB
-    tokens = [token(base) for _ in range(5)]
+    tokens = [token(base) for _ in range(3)]
     submit_job(base, tokens[0], big)  # the first decode warms the allocator
     before = server.memory_info().rss
     answers = [[submit_job(base, minted, big) for _ in range(4 if i else 3)] for i, minted in enumerate(tokens)]
@@ -178,7 +178,7 @@ def test_a_token_gets_its_share_of_the_queue_and_a_waiting_job_holds_its_output_
         for per_token in answers:
             assert [a.status_code for a in per_token[:-1]] == [202] * (len(per_token) - 1), [a.text for a in per_token]
             assert per_token[-1].status_code == 429 and "already have 3 runs" in per_token[-1].json()["error"]
-        assert grown_mb < 150, f"{grown_mb:.0f} MB more for 14 waiting jobs of a 72 MB upload (unbounded: over 1 GB)"
+        assert grown_mb < 150, f"{grown_mb:.0f} MB more for 8 waiting jobs of a 72 MB upload (unbounded: 576 MB)"
     finally:
         for minted, per_token in zip(tokens, answers):
             for answer in per_token:
