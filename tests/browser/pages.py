@@ -32,6 +32,13 @@ def new_page(browser):
     return browser.new_context(viewport={"width": 1400, "height": 1800}, accept_downloads=True).new_page()
 
 
+def script_state(page) -> str:
+    """The page's script and connection states as its root element shows them, for a failure's message."""
+    root = page.locator("[data-testid='stApp']")
+    return (f"script {root.get_attribute('data-test-script-state')}, "
+            f"connection {root.get_attribute('data-test-connection-state')}")
+
+
 def wait_until_idle(page, quiet_s: float = 1.0, timeout_s: float = 120.0) -> None:
     """Streamlit shows its running indicator while a script runs (one longer than about half a second), and stale
     elements linger until it ends; a rerun a click caused may start a moment later. Idle: the indicator hidden for
@@ -41,7 +48,7 @@ def wait_until_idle(page, quiet_s: float = 1.0, timeout_s: float = 120.0) -> Non
     deadline = quiet_from = time.monotonic()
     deadline += timeout_s
     while time.monotonic() - quiet_from < quiet_s or running.count():
-        assert time.monotonic() < deadline, "the page kept running"
+        assert time.monotonic() < deadline, f"the page kept running ({script_state(page)})"
         if status.is_visible():
             quiet_from = time.monotonic()
         page.wait_for_timeout(100)
@@ -76,7 +83,7 @@ def wait_quiet(page, quiet_s: float, timeout_s: float = 120.0) -> None:
     deadline = quiet_from = time.monotonic()
     deadline += timeout_s
     while time.monotonic() - quiet_from < quiet_s:
-        assert time.monotonic() < deadline, "the page kept running"
+        assert time.monotonic() < deadline, f"the page kept running ({script_state(page)})"
         if running.count():
             quiet_from = time.monotonic()
         page.wait_for_timeout(50)

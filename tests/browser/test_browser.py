@@ -260,6 +260,7 @@ def test_with_a_password_the_page_signs_in_uploads_and_shows_its_pictures_throug
     page.locator("input[type='file']").first.set_input_files(str(photo))
     page.get_by_text(re.compile(r"Control image preview, \d+x\d+")).first.wait_for(timeout=60_000)
     page.get_by_text("two.png").first.wait_for(timeout=60_000)  # the upload passed the gate
+    wait_until_idle(page)  # the upload's own rerun ended: the keys below start the next one
     press(page, "Steps", "Home", "ArrowRight")
     page.get_by_role("button", name="Generate").click()
     results_seed(page)
