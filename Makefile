@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 # them) are handed on; and it takes each pin's best match across all indexes, as pip does, not the first index's.
 UV_VERSION := 0.13.9
 PIP_EXTRA_INDEXES = $(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null)
-PIP = $(VENV)/bin/uv pip install --quiet --python $(PY) --native-tls --compile-bytecode \
+UV := $(VENV)/bin/uv
+PIP = $(UV) pip install --quiet --python $(PY) --native-tls --compile-bytecode \
 	--index-strategy unsafe-best-match $(addprefix --extra-index-url ,$(PIP_EXTRA_INDEXES))
 # A real xformers wheel built for another torch: it imports, then fails at its first call.
 # The attention tests use it, from its own folder, never from .venv's site-packages.
@@ -24,16 +25,20 @@ KAGGLE_WHEELS := $(VENV)/kaggle-wheels
 
 .PHONY: run test test-fast lint test-gpu clean
 
-$(VENV)/.app-installed: requirements.txt requirements-nodeps.txt
+# uv itself, into .venv (also into one made before the project used it); an order-only prerequisite below, so
+# that its own file time never counts as a change.
+$(UV):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	test -x $(VENV)/bin/uv || $(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.app-installed: requirements.txt requirements-nodeps.txt | $(UV)
 	$(PIP) -r requirements.txt
 	$(PIP) --no-deps -r requirements-nodeps.txt
 	touch $@
 
 # The browser test drives Debian's Chromium (Playwright cannot download its own browser here); the notebook test's
 # Kaggle-like Python has the GUI OpenCV, which needs libGL as on Kaggle.
-$(VENV)/.test-installed: $(VENV)/.app-installed requirements-test.txt
+$(VENV)/.test-installed: $(VENV)/.app-installed requirements-test.txt | $(UV)
 	$(PIP) -r requirements-test.txt -c requirements.txt
 	$(PIP) --no-deps --target $(VENV)/broken-xformers $(BROKEN_XFORMERS)
 	test -x /usr/bin/chromium && ldconfig -p | grep -q libGL.so.1 || { apt-get update -qq && \
