@@ -55,8 +55,9 @@ $(KAGGLE_WHEELS)/.filled: $(VENV)/.test-installed requirements_kaggle.txt tests/
 run: $(VENV)/.app-installed
 	size=$$($(PY) -m studio.core.settings STREAMLIT_UPLOAD_MB) && $(PY) -m streamlit run studio/serving/server.py --server.maxUploadSize $$size
 
+# Two pytest processes at once, one per core (tests/lanes.py says how the files are split and why).
 test: $(VENV)/.test-installed $(KAGGLE_WHEELS)/.filled lint
-	$(PY) -m pytest
+	$(PY) tests/lanes.py
 
 test-fast: $(VENV)/.test-installed lint
 	$(PY) -m pytest -m "$(FAST)"
