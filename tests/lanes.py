@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 SECOND_LANE = [
@@ -28,7 +29,7 @@ def pytest(*args: str) -> list[str]:
     return [sys.executable, "-m", "pytest", *args]
 
 
-def on_cores(cores: set[int]):
+def on_cores(cores: set[int]) -> Callable[[], None]:
     """A `preexec_fn` that keeps a lane, and every server, browser and Ray process it starts, on `cores`: torch
     takes one thread per core it may use (studio/engine/devices.py), so two lanes never ask for more threads
     than the machine has, where each would otherwise take every core and both would wait on each other's."""
@@ -36,13 +37,18 @@ def on_cores(cores: set[int]):
 
 
 def halves() -> tuple[set[int], set[int]]:
+    """The first half of the cores this process may use, and the rest; one core is the two lanes' to share."""
     cores = sorted(os.sched_getaffinity(0))
     middle = max(1, len(cores) // 2)
     return set(cores[:middle]), set(cores[middle:] or cores)
 
 
 def main(extra: list[str], log: Path) -> int:
-    """Runs both lanes, `extra` going to each pytest; the second lane's output is kept in `log`."""
+    """Runs both lanes, `extra` going to each pytest; the second lane's output is kept in `log`. Where a process
+    cannot be held to cores (macOS has no `sched_setaffinity`), the suite runs in one process: lanes free to share
+    the cores were no quicker."""
+    if not hasattr(os, "sched_setaffinity"):
+        return subprocess.run(pytest(*extra)).returncode
     first_cores, second_cores = halves()
     with log.open("w") as second_output:
         second = subprocess.Popen(pytest("-p", "no:cacheprovider", *SECOND_LANE, *extra),

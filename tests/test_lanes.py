@@ -4,10 +4,13 @@ own half of the cores."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 
+import lanes
 from lanes import SECOND_LANE, halves
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,3 +34,14 @@ def test_every_file_that_uses_ray_is_in_the_second_lane_and_the_lane_names_real_
 def test_the_lanes_split_the_cores_between_them(monkeypatch, cores, first, second):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores)
     assert halves() == (first, second)
+
+
+def test_without_core_pinning_the_suite_runs_in_one_process(monkeypatch, tmp_path):
+    """macOS has no `sched_setaffinity`: one pytest over every file, as lanes free to share the cores were no
+    quicker."""
+    ran: list[list[str]] = []
+    monkeypatch.delattr(os, "sched_setaffinity")
+    monkeypatch.setattr(subprocess, "run", lambda command: ran.append(command) or CompletedProcess(command, 3))
+    assert lanes.main(["-x"], tmp_path / "second.log") == 3
+    assert [command[1:] for command in ran] == [["-m", "pytest", "-x"]]
+    assert not (tmp_path / "second.log").exists()
