@@ -55,7 +55,7 @@ $(KAGGLE_WHEELS)/.filled: $(VENV)/.test-installed requirements_kaggle.txt tests/
 run: $(VENV)/.app-installed
 	size=$$($(PY) -m studio.core.settings STREAMLIT_UPLOAD_MB) && $(PY) -m streamlit run studio/serving/server.py --server.maxUploadSize $$size
 
-# Two pytest processes at once, one per core (tests/lanes.py says how the files are split and why).
+# Two pytest processes at once, each held to half the cores (tests/lanes.py says how the files are split and why).
 test: $(VENV)/.test-installed $(KAGGLE_WHEELS)/.filled lint
 	$(PY) tests/lanes.py
 
