@@ -115,6 +115,10 @@ def ray_address() -> str:
                     "--temp-dir", tempfile.mkdtemp(prefix="ray-", dir="/tmp")],
                    check=True, capture_output=True, timeout=180)
     yield f"127.0.0.1:{port}"
+    import ray as ray_api
+
+    if ray_api.is_initialized():
+        ray_api.shutdown()  # this process leaves first: a Ray driver whose head vanishes ends its process 60 s later
     subprocess.run([*ray, "stop", "--force"], check=False, capture_output=True, timeout=120)
 
 
