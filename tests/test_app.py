@@ -39,14 +39,22 @@ def wait_for_the_job(app: AppTest) -> AppTest:
     return app.run()
 
 
-def image_captions(node) -> list[str]:
-    """The captions of every picture on the page, in order (AppTest has no accessor for st.image)."""
+def pictures_and_buttons(node) -> list[tuple[str, str]]:
+    """("picture", caption) and ("button", label) for every picture and button on the page, in the order it shows
+    them (AppTest has no accessor for st.image)."""
     found = []
     for child in getattr(node, "children", {}).values():
         if type(child).__name__ == "Image":
-            found += [image.caption for image in child.proto.imgs]
-        found += image_captions(child)
+            found += [("picture", image.caption) for image in child.proto.imgs]
+        elif type(child).__name__ == "Button":
+            found.append(("button", child.label))
+        found += pictures_and_buttons(child)
     return found
+
+
+def image_captions(node) -> list[str]:
+    """The captions of every picture on the page, in order."""
+    return [text for kind, text in pictures_and_buttons(node) if kind == "picture"]
 
 
 def pick(app: AppTest, object_id: int):
@@ -381,8 +389,10 @@ def test_the_running_job_shows_live_previews(app):
         assert time.monotonic() < deadline and job.active, "no live preview arrived"
         time.sleep(0.05)
     app.run()
-    previews = [caption for caption in image_captions(app.main) if caption.startswith("Live preview after step")]
+    shown = pictures_and_buttons(app.main)
+    previews = [at for at, (kind, text) in enumerate(shown) if text.startswith("Live preview after step")]
     assert previews, "the job view shows no live preview"
+    assert shown.index(("button", "Cancel")) < previews[0], "Cancel above the preview: a preview loading never moves it"
     job.cancel()
     wait_for_the_job(app)
 
@@ -543,6 +553,10 @@ def test_a_reload_finds_the_visitors_running_job_and_another_visitor_does_not(ap
     stranger = app_page()
     stranger.run()
     assert stranger.session_state["page"].job is None
+    deadline = time.monotonic() + 120
+    while job.step < 1:  # on a busy machine the cancel could otherwise come before the first step
+        assert time.monotonic() < deadline and job.active, "the job made no step"
+        time.sleep(0.05)
     reloaded.button(key="cancel").click().run()
     wait_for_the_job(reloaded)
     assert job.state == "cancelled" and any("Cancelled after step" in w.value for w in reloaded.warning)

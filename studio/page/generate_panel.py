@@ -66,8 +66,8 @@ def generate_panel(jobs: JobQueue, previews: Previews, image: Any, key: str | No
 
 @st.fragment(run_every=POLL_S)
 def job_view(jobs: JobQueue) -> None:
-    """The running job: place in the queue, stage, progress and Cancel. Polls itself; once the job has ended
-    it reruns the page so that the results (or the reason) appear."""
+    """The running job: place in the queue, stage, progress, Cancel and the live preview. Polls itself; once the
+    job has ended it reruns the page so that the results (or the reason) appear."""
     if not signed_in():
         return
     job = page().job
@@ -83,12 +83,12 @@ def job_view(jobs: JobQueue) -> None:
             st.info(f"Waiting for its turn: your run is number {position} in the queue{wait}.")
     elif job.stage == "generate":
         st.progress(min(job.step / max(job.total, 1), 1.0), text=f"Denoising step {job.step} of {job.total}")
-        if job.preview is not None:
-            st.image(display.photo(job.preview, display.PREVIEW_SIDE, quality=70), width=256,
-                     caption=f"Live preview after step {job.preview_step}")
     else:
         st.progress(0.0, text=STAGES.get(job.stage or "detect", "Starting") + "…")
     st.button("Cancel", key="cancel", on_click=guarded(jobs.cancel), args=(job,), help="Stops after the current step.")
+    if job.stage == "generate" and job.preview is not None:  # below Cancel: a preview loading never moves the button
+        st.image(display.photo(job.preview, display.PREVIEW_SIDE, quality=70), width=256,
+                 caption=f"Live preview after step {job.preview_step}")
 
 
 def collect_finished_job() -> None:
