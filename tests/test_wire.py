@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from PIL import Image
 
@@ -24,6 +26,35 @@ def test_pictures_travel_losslessly_colour_as_webp_and_masks_as_png_in_their_own
         assert kind in data[:16], data[:16]
         back = wire.picture(data)
         assert back.mode == image.mode and np.array_equal(np.asarray(back), np.asarray(image))
+
+
+def test_one_photo_encoded_by_two_threads_at_once_comes_out_lossless_from_both(monkeypatch):
+    """Two jobs sent one photo to two Ray replicas at once (tests/test_ray_jobs.py). Pillow's `save` keeps its
+    parameters on the image object while it encodes and puts the old ones back when it returns; when the first
+    encode returned while the second was inside the encoder, the second came out lossy WebP at quality 80 and
+    its replica drew its edges a pixel off (seen in CI). Here the two encodes interleave exactly that way."""
+    photo = noise("RGB")
+    real_save = Image.SAVE["WEBP"]
+    second_inside, first_returned = threading.Event(), threading.Event()
+    second: list[bytes] = []
+    other = threading.Thread(target=lambda: second.append(wire.encoded(photo)))
+
+    def interleaved(image, fp, filename):
+        if threading.current_thread() is other:
+            second_inside.set()
+            assert first_returned.wait(10)
+        else:
+            other.start()
+            assert second_inside.wait(10)
+        real_save(image, fp, filename)
+
+    monkeypatch.setitem(Image.SAVE, "WEBP", interleaved)
+    first = wire.encoded(photo)
+    first_returned.set()
+    other.join(10)
+    for data in (first, *second):
+        assert np.array_equal(np.asarray(wire.picture(data)), np.asarray(photo)), "a lossy copy was sent"
+    assert len(second) == 1
 
 
 def test_a_request_and_its_detections_go_as_plain_data_and_come_back_equal():

@@ -9,9 +9,9 @@ re-encodes any PNG without transparency as a JPEG at quality 90, about 190 KB fo
 
 from __future__ import annotations
 
-import io
-
 from PIL import Image
+
+from studio.core.image_io import encoded_image
 
 DISPLAY_SIDE = 640  # the page's columns are at most about 700 px wide on a 1440 px screen
 PREVIEW_SIDE = 256  # live previews: one every few steps
@@ -23,9 +23,7 @@ def photo(image: Image.Image, max_side: int = DISPLAY_SIDE, quality: int = QUALI
     picture = image.convert("RGB")
     if max(picture.size) > max_side:
         picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="JPEG", quality=quality, optimize=True)
-    return buffer.getvalue()
+    return encoded_image(picture, "JPEG", quality=quality, optimize=True)
 
 
 def edges(image: Image.Image, max_side: int = DISPLAY_SIDE) -> bytes:
@@ -33,6 +31,4 @@ def edges(image: Image.Image, max_side: int = DISPLAY_SIDE) -> bytes:
     picture = image.convert("L")
     if max(picture.size) > max_side:
         picture.thumbnail((max_side, max_side), Image.Resampling.NEAREST)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
+    return encoded_image(picture, "PNG", optimize=True)

@@ -12,6 +12,7 @@ import zipfile
 from datetime import datetime
 from typing import Any
 
+from studio.core.image_io import encoded_image
 from studio.core.run_card import png_with_run_card
 
 
@@ -47,17 +48,12 @@ def result_files(result: Any) -> dict[str, bytes]:
         entry = outcome.entry
         if entry["crop_box"][2:] != card["size"] or entry["crop_box"][:2] != [0, 0]:
             number = f"object{entry['id']}"
-            files[file_name(f"{number}-crop", result.seeds[outcome.image], card, "png")] = png_of(outcome.crop)
-            files[file_name(f"{number}-mask", result.seeds[outcome.image], card, "png")] = png_of(outcome.mask)
+            seed_of = result.seeds[outcome.image]
+            files[file_name(f"{number}-crop", seed_of, card, "png")] = encoded_image(outcome.crop, "PNG")
+            files[file_name(f"{number}-mask", seed_of, card, "png")] = encoded_image(outcome.mask, "PNG")
     files[file_name("detections", seed, card, "csv")] = detections_csv(result.detections).encode()
     files[file_name("run_card", seed, card, "json")] = json.dumps(card, indent=2).encode()
     return files
-
-
-def png_of(image: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def zip_of(files: dict[str, bytes]) -> bytes:

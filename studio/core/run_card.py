@@ -16,6 +16,7 @@ from pathlib import Path, PurePath
 from PIL import Image, PngImagePlugin
 
 from studio.core.catalog import SCHEDULERS
+from studio.core.image_io import encoded_image
 from studio.core.repaint_plan import DETAIL_FEATHER
 
 RUN_CARD_KEY = "run_card"
@@ -130,9 +131,7 @@ def png_with_run_card(image: Image.Image, card: dict, index: int = 0) -> bytes:
     info = PngImagePlugin.PngInfo()
     info.add_text(RUN_CARD_KEY, json.dumps(card, sort_keys=True))
     info.add_text(PARAMETERS_KEY, a1111_parameters(card, index))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
+    return encoded_image(image, "PNG", pnginfo=info)
 
 
 def read_run_card(png: bytes) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import logging
 import math
@@ -28,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from studio.core.errors import EXPECTED_ERRORS, InvalidImageError, InvalidRequestError, TooManyJobsError
-from studio.core.image_io import load_image
+from studio.core.image_io import encoded_image, load_image
 from studio.core.presets import PRESETS
 from studio.core.request import request_from
 from studio.core.run_card import png_with_run_card, public_source
@@ -273,15 +272,11 @@ async def job_preview(request: Request, owner: str) -> Response:
 
 
 def jpeg(image: Image.Image, quality: int = 80) -> bytes:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
+    return encoded_image(image.convert("RGB"), "JPEG", quality=quality)
 
 
 def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encoded_image(image, "PNG")
 
 
 class PreviewPool:
