@@ -118,13 +118,14 @@ def press(page, label: str, *keys: str) -> None:
 
 
 def prepare_a_long_run(page) -> None:
-    """150 steps at 512 px (the default size), about 12 s on one CPU core: long enough to act while it runs. At
-    256 px the tiny models now take 3 s, less than two slider presses or a second visitor's queueing take on a
-    busy CI core (seen failing)."""
+    """150 steps at 384 px: long enough to act while it runs. At 256 px the tiny models now take 3 s, less than
+    two slider presses or a second visitor's queueing take on a busy CI core (seen failing); at 512 px a run took
+    a minute there."""
     page.get_by_text("Control image preview").wait_for(timeout=120_000)
+    press(page, "Resolution", "ArrowLeft", "ArrowLeft")
     press(page, "Steps", "End")
     assert slider(page, "Steps").input_value() == "150"
-    assert slider(page, "Resolution").input_value() == "512"
+    assert slider(page, "Resolution").input_value() == "384"
 
 
 def results_seed(page, other_than: str | None = None, timeout: int = 240_000) -> str:
